@@ -1,0 +1,215 @@
+"""The `citystream` command. Entry points build Settings; nothing else reads the environment."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from citystream.settings import Settings
+
+DATA_DIR = Path(__file__).resolve().parent.parent / "data" / "aarhus"
+
+
+def _add_common(parser: argparse.ArgumentParser) -> None:
+    g = parser.add_argument_group("settings (override CITYSTREAM_* variables)")
+    g.add_argument("--bootstrap-servers", dest="kafka_bootstrap_servers")
+    g.add_argument("--registry-url", dest="schema_registry_url")
+    g.add_argument("--clickhouse-url", dest="clickhouse_url")
+    g.add_argument("--data-dir", dest="data_dir", type=Path)
+    g.add_argument("--topic-prefix", dest="topic_prefix")
+    g.add_argument("--log-level", default="INFO", dest="log_level")
+
+
+SETTING_FLAGS = (
+    "kafka_bootstrap_servers",
+    "schema_registry_url",
+    "clickhouse_url",
+    "data_dir",
+    "topic_prefix",
+)
+
+
+def build_settings(args: argparse.Namespace, **extra: Any) -> Settings:
+    overrides = {k: getattr(args, k) for k in SETTING_FLAGS if getattr(args, k, None) is not None}
+    overrides.update({k: v for k, v in extra.items() if v is not None})
+    return Settings(**overrides)
+
+
+def parser() -> argparse.ArgumentParser:
+    root = argparse.ArgumentParser(prog="citystream", description=__doc__)
+    sub = root.add_subparsers(dest="command", required=True)
+
+    stack = sub.add_parser("stack", help="local Kafka + schema registry (no Docker)")
+    stack.add_argument("action", choices=["up", "down", "status", "fetch", "reset"])
+    _add_common(stack)
+
+    init = sub.add_parser("init", help="create topics and register schemas (idempotent)")
+    _add_common(init)
+
+    replay = sub.add_parser("replay", help="replay recorded city data into Kafka")
+    replay.add_argument("dataset", choices=["aarhus"])
+    replay.add_argument("--traffic", type=Path, default=DATA_DIR / "traffic_2014-08-02.csv.gz")
+    replay.add_argument("--metadata", type=Path, default=DATA_DIR / "traffic_metadata.csv")
+    replay.add_argument("--speed", type=float, help="N× real time (default: as fast as possible)")
+    _add_common(replay)
+
+    process = sub.add_parser("process", help="run the Faust stream processors")
+    process.add_argument("--web-port", type=int, dest="processor_web_port")
+    _add_common(process)
+
+    sink = sub.add_parser("sink", help="run a sink")
+    sink.add_argument("target", choices=["clickhouse"])
+    sink.add_argument("--query-port", type=int, dest="query_port")
+    _add_common(sink)
+
+    query = sub.add_parser("query", help="query the KPI tables (works while the sink runs)")
+    query.add_argument("sql")
+    query.add_argument("--format", choices=["table", "csv", "json"], default="table")
+    _add_common(query)
+
+    demo = sub.add_parser("demo", help="the whole pipeline on one day of Aarhus traffic")
+    demo.add_argument("--traffic", type=Path, default=DATA_DIR / "traffic_2014-08-02.csv.gz")
+    demo.add_argument("--metadata", type=Path, default=DATA_DIR / "traffic_metadata.csv")
+    demo.add_argument("--keep-stack", action="store_true", help="leave Kafka and registry up")
+    _add_common(demo)
+
+    bench = sub.add_parser("bench", help="throughput and latency on the real stack")
+    bench.add_argument("--traffic", type=Path, help="default: the 7-day Aarhus file")
+    bench.add_argument("--metadata", type=Path, default=DATA_DIR / "traffic_metadata.csv")
+    _add_common(bench)
+    return root
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    logging.basicConfig(
+        level=getattr(args, "log_level", "INFO"),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    handler = COMMANDS[args.command]
+    try:
+        return handler(args)
+    except KeyboardInterrupt:
+        return 130
+
+
+def cmd_stack(args: argparse.Namespace) -> int:
+    from infra import stack
+
+    settings = build_settings(args)
+    cfg = stack_config(settings)
+    if args.action == "status":
+        for name, status in stack.status(cfg).items():
+            print(f"{name:10} {status}")
+        return 0
+    getattr(stack, args.action)(cfg)
+    return 0
+
+
+def stack_config(settings: Settings) -> Any:
+    from infra.stack import StackConfig
+
+    return StackConfig(
+        data_dir=settings.data_dir,
+        cache_dir=settings.cache_dir,
+        kafka_port=settings.kafka_port,
+        controller_port=settings.controller_port,
+        registry_port=settings.registry_port,
+    )
+
+
+def cmd_init(args: argparse.Namespace) -> int:
+    from citystream.kafka import ensure_topics, register_schemas
+
+    settings = build_settings(args)
+    created = ensure_topics(settings)
+    print(f"topics created: {', '.join(created) or 'none (all existed)'}")
+    for subject, schema_id in register_schemas(settings).items():
+        print(f"schema {subject}-value -> id {schema_id}")
+    return 0
+
+
+def cmd_replay(args: argparse.Namespace) -> int:
+    from citystream.kafka import ensure_topics
+    from citystream.progress import print_replay_progress
+    from connectors.sources.aarhus import AarhusReplaySource
+
+    settings = build_settings(args)
+    ensure_topics(settings)
+    source = AarhusReplaySource(settings, args.traffic, args.metadata, args.speed)
+    source.setup()
+    signal.signal(signal.SIGTERM, lambda *_: source.stop())
+    report = source.run(print_replay_progress)
+    return 0 if report.rows_read else 1
+
+
+def cmd_process(args: argparse.Namespace) -> int:
+    from streams import worker
+
+    settings = build_settings(args, processor_web_port=args.processor_web_port)
+    # Faust parses sys.argv itself; hand it a clean command line.
+    sys.argv = [sys.argv[0], "worker"]
+    worker.run(settings, loglevel=args.log_level)
+    return 0
+
+
+def cmd_sink(args: argparse.Namespace) -> int:
+    import threading
+
+    from connectors.sinks.clickhouse import ClickHouseSink
+
+    settings = build_settings(args, query_port=args.query_port)
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    sink = ClickHouseSink(settings)
+    sink.setup()
+    try:
+        sink.run(stop)
+    finally:
+        sink.stop()
+    return 0
+
+
+def cmd_query(args: argparse.Namespace) -> int:
+    from citystream.query import format_result, run_query
+
+    settings = build_settings(args)
+    columns, rows = run_query(settings, args.sql)
+    print(format_result(columns, rows, args.format))
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from citystream.demo import run_demo
+
+    return run_demo(build_settings(args), args.traffic, args.metadata, args.keep_stack)
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    from citystream.bench import run_bench
+
+    settings = build_settings(args)
+    traffic = args.traffic or settings.aarhus_dir / "traffic_2014-08-01_07.csv.gz"
+    return run_bench(settings, traffic, args.metadata)
+
+
+COMMANDS = {
+    "stack": cmd_stack,
+    "init": cmd_init,
+    "replay": cmd_replay,
+    "process": cmd_process,
+    "sink": cmd_sink,
+    "query": cmd_query,
+    "demo": cmd_demo,
+    "bench": cmd_bench,
+}
+
+if __name__ == "__main__":
+    sys.exit(main())

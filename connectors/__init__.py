@@ -1,0 +1,1 @@
+"""Sources into Kafka and sinks out of it; each connector is one module."""

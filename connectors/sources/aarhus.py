@@ -1,0 +1,450 @@
+"""Aarhus replay source: recorded CityPulse traffic counts into Kafka.
+
+Data: Open Data Aarhus / CityPulse project, as published in the CityBench benchmark.
+
+Each valid row becomes one ``TrafficReading`` on ``city.traffic.v1`` (for subscribers) and
+one entry of a column-wise ``TrafficReadingBatch`` on ``city.traffic.batches.v1`` (the
+processor's input, decoded in bulk). Road segments go first to the compacted
+``city.road_segments.v1``, and are flushed before any reading so the processor can enrich.
+Rows that cannot be used go to ``city.dlq.v1`` with reason, file:line and the raw row.
+"""
+
+from __future__ import annotations
+
+import csv
+import gzip
+import io
+import math
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from functools import lru_cache
+from pathlib import Path
+from typing import IO, Any
+from zoneinfo import ZoneInfo
+
+from citystream.kafka import Publisher, partition_for
+from citystream.settings import Settings
+from schemas.deadletter import dead_letter
+from schemas.registry import SchemaRegistry
+
+COMPONENT = "aarhus-replay"
+AARHUS_TZ = ZoneInfo("Europe/Copenhagen")
+READING_COLUMNS = (
+    "status",
+    "avgMeasuredTime",
+    "avgSpeed",
+    "medianMeasuredTime",
+    "TIMESTAMP",
+    "vehicleCount",
+    "REPORT_ID",
+)
+
+
+class RowError(ValueError):
+    """A row that cannot become a reading; ``reason`` is the dead-letter code."""
+
+    def __init__(self, reason: str, detail: str) -> None:
+        super().__init__(detail)
+        self.reason = reason
+
+
+@dataclass(frozen=True, slots=True)
+class Reading:
+    segment_id: str
+    event_time_ms: int
+    vehicle_count: int
+    avg_speed_kmh: float
+    avg_measured_time_s: int | None
+    median_measured_time_s: int | None
+    status: str
+    origin: str
+
+
+@dataclass(frozen=True, slots=True)
+class Rejected:
+    reason: str
+    detail: str
+    origin: str
+    raw: str
+
+
+# --- parsing (pure) ------------------------------------------------------------------
+
+
+@lru_cache(maxsize=65536)
+def local_to_utc_ms(text: str) -> int:
+    """Aarhus local wall time (no offset) to UTC epoch ms.
+
+    An ambiguous time in the autumn fold is read as the first (summer-time) occurrence; a
+    time that does not exist (the spring gap) is rejected rather than guessed.
+    """
+    try:
+        naive = datetime.fromisoformat(text.strip())
+    except ValueError as exc:
+        raise RowError("invalid_timestamp", f"unparseable TIMESTAMP {text!r}") from exc
+    if naive.tzinfo is not None:
+        return int(naive.timestamp() * 1000)
+    local = naive.replace(tzinfo=AARHUS_TZ)
+    utc = local.astimezone(UTC)
+    if utc.astimezone(AARHUS_TZ).replace(tzinfo=None) != naive:
+        raise RowError(
+            "invalid_timestamp", f"TIMESTAMP {text!r} does not exist in Aarhus (DST gap)"
+        )
+    return int(utc.timestamp() * 1000)
+
+
+def _count(text: str, column: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = _whole_number(text, column)
+    if value < 0:
+        raise RowError("invalid_row", f"{column} is negative: {text!r}")
+    return value
+
+
+def _whole_number(text: str, column: str) -> int:
+    try:
+        number = float(text)
+    except ValueError as exc:
+        raise RowError("invalid_row", f"{column} is not a number: {text!r}") from exc
+    if not math.isfinite(number) or number != int(number):
+        raise RowError("invalid_row", f"{column} is not a whole number: {text!r}")
+    return int(number)
+
+
+def _speed(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError as exc:
+        raise RowError("invalid_row", f"avgSpeed is not a number: {text!r}") from exc
+    if not math.isfinite(value) or value < 0:
+        raise RowError("invalid_row", f"avgSpeed must be finite and >= 0: {text!r}")
+    return value
+
+
+def _optional_seconds(text: str, column: str) -> int | None:
+    return None if text.strip() == "" else _count(text, column)
+
+
+class ReadingParser:
+    """Turns CSV rows into readings, column order taken from the header."""
+
+    def __init__(self, header: list[str], source_name: str) -> None:
+        missing = [c for c in READING_COLUMNS if c not in header]
+        if missing:
+            raise ValueError(f"{source_name}: header lacks columns {missing}")
+        self.index = {c: header.index(c) for c in READING_COLUMNS}
+        self.width = len(header)
+        self.source_name = source_name
+
+    def parse(self, row: list[str], line: int) -> Reading | Rejected:
+        origin = f"{self.source_name}:{line}"
+        try:
+            return self._parse(row, origin)
+        except RowError as exc:
+            return Rejected(exc.reason, str(exc), origin, ",".join(row))
+
+    def _parse(self, row: list[str], origin: str) -> Reading:
+        if len(row) != self.width:
+            raise RowError("invalid_row", f"expected {self.width} fields, got {len(row)}")
+        ix = self.index
+        segment_id = row[ix["REPORT_ID"]].strip()
+        if not segment_id:
+            raise RowError("invalid_row", "REPORT_ID is empty")
+        return Reading(
+            segment_id=segment_id,
+            event_time_ms=local_to_utc_ms(row[ix["TIMESTAMP"]]),
+            vehicle_count=_count(row[ix["vehicleCount"]], "vehicleCount"),
+            avg_speed_kmh=_speed(row[ix["avgSpeed"]]),
+            avg_measured_time_s=_optional_seconds(row[ix["avgMeasuredTime"]], "avgMeasuredTime"),
+            median_measured_time_s=_optional_seconds(
+                row[ix["medianMeasuredTime"]], "medianMeasuredTime"
+            ),
+            status=row[ix["status"]].strip() or "OK",
+            origin=origin,
+        )
+
+
+def open_text(path: Path, raw: IO[bytes] | None = None) -> IO[str]:
+    """Plain or gzipped CSV, decoded as UTF-8 (``raw``: an already opened file)."""
+    binary: IO[bytes] = raw if raw is not None else path.open("rb")
+    if path.suffix == ".gz":
+        binary = gzip.GzipFile(fileobj=binary, mode="rb")  # type: ignore[assignment]
+    return io.TextIOWrapper(binary, encoding="utf-8", newline="")
+
+
+def iter_readings(path: Path, raw: IO[bytes] | None = None) -> Iterator[Reading | Rejected]:
+    with open_text(path, raw) as handle:
+        rows = csv.reader(handle)
+        header = next(rows, None)
+        if header is None:
+            return
+        parser = ReadingParser(header, path.name)
+        for line, row in enumerate(rows, start=2):
+            yield parser.parse(row, line)
+
+
+def parse_segment(row: dict[str, str]) -> dict[str, Any]:
+    """One metadata row as a RoadSegment record; district = the first point's postal code."""
+    try:
+        length = row.get("DISTANCE_IN_METERS", "").strip()
+        return {
+            "segment_id": row["REPORT_ID"].strip(),
+            "name": row.get("REPORT_NAME", "").strip(),
+            "district": row["POINT_1_POSTAL_CODE"].strip() or "unknown",
+            "free_flow_speed_kmh": float(row["NDT_IN_KMH"]),
+            "length_m": float(length) if length else None,
+            "road_type": row.get("ROAD_TYPE", "").strip(),
+            "start_lat": float(row["POINT_1_LAT"]),
+            "start_lon": float(row["POINT_1_LNG"]),
+            "end_lat": float(row["POINT_2_LAT"]),
+            "end_lon": float(row["POINT_2_LNG"]),
+        }
+    except (KeyError, ValueError, TypeError) as exc:
+        raise RowError("invalid_segment", f"bad metadata row: {exc!r}") from exc
+
+
+def read_segments(path: Path) -> tuple[list[dict[str, Any]], list[Rejected]]:
+    segments: list[dict[str, Any]] = []
+    rejected: list[Rejected] = []
+    with open_text(path) as handle:
+        for line, row in enumerate(csv.DictReader(handle), start=2):
+            try:
+                segment = parse_segment(row)
+                if not segment["segment_id"] or not math.isfinite(segment["free_flow_speed_kmh"]):
+                    raise RowError("invalid_segment", "empty REPORT_ID or non-finite NDT_IN_KMH")
+                segments.append(segment)
+            except RowError as exc:
+                raw = ",".join(v or "" for v in row.values() if isinstance(v, str))
+                rejected.append(Rejected(exc.reason, str(exc), f"{path.name}:{line}", raw))
+    return segments, rejected
+
+
+# --- publishing ----------------------------------------------------------------------
+
+
+@dataclass
+class ReplayReport:
+    rows_read: int = 0
+    published: int = 0
+    dead_lettered: Counter[str] = field(default_factory=Counter)
+    segments: int = 0
+    batches: int = 0
+    seconds: float = 0.0
+    fraction_done: float = 0.0
+
+    @property
+    def rows_per_second(self) -> float:
+        return self.rows_read / self.seconds if self.seconds else 0.0
+
+
+Progress = Callable[[ReplayReport, bool], None]
+
+
+class _BatchBuffer:
+    """Column-wise readings of one partition waiting to become one batch message."""
+
+    __slots__ = ("avg_speed_kmh", "event_time_ms", "origin", "segment_id", "vehicle_count")
+
+    def __init__(self) -> None:
+        self.segment_id: list[str] = []
+        self.event_time_ms: list[int] = []
+        self.vehicle_count: list[int] = []
+        self.avg_speed_kmh: list[float] = []
+        self.origin: list[str] = []
+
+    def add(self, r: Reading) -> int:
+        self.segment_id.append(r.segment_id)
+        self.event_time_ms.append(r.event_time_ms)
+        self.vehicle_count.append(r.vehicle_count)
+        self.avg_speed_kmh.append(r.avg_speed_kmh)
+        self.origin.append(r.origin)
+        return len(self.segment_id)
+
+    def record(self, source: str) -> dict[str, Any]:
+        return {
+            "source": source,
+            "segment_id": self.segment_id,
+            "event_time_ms": self.event_time_ms,
+            "vehicle_count": self.vehicle_count,
+            "avg_speed_kmh": self.avg_speed_kmh,
+            "origin": self.origin,
+        }
+
+
+class AarhusReplaySource:
+    """Replays one traffic file (+ metadata) as fast as possible or at ``speed``× real time."""
+
+    def __init__(
+        self, settings: Settings, traffic: Path, metadata: Path, speed: float | None = None
+    ) -> None:
+        self.settings = settings
+        self.traffic = traffic
+        self.metadata = metadata
+        self.speed = speed
+        self._stopped = False
+
+    def setup(self) -> None:
+        """Connect to the registry and Kafka; fails early with a clear message."""
+        for path in (self.traffic, self.metadata):
+            if not path.is_file():
+                raise FileNotFoundError(f"input file not found: {path}")
+        s = self.settings
+        registry = SchemaRegistry(s.registry_config())
+        self.topics = {
+            n: s.topic(n)
+            for n in (
+                "city.road_segments.v1",
+                "city.traffic.v1",
+                "city.traffic.batches.v1",
+                "city.dlq.v1",
+            )
+        }
+        self.serdes = {n: registry.serde(t, n) for n, t in self.topics.items()}
+        self.publisher = Publisher.create(s)
+        self.partitions = self._partition_count()
+
+    def _partition_count(self) -> int:
+        metadata = self.publisher.producer.list_topics(self.topics["city.traffic.v1"], timeout=30)
+        topic = metadata.topics[self.topics["city.traffic.v1"]]
+        if topic.error is not None:
+            raise RuntimeError(f"topic {self.topics['city.traffic.v1']}: {topic.error}")
+        return len(topic.partitions)
+
+    def stop(self) -> None:
+        self._stopped = True
+
+    def run(self, progress: Progress | None = None) -> ReplayReport:
+        report = ReplayReport()
+        started = time.monotonic()
+        self._publish_segments(report)
+        self._publish_readings(report, progress, started)
+        self.publisher.flush()
+        report.seconds = time.monotonic() - started
+        if progress:
+            progress(report, True)
+        return report
+
+    def _dead_letter(self, rejected: Rejected, report: ReplayReport) -> None:
+        record = dead_letter(
+            rejected.reason, rejected.detail, COMPONENT, rejected.origin, rejected.raw.encode()
+        )
+        self.publisher.send(
+            self.topics["city.dlq.v1"],
+            rejected.reason.encode(),
+            self.serdes["city.dlq.v1"].encode(record),
+        )
+        report.dead_lettered[rejected.reason] += 1
+
+    def _publish_segments(self, report: ReplayReport) -> None:
+        segments, rejected = read_segments(self.metadata)
+        serde, topic = self.serdes["city.road_segments.v1"], self.topics["city.road_segments.v1"]
+        for segment in segments:
+            self.publisher.send(topic, segment["segment_id"].encode(), serde.encode(segment))
+        for bad in rejected:
+            self._dead_letter(bad, report)
+        self.publisher.flush()  # reference data is durable before the first reading
+        report.segments = len(segments)
+
+    def _publish_readings(
+        self, report: ReplayReport, progress: Progress | None, started: float
+    ) -> None:
+        buffers = [_BatchBuffer() for _ in range(self.partitions)]
+        pacer = _Pacer(self.speed) if self.speed else None
+        next_progress = started
+        size = max(1, self.traffic.stat().st_size)
+        with self.traffic.open("rb") as raw:
+            for item in iter_readings(self.traffic, raw):
+                if self._stopped:
+                    break
+                self._handle(item, report, buffers, pacer)
+                if progress and report.rows_read % 4096 == 0 and time.monotonic() >= next_progress:
+                    report.seconds = time.monotonic() - started
+                    report.fraction_done = raw.tell() / size
+                    progress(report, False)
+                    next_progress = time.monotonic() + 0.5
+        report.fraction_done = 1.0
+        self._flush_buffers(buffers, report)
+
+    def _handle(
+        self,
+        item: Reading | Rejected,
+        report: ReplayReport,
+        buffers: list[_BatchBuffer],
+        pacer: _Pacer | None,
+    ) -> None:
+        report.rows_read += 1
+        if isinstance(item, Rejected):
+            self._dead_letter(item, report)
+            return
+        if pacer and pacer.wait_needed(item.event_time_ms):
+            self._flush_buffers(buffers, report)
+            pacer.sleep(item.event_time_ms)
+        partition = self._partition(item.segment_id)
+        self._send_reading(item, partition)
+        if buffers[partition].add(item) >= self.settings.source_batch_size:
+            self._send_batch(buffers, partition, report)
+        report.published += 1
+
+    def _partition(self, segment_id: str) -> int:
+        return _partition_of(segment_id, self.partitions)
+
+    def _send_reading(self, r: Reading, partition: int) -> None:
+        value = self.serdes["city.traffic.v1"].encode(
+            {
+                "segment_id": r.segment_id,
+                "event_time": r.event_time_ms,
+                "vehicle_count": r.vehicle_count,
+                "avg_speed_kmh": r.avg_speed_kmh,
+                "avg_measured_time_s": r.avg_measured_time_s,
+                "median_measured_time_s": r.median_measured_time_s,
+                "status": r.status,
+                "source": COMPONENT,
+            }
+        )
+        self.publisher.send(self.topics["city.traffic.v1"], r.segment_id.encode(), value, partition)
+
+    def _send_batch(
+        self, buffers: list[_BatchBuffer], partition: int, report: ReplayReport
+    ) -> None:
+        value = self.serdes["city.traffic.batches.v1"].encode(buffers[partition].record(COMPONENT))
+        self.publisher.send(
+            self.topics["city.traffic.batches.v1"], str(partition).encode(), value, partition
+        )
+        buffers[partition] = _BatchBuffer()
+        report.batches += 1
+
+    def _flush_buffers(self, buffers: list[_BatchBuffer], report: ReplayReport) -> None:
+        for partition, buffer in enumerate(buffers):
+            if buffer.segment_id:
+                self._send_batch(buffers, partition, report)
+        self.publisher.producer.poll(0)
+
+
+@lru_cache(maxsize=65536)
+def _partition_of(segment_id: str, partitions: int) -> int:
+    return partition_for(segment_id.encode(), partitions)
+
+
+class _Pacer:
+    """Keeps event time and wall time in step at ``speed``× real time."""
+
+    def __init__(self, speed: float) -> None:
+        self.speed = speed
+        self.first_event_ms: int | None = None
+        self.first_wall = 0.0
+
+    def _due(self, event_ms: int) -> float:
+        if self.first_event_ms is None:
+            self.first_event_ms, self.first_wall = event_ms, time.monotonic()
+        return self.first_wall + (event_ms - self.first_event_ms) / 1000.0 / self.speed
+
+    def wait_needed(self, event_ms: int) -> bool:
+        return self._due(event_ms) > time.monotonic() + 0.01
+
+    def sleep(self, event_ms: int) -> None:
+        time.sleep(max(0.0, self._due(event_ms) - time.monotonic()))

@@ -1,0 +1,86 @@
+"""The topic catalogue: every topic citystream owns, its schema, key and retention."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+AVRO_DIR = Path(__file__).parent / "avro"
+
+
+@dataclass(frozen=True)
+class TopicSpec:
+    name: str
+    schema_file: str
+    key: str
+    doc: str
+    compacted: bool = False
+    internal: bool = False
+    single_partition: bool = False
+    retention_ms: int | None = None
+
+    @property
+    def subject(self) -> str:
+        """Subjects follow the TopicNameStrategy: ``<topic>-value``."""
+        return f"{self.name}-value"
+
+
+TOPICS: dict[str, TopicSpec] = {
+    spec.name: spec
+    for spec in (
+        TopicSpec(
+            "city.road_segments.v1",
+            "road_segment.avsc",
+            key="segment_id",
+            doc="Road segment reference data, latest value per segment",
+            compacted=True,
+        ),
+        TopicSpec(
+            "city.traffic.v1",
+            "traffic_reading.avsc",
+            key="segment_id",
+            doc="Every traffic reading as observed, one per message",
+        ),
+        TopicSpec(
+            "city.traffic.batches.v1",
+            "traffic_reading_batch.avsc",
+            key="partition number",
+            doc="Processor input: the same readings, many per message, column-wise",
+            internal=True,
+        ),
+        TopicSpec(
+            "city.traffic.partials.v1",
+            "traffic_partial.avsc",
+            key="source partition",
+            doc="Per-partition district/city sums from the traffic processor's first stage",
+            internal=True,
+            single_partition=True,
+        ),
+        TopicSpec(
+            "city.kpi.v1",
+            "kpi_record.avsc",
+            key="kpi|scope|entity_id|window_start",
+            doc="KPI values per window; a higher revision replaces a lower one",
+        ),
+        TopicSpec(
+            "city.dlq.v1",
+            "dead_letter.avsc",
+            key="reason",
+            doc="Dead letters: rejected input with reason, origin and raw payload",
+        ),
+    )
+}
+
+
+@cache
+def load_schema(schema_file: str) -> dict[str, Any]:
+    """The schema as JSON; parsed once per process."""
+    result: dict[str, Any] = json.loads((AVRO_DIR / schema_file).read_text())
+    return result
+
+
+def schema_for_topic(topic: str) -> dict[str, Any]:
+    return load_schema(TOPICS[topic].schema_file)

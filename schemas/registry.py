@@ -1,0 +1,57 @@
+"""Schema registration and lookup through confluent-kafka's schema-registry client."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from confluent_kafka.schema_registry import Schema, SchemaRegistryClient
+from confluent_kafka.schema_registry.error import SchemaRegistryError
+
+from schemas.catalog import TOPICS, load_schema
+from schemas.serde import AvroSerde, UnknownSchemaError
+
+COMPATIBILITY = "BACKWARD"
+
+
+class SchemaRegistry:
+    """Subjects follow the TopicNameStrategy (``<topic>-value``), all BACKWARD compatible."""
+
+    def __init__(self, conf: dict[str, Any]) -> None:
+        self.client = SchemaRegistryClient(conf)
+        self._writer_cache: dict[int, dict[str, Any]] = {}
+
+    def register(self, topic: str, schema: dict[str, Any]) -> int:
+        """Idempotent: the same schema gets the same id; an incompatible one is refused."""
+        subject = f"{topic}-value"
+        self.client.set_compatibility(subject_name=subject, level=COMPATIBILITY)
+        return int(self.client.register_schema(subject, Schema(json.dumps(schema), "AVRO")))
+
+    def is_compatible(self, topic: str, schema: dict[str, Any]) -> bool:
+        subject = f"{topic}-value"
+        try:
+            return bool(self.client.test_compatibility(subject, Schema(json.dumps(schema), "AVRO")))
+        except SchemaRegistryError as exc:
+            if exc.http_status_code == 404:  # no subject yet: anything is compatible
+                return True
+            raise
+
+    def serde(self, topic: str, base_topic: str | None = None) -> AvroSerde:
+        """A serde for ``topic`` whose schema is the catalogue entry of ``base_topic``."""
+        schema = load_schema(TOPICS[base_topic or topic].schema_file)
+        return AvroSerde(schema, self.register(topic, schema), self.writer_schema)
+
+    def writer_schema(self, schema_id: int) -> dict[str, Any]:
+        if schema_id not in self._writer_cache:
+            try:
+                found = self.client.get_schema(schema_id)
+            except SchemaRegistryError as exc:
+                if exc.http_status_code == 404:
+                    raise UnknownSchemaError(
+                        f"schema id {schema_id} is unknown to the registry"
+                    ) from exc
+                raise
+            if not found.schema_str:
+                raise UnknownSchemaError(f"schema id {schema_id} has no schema text")
+            self._writer_cache[schema_id] = json.loads(found.schema_str)
+        return self._writer_cache[schema_id]

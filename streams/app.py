@@ -1,0 +1,24 @@
+"""Builds the one Faust app. Called by the `citystream process` entry point, never at import."""
+
+from __future__ import annotations
+
+import faust
+
+from citystream.settings import Settings
+
+
+def create_app(settings: Settings) -> faust.App:
+    brokers = ";".join(f"kafka://{b}" for b in settings.kafka_bootstrap_servers.split(","))
+    return faust.App(
+        settings.group(settings.processor_id),
+        broker=brokers,
+        store="memory://",
+        processing_guarantee="at_least_once",
+        consumer_auto_offset_reset="earliest",
+        topic_partitions=settings.partitions,
+        topic_replication_factor=settings.replication_factor,
+        producer_acks=-1,
+        web_host="127.0.0.1",
+        web_port=settings.processor_web_port,
+        web_in_thread=False,
+    )

@@ -1,0 +1,55 @@
+"""Traffic processor dataflow, on one screen.
+
+city.traffic.batches.v1 ──segment_windows──▶ city.kpi.v1 (segment KPIs)
+        (N partitions)          │            city.dlq.v1 (late, undecodable)
+                                ▼
+                   city.traffic.partials.v1 ──city_windows──▶ city.kpi.v1
+                        (1 partition)                        (district, city KPIs)
+every second: idle_flush emits windows whose input has stopped (end of a replay).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import faust
+
+from schemas.faust_codec import AvroCodec
+from streams.traffic.processor import TrafficProcessor
+
+
+def _origin(event: Any) -> str:
+    message = event.message
+    return f"{message.topic}/{message.partition}/{message.offset}"
+
+
+def register(app: faust.App, processor: TrafficProcessor) -> None:
+    """Attach the traffic agents to the app; ``processor.setup()`` must have run."""
+    batches = app.topic(
+        processor.topics["city.traffic.batches.v1"],
+        key_serializer="raw",
+        value_serializer=AvroCodec(processor.serdes["city.traffic.batches.v1"]),
+    )
+    partials = app.topic(
+        processor.topics["city.traffic.partials.v1"],
+        key_serializer="raw",
+        value_serializer=AvroCodec(processor.serdes["city.traffic.partials.v1"]),
+    )
+
+    @app.agent(batches, name="traffic.segment_windows")
+    async def segment_windows(stream: faust.StreamT) -> None:
+        async for event in stream.events():
+            await processor.on_batch(event.message.partition, event.value, _origin(event))
+
+    @app.agent(partials, name="traffic.city_windows")
+    async def city_windows(stream: faust.StreamT) -> None:
+        async for event in stream.events():
+            await processor.on_partial(event.value, _origin(event))
+
+    @app.timer(interval=1.0, name="traffic.idle_flush")
+    async def idle_flush() -> None:
+        await processor.on_tick()
+
+    @app.page("/citystream/stats/")
+    async def stats(web: Any, request: Any) -> Any:
+        return web.json(processor.stats.as_dict())

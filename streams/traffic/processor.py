@@ -1,0 +1,227 @@
+"""The traffic processor's Kafka side: decode, window, publish. Agents are in agents.py."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+
+from citystream.kafka import Publisher
+from citystream.settings import Settings
+from schemas.deadletter import dead_letter
+from schemas.faust_codec import Undecodable
+from schemas.registry import SchemaRegistry
+from schemas.serde import AvroSerde
+from streams.reference import CompactedTable
+from streams.traffic.windows import CityWindows, Counters, Emission, PartitionWindows, SegmentInfo
+
+log = logging.getLogger(__name__)
+COMPONENT = "traffic-processor"
+TOPICS = (
+    "city.road_segments.v1",
+    "city.traffic.batches.v1",
+    "city.traffic.partials.v1",
+    "city.kpi.v1",
+    "city.dlq.v1",
+)
+
+
+def segment_info(record: dict[str, Any]) -> SegmentInfo:
+    return SegmentInfo(str(record["district"]), float(record["free_flow_speed_kmh"]))
+
+
+def _now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+@dataclass
+class Stats:
+    """Counters served at /citystream/stats for reconciliation and the demo."""
+
+    counters: Counters = field(default_factory=Counters)
+    batches: int = 0
+    undecodable: int = 0
+    kpis_emitted: int = 0
+    partials_emitted: int = 0
+    last_input_monotonic: float = field(default_factory=time.monotonic)
+
+    def as_dict(self) -> dict[str, Any]:
+        c = self.counters
+        return {
+            "accepted": c.accepted,
+            "duplicates": c.duplicates,
+            "late": c.late,
+            "unknown_segment": c.unknown_segment,
+            "batches": self.batches,
+            "undecodable": self.undecodable,
+            "kpis_emitted": self.kpis_emitted,
+            "partials_emitted": self.partials_emitted,
+            "idle_seconds": round(time.monotonic() - self.last_input_monotonic, 3),
+        }
+
+
+class TrafficProcessor:
+    """Holds the windows of the partitions this worker owns and the merge stage."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.topics = {name: settings.topic(name) for name in TOPICS}
+        self.size_ms = settings.window_minutes * 60_000
+        self.grace_ms = settings.grace_minutes * 60_000
+        self.idle_ms = int(settings.idle_timeout_s * 1000)
+        self.partitions: dict[int, PartitionWindows] = {}
+        self.city = CityWindows(self.size_ms, self.grace_ms, self.idle_ms)
+        self.stats = Stats()
+        self._last_reference_refresh = 0.0
+
+    def setup(self) -> None:
+        """Registry, producer and reference data; run by the entry point before the worker."""
+        registry = SchemaRegistry(self.settings.registry_config())
+        self.serdes: dict[str, AvroSerde] = {
+            n: registry.serde(t, n) for n, t in self.topics.items()
+        }
+        self.publisher = Publisher.create(self.settings, **{"linger.ms": 5})
+        self.segments = CompactedTable(
+            self.settings.kafka_config(),
+            self.topics["city.road_segments.v1"],
+            self.serdes["city.road_segments.v1"],
+            segment_info,
+            self._reject,
+        )
+        self.segments.refresh()
+        log.info("loaded %d road segments", len(self.segments.data))
+
+    def close(self) -> None:
+        self.publisher.flush()
+        self.segments.close()
+
+    # --- stage 1 ---------------------------------------------------------------------
+
+    async def on_batch(
+        self, partition: int, value: dict[str, Any] | Undecodable, origin: str
+    ) -> None:
+        self.stats.last_input_monotonic = time.monotonic()
+        if isinstance(value, Undecodable):
+            self.stats.undecodable += 1
+            self._reject(value.payload, value.reason, value.detail, origin)
+            await self._flush()
+            return
+        self.stats.batches += 1
+        self._maybe_refresh_reference(value["segment_id"])
+        windows = self._partition_windows(partition)
+        before = Counters(**vars(windows.counters))
+        emission = windows.add(
+            value["segment_id"],
+            value["event_time_ms"],
+            value["vehicle_count"],
+            value["avg_speed_kmh"],
+            self.segments.data,
+            _now_ms(),
+        )
+        self._count(windows.counters, before)
+        self._dead_letter_late(emission, value)
+        await self._publish(emission)
+
+    def _partition_windows(self, partition: int) -> PartitionWindows:
+        if partition not in self.partitions:
+            self.partitions[partition] = PartitionWindows(
+                partition, self._batch_partition_count(), self.size_ms, self.grace_ms
+            )
+        return self.partitions[partition]
+
+    def _batch_partition_count(self) -> int:
+        topic = self.topics["city.traffic.batches.v1"]
+        meta = self.publisher.producer.list_topics(topic, timeout=30).topics[topic]
+        return len(meta.partitions)
+
+    def _count(self, after: Counters, before: Counters) -> None:
+        delta = Counters(
+            after.accepted - before.accepted,
+            after.duplicates - before.duplicates,
+            after.late - before.late,
+            after.unknown_segment - before.unknown_segment,
+        )
+        self.stats.counters.merge(delta)
+
+    def _maybe_refresh_reference(self, segment_ids: list[str]) -> None:
+        """Unknown segments trigger a re-read of the reference topic, at most once a second."""
+        known = self.segments.data
+        if all(s in known for s in segment_ids):
+            return
+        if time.monotonic() - self._last_reference_refresh < 1.0:
+            return
+        self._last_reference_refresh = time.monotonic()
+        self.segments.refresh()
+
+    def _dead_letter_late(self, emission: Emission, batch: dict[str, Any]) -> None:
+        for late in emission.late:
+            i = late.position
+            payload = orjson.dumps(
+                {
+                    "segment_id": batch["segment_id"][i],
+                    "event_time_ms": late.event_ms,
+                    "vehicle_count": batch["vehicle_count"][i],
+                    "avg_speed_kmh": batch["avg_speed_kmh"][i],
+                    "source": batch["source"],
+                }
+            )
+            detail = (
+                f"event time {late.event_ms} is past window end + grace; "
+                f"stream time {late.stream_time_ms}"
+            )
+            self._reject(payload, "late", detail, batch["origin"][i])
+
+    # --- stage 2 ---------------------------------------------------------------------
+
+    async def on_partial(self, value: dict[str, Any] | Undecodable, origin: str) -> None:
+        if isinstance(value, Undecodable):
+            self.stats.undecodable += 1
+            self._reject(value.payload, value.reason, value.detail, origin)
+            await self._flush()
+            return
+        await self._publish(Emission(kpis=self.city.add(value, _now_ms())))
+
+    # --- idle timer --------------------------------------------------------------------
+
+    async def on_tick(self) -> None:
+        """Emit what waits for input that is not coming (the end of a finite replay)."""
+        idle = time.monotonic() - self.stats.last_input_monotonic >= self.settings.idle_timeout_s
+        if idle:
+            for windows in self.partitions.values():
+                await self._publish(windows.flush(self.segments.data, _now_ms()))
+        await self._publish(Emission(kpis=self.city.emit_due(_now_ms())))
+
+    # --- output ------------------------------------------------------------------------
+
+    def _reject(self, payload: bytes, reason: str, detail: str, origin: str) -> None:
+        record = dead_letter(reason, detail, COMPONENT, origin, payload)
+        self.publisher.send(
+            self.topics["city.dlq.v1"], reason.encode(), self.serdes["city.dlq.v1"].encode(record)
+        )
+
+    async def _publish(self, emission: Emission) -> None:
+        """Send, then wait for the acks: Faust commits the input offset only after this."""
+        kpi_serde, kpi_topic = self.serdes["city.kpi.v1"], self.topics["city.kpi.v1"]
+        for record in emission.kpis:
+            key = (
+                f"{record['kpi']}|{record['scope']}|{record['entity_id']}|{record['window_start']}"
+            )
+            self.publisher.send(kpi_topic, key.encode(), kpi_serde.encode(record))
+        self.stats.kpis_emitted += len(emission.kpis)
+        if emission.partial is not None:
+            partial = emission.partial
+            self.publisher.send(
+                self.topics["city.traffic.partials.v1"],
+                str(partial["source_partition"]).encode(),
+                self.serdes["city.traffic.partials.v1"].encode(partial),
+            )
+            self.stats.partials_emitted += 1
+        if emission.kpis or emission.partial is not None or emission.late:
+            await self._flush()
+
+    async def _flush(self) -> None:
+        await asyncio.get_running_loop().run_in_executor(None, self.publisher.flush)
