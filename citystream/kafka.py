@@ -6,7 +6,7 @@ import logging
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-from confluent_kafka import KafkaError, KafkaException, Message, Producer
+from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
 
 from citystream.settings import Settings
@@ -139,3 +139,33 @@ def murmur2(data: bytes) -> int:
 def partition_for(key: bytes, partitions: int) -> int:
     """Same partition as Kafka's Java DefaultPartitioner for a keyed record."""
     return (murmur2(key) & 0x7FFFFFFF) % partitions
+
+
+def end_offsets(settings: Settings, topic: str, timeout: float = 10.0) -> dict[int, int]:
+    consumer = Consumer(settings.kafka_config(**{"group.id": "citystream-offsets"}))
+    try:
+        meta = consumer.list_topics(topic, timeout=timeout).topics[topic]
+        return {
+            p: consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=timeout)[1]
+            for p in meta.partitions
+        }
+    finally:
+        consumer.close()
+
+
+def committed_offsets(
+    settings: Settings, group: str, topic: str, partitions: Iterable[int], timeout: float = 10.0
+) -> dict[int, int]:
+    consumer = Consumer(settings.kafka_config(**{"group.id": group, "enable.auto.commit": False}))
+    try:
+        wanted = [TopicPartition(topic, p) for p in partitions]
+        return {tp.partition: max(tp.offset, 0) for tp in consumer.committed(wanted, timeout)}
+    finally:
+        consumer.close()
+
+
+def group_lag(settings: Settings, group: str, topic: str) -> int:
+    """Messages in ``topic`` the consumer ``group`` has not committed yet."""
+    ends = end_offsets(settings, topic)
+    committed = committed_offsets(settings, group, topic, ends)
+    return sum(max(0, end - committed.get(p, 0)) for p, end in ends.items())

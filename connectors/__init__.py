@@ -1,1 +1,1 @@
-"""Sources into Kafka and sinks out of it; each connector is one module."""
+"""Connectors between Kafka and the outside world: sources feed topics, sinks drain them."""

@@ -48,6 +48,13 @@ def stack() -> Settings:
     return base
 
 
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
 @pytest.fixture
 def settings(stack: Settings, tmp_path: Path) -> Iterator[Settings]:
     """Settings isolated per test: own topic/group prefix and own data dir (own chDB)."""
@@ -59,5 +66,7 @@ def settings(stack: Settings, tmp_path: Path) -> Iterator[Settings]:
             "processor_id": "traffic",
             "idle_timeout_s": 2.0,
             "sink_batch_seconds": 0.5,
+            "processor_web_port": free_port(),
+            "query_port": free_port(),
         }
     )

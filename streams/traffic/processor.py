@@ -191,7 +191,7 @@ class TrafficProcessor:
         """Emit what waits for input that is not coming (the end of a finite replay)."""
         idle = time.monotonic() - self.stats.last_input_monotonic >= self.settings.idle_timeout_s
         if idle:
-            for windows in self.partitions.values():
+            for windows in list(self.partitions.values()):
                 await self._publish(windows.flush(self.segments.data, _now_ms()))
         await self._publish(Emission(kpis=self.city.emit_due(_now_ms())))
 

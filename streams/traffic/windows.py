@@ -265,15 +265,26 @@ class _MergeWindow:
 
 
 class CityWindows:
-    """Stage 2: merges partition partials into district and city KPIs."""
+    """Stage 2: merges partition partials into district and city KPIs.
 
-    def __init__(self, size_ms: int, grace_ms: int, idle_ms: int) -> None:
+    A window is forgotten once every partition's watermark has passed end + grace (no
+    partition can send more for it), or, to bound memory when a partition never reports,
+    once the furthest watermark is ``retain_ms`` past it. Partials for a forgotten window
+    are ignored and counted, never merged into a fresh, incomplete window.
+    """
+
+    def __init__(
+        self, size_ms: int, grace_ms: int, idle_ms: int, retain_ms: int = 24 * 3_600_000
+    ) -> None:
         self.size_ms = size_ms
         self.grace_ms = grace_ms
         self.idle_ms = idle_ms
+        self.retain_ms = retain_ms
         self.watermarks: dict[int, int] = {}
         self.partition_count = 0
         self.windows: dict[int, _MergeWindow] = {}
+        self.forgotten_before = -1
+        self.ignored_partials = 0
 
     def add(self, partial: Mapping[str, Any], now_ms: int) -> list[dict[str, Any]]:
         partition = int(partial["source_partition"])
@@ -283,6 +294,9 @@ class CityWindows:
         )
         for item in partial["windows"]:
             start = int(item["window_start_ms"])
+            if start < self.forgotten_before:
+                self.ignored_partials += 1
+                continue
             window = self.windows.get(start)
             if window is None:
                 window = self.windows[start] = _MergeWindow(first_seen_ms=now_ms)
@@ -296,14 +310,10 @@ class CityWindows:
             return -1
         return min(self.watermarks.values())
 
-    def _reported_until(self) -> int:
-        """Stream time every partition that ever reported has passed."""
-        return min(self.watermarks.values()) if self.watermarks else -1
-
     def emit_due(self, now_ms: int) -> list[dict[str, Any]]:
         """KPIs of windows all partitions have passed, or that waited ``idle_ms``."""
         complete_until = self._complete_until()
-        forget_before = self._reported_until() - self.grace_ms
+        furthest = max(self.watermarks.values(), default=-1)
         out: list[dict[str, Any]] = []
         for start in sorted(self.windows):
             window = self.windows[start]
@@ -313,8 +323,10 @@ class CityWindows:
                 window.revision += 1
                 window.dirty = False
                 out.extend(self._merged_kpis(start, window, now_ms))
-            if not window.dirty and forget_before > end:
+            finished = complete_until > end + self.grace_ms
+            if not window.dirty and (finished or furthest > end + self.retain_ms):
                 del self.windows[start]
+                self.forgotten_before = max(self.forgotten_before, end)
         return out
 
     def _merged_kpis(self, start: int, window: _MergeWindow, now_ms: int) -> list[dict[str, Any]]:

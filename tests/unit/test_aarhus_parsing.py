@@ -17,7 +17,9 @@ from connectors.sources.aarhus import (
 )
 
 REPO = Path(__file__).resolve().parents[2]
-HEADER = "status,avgMeasuredTime,avgSpeed,extID,medianMeasuredTime,TIMESTAMP,vehicleCount,_id,REPORT_ID"
+HEADER = (
+    "status,avgMeasuredTime,avgSpeed,extID,medianMeasuredTime,TIMESTAMP,vehicleCount,_id,REPORT_ID"
+)
 
 
 def ms(*args: int) -> int:

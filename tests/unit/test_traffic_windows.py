@@ -164,3 +164,22 @@ def test_city_stage_emits_after_idle_time_and_revises_later() -> None:
     late = by_key(city.add(partial(1, T0 + SIZE, [("city", "aarhus", 1, 5, 50.0)]), now_ms=2_000))
     assert late[(VEHICLE_COUNT, "city", "aarhus", T0)]["value"] == 15
     assert late[(VEHICLE_COUNT, "city", "aarhus", T0)]["revision"] == 1
+
+
+def test_city_stage_keeps_a_window_until_every_partition_passed_its_grace() -> None:
+    city = CityWindows(SIZE, GRACE, idle_ms=1_000)
+    far = T0 + 10 * SIZE  # partition 0 races ahead before partition 1 reports at all
+    city.add(partial(0, far, [("city", "aarhus", 1, 10, 100.0)]), now_ms=0)
+    city.emit_due(now_ms=5_000)  # idle: emitted early with partition 0 only
+    rows = by_key(city.add(partial(1, T0 + SIZE, [("city", "aarhus", 1, 5, 50.0)]), now_ms=6_000))
+    assert rows[(VEHICLE_COUNT, "city", "aarhus", T0)]["value"] == 15  # merged, not replaced
+    assert rows[(VEHICLE_COUNT, "city", "aarhus", T0)]["revision"] == 1
+
+
+def test_city_stage_ignores_partials_for_forgotten_windows() -> None:
+    city = CityWindows(SIZE, GRACE, idle_ms=1_000)
+    city.add(partial(0, T0 + 3 * SIZE, [("city", "aarhus", 1, 10, 100.0)]), now_ms=0)
+    city.add({**partial(1, T0 + 3 * SIZE, []), "windows": []}, now_ms=0)
+    assert T0 not in city.windows  # both partitions passed end + grace
+    assert city.add(partial(1, T0 + 3 * SIZE, [("city", "aarhus", 1, 1, 1.0)]), now_ms=1) == []
+    assert city.ignored_partials == 1

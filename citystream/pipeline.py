@@ -1,0 +1,162 @@
+"""Running the pipeline's processes together, and knowing when they have caught up.
+
+Used by the demo, the benchmark and the integration tests, so all three exercise the same
+`citystream process` and `citystream sink clickhouse` commands a user runs.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from citystream.kafka import end_offsets, group_lag
+from citystream.settings import Settings
+
+
+class PipelineError(RuntimeError):
+    pass
+
+
+def settings_env(settings: Settings) -> dict[str, str]:
+    """The settings as CITYSTREAM_* variables, so a child process sees the same config."""
+    env = dict(os.environ)
+    for name, value in settings.model_dump(exclude_none=True).items():
+        if hasattr(value, "get_secret_value"):
+            value = value.get_secret_value()
+        env[f"CITYSTREAM_{name.upper()}"] = (
+            json.dumps(value) if isinstance(value, dict) else str(value)
+        )
+    return env
+
+
+@dataclass
+class Service:
+    name: str
+    process: subprocess.Popen[bytes]
+    log_path: Path
+
+    def log_tail(self, lines: int = 30) -> str:
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return "(no log)"
+
+    def check_alive(self) -> None:
+        code = self.process.poll()
+        if code is not None:
+            raise PipelineError(
+                f"{self.name} exited with code {code}; last log lines ({self.log_path}):\n"
+                + self.log_tail()
+            )
+
+    def stop(self, timeout: float = 30.0) -> None:
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(10)
+
+
+@dataclass
+class Pipeline:
+    """The processor and the ClickHouse sink as child processes."""
+
+    settings: Settings
+    services: dict[str, Service] = field(default_factory=dict)
+
+    def start(self, *which: str) -> None:
+        commands = {"processor": ["process"], "sink": ["sink", "clickhouse"]}
+        logs = self.settings.data_dir / "logs"
+        logs.mkdir(parents=True, exist_ok=True)
+        for name in which or ("processor", "sink"):
+            log_path = logs / f"{self.settings.topic_prefix or ''}{name}.log"
+            with log_path.open("ab") as log:
+                process = subprocess.Popen(
+                    [sys.executable, "-m", "citystream.cli", *commands[name]],
+                    env=settings_env(self.settings),
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                    stdin=subprocess.DEVNULL,
+                )
+            self.services[name] = Service(name, process, log_path)
+        self.wait_ready(which or ("processor", "sink"))
+
+    def wait_ready(self, which: tuple[str, ...], timeout: float = 120.0) -> None:
+        probes: dict[str, Callable[[], Any]] = {
+            "processor": self.processor_stats,
+            "sink": lambda: http_get(f"http://127.0.0.1:{self.settings.query_port}/health"),
+        }
+        deadline = time.monotonic() + timeout
+        for name in which:
+            while True:
+                self.services[name].check_alive()
+                try:
+                    probes[name]()
+                    break
+                except OSError:
+                    if time.monotonic() > deadline:
+                        raise PipelineError(
+                            f"{name} not ready after {timeout}s:\n{self.services[name].log_tail()}"
+                        ) from None
+                    time.sleep(0.3)
+
+    def processor_stats(self) -> dict[str, Any]:
+        url = f"http://127.0.0.1:{self.settings.processor_web_port}/citystream/stats/"
+        result: dict[str, Any] = json.loads(http_get(url))
+        return result
+
+    def check_alive(self) -> None:
+        for service in self.services.values():
+            service.check_alive()
+
+    def stop(self) -> None:
+        for service in reversed(list(self.services.values())):
+            service.stop()
+
+    def wait_processed(self, published: int, timeout: float = 600.0) -> dict[str, Any]:
+        """Until every published reading is accepted, a duplicate or late."""
+        deadline = time.monotonic() + timeout
+        while True:
+            self.check_alive()
+            stats = self.processor_stats()
+            if stats["accepted"] + stats["duplicates"] + stats["late"] >= published:
+                return stats
+            if time.monotonic() > deadline:
+                raise PipelineError(f"processor saw {stats} of {published} readings in {timeout}s")
+            time.sleep(0.2)
+
+    def wait_caught_up(self, published: int, timeout: float = 600.0) -> dict[str, Any]:
+        """Processor has seen everything, idle windows are out, and the sink committed all."""
+        s = self.settings
+        stats = self.wait_processed(published, timeout)
+        deadline = time.monotonic() + timeout
+        quiet_needed = 2 * s.idle_timeout_s + 2.0
+        kpi_topic = s.topic("city.kpi.v1")
+        last_end, quiet_since = -1, time.monotonic()
+        while True:
+            self.check_alive()
+            end = sum(end_offsets(s, kpi_topic).values())
+            if end != last_end:
+                last_end, quiet_since = end, time.monotonic()
+            quiet = time.monotonic() - quiet_since >= quiet_needed
+            if quiet and group_lag(s, s.group(s.sink_group_id), kpi_topic) == 0:
+                return self.processor_stats()
+            if time.monotonic() > deadline:
+                raise PipelineError(f"pipeline did not settle within {timeout}s (stats {stats})")
+            time.sleep(0.5)
+
+
+def http_get(url: str, timeout: float = 5.0) -> str:
+    with urllib.request.urlopen(url, timeout=timeout) as response:
+        body: bytes = response.read()
+        return body.decode()

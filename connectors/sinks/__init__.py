@@ -1,0 +1,1 @@
+"""Sinks: consumers that write topic contents to external stores (ClickHouse)."""

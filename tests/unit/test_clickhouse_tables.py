@@ -1,0 +1,266 @@
+"""The kpi table contract on real embedded chDB (no Kafka): migrations, dedup, queries.
+
+chDB hosts one database directory per process, so every test closes what it opened.
+"""
+
+from __future__ import annotations
+
+import socket
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+
+from citystream.query import QueryError, format_result, run_query
+from citystream.settings import Settings
+from connectors.sinks.clickhouse import KPI_COLUMNS, MIGRATIONS, ClickHouseSink, connect
+from connectors.sinks.query_endpoint import RejectedQuery, read_only_statement
+
+T0 = datetime(2024, 5, 1, 8, 0, tzinfo=UTC)
+WINDOW = timedelta(minutes=15)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def kpi(entity: str = "seg-1", revision: int = 0, value: float = 10.0, **extra: Any) -> dict:
+    record = {
+        "kpi": "traffic.vehicle_count",
+        "scope": "segment",
+        "entity_id": entity,
+        "window_start": T0,
+        "window_end": T0 + WINDOW,
+        "value": value,
+        "samples": 3,
+        "revision": revision,
+        "computed_at": T0 + WINDOW + timedelta(seconds=revision),
+    }
+    record.update(extra)
+    return record
+
+
+@pytest.fixture
+def local_settings(tmp_path: Path) -> Settings:
+    return Settings().model_copy(
+        update={"data_dir": tmp_path / "data", "clickhouse_url": None, "query_port": free_port()}
+    )
+
+
+@pytest.fixture
+def sink(local_settings: Settings) -> Iterator[ClickHouseSink]:
+    with ClickHouseSink(local_settings) as sink:
+        sink.setup()
+        yield sink
+
+
+def rows(sink: ClickHouseSink, sql: str) -> list[list[Any]]:
+    return sink.query(sql).rows
+
+
+def test_setup_is_idempotent(local_settings: Settings) -> None:
+    with ClickHouseSink(local_settings) as first:
+        assert first.setup() == [m.version for m in MIGRATIONS]
+        assert first.setup() == []
+    with ClickHouseSink(local_settings) as second:  # a restart finds everything in place
+        assert second.setup() == []
+        applied = rows(second, "SELECT version FROM schema_migrations ORDER BY version")
+        assert applied == [[m.version] for m in MIGRATIONS]
+        tables = rows(second, "SHOW TABLES")
+        assert sorted(t[0] for t in tables) == ["kpi", "kpi_latest", "schema_migrations"]
+
+
+def test_kpi_table_has_the_contracted_columns(sink: ClickHouseSink) -> None:
+    described = rows(sink, "DESCRIBE TABLE kpi")
+    assert [(r[0], r[1]) for r in described] == list(KPI_COLUMNS)
+    create = rows(sink, "SHOW CREATE TABLE kpi")[0][0]
+    assert "ReplacingMergeTree(revision)" in create
+    assert "PARTITION BY toYYYYMM(window_start)" in create
+    assert "ORDER BY (kpi, scope, entity_id, window_start)" in create
+
+
+def test_same_record_twice_counts_once(sink: ClickHouseSink) -> None:
+    record = kpi(value=7.5)
+    sink.write([record])
+    sink.write([record])  # redelivery after a crash between insert and commit
+    assert rows(sink, "SELECT count(), sum(value) FROM kpi FINAL") == [[1, 7.5]]
+    assert rows(sink, "SELECT count(), sum(value) FROM kpi_latest") == [[1, 7.5]]
+    assert sink.rows_inserted == 2
+    assert sink.batches_inserted == 2
+
+
+def test_higher_revision_wins_whatever_the_arrival_order(sink: ClickHouseSink) -> None:
+    sink.write([kpi(revision=2, value=30.0)])
+    sink.write([kpi(revision=0, value=10.0), kpi(revision=1, value=20.0)])
+    latest = rows(sink, "SELECT revision, value FROM kpi FINAL")
+    assert latest == [[2, 30.0]]
+
+
+def test_kpi_latest_has_one_row_per_key_at_its_highest_revision(sink: ClickHouseSink) -> None:
+    batch = [
+        kpi("seg-1", 0, 1.0),
+        kpi("seg-1", 1, 2.0),
+        kpi("seg-2", 0, 5.0),
+        kpi("seg-1", 0, 1.0, window_start=T0 + WINDOW, window_end=T0 + 2 * WINDOW),
+        kpi("north", 0, 6.0, scope="district"),
+    ]
+    sink.write(batch)
+    sink.write(batch[:2])  # replay of part of the stream
+    result = sink.query(
+        "SELECT scope, entity_id, window_start, revision, value FROM kpi_latest"
+        " ORDER BY scope, entity_id, window_start"
+    )
+    assert result.columns == ["scope", "entity_id", "window_start", "revision", "value"]
+    assert result.rows == [
+        ["district", "north", "2024-05-01T08:00:00+00:00", 0, 6.0],
+        ["segment", "seg-1", "2024-05-01T08:00:00+00:00", 1, 2.0],
+        ["segment", "seg-1", "2024-05-01T08:15:00+00:00", 0, 1.0],
+        ["segment", "seg-2", "2024-05-01T08:00:00+00:00", 0, 5.0],
+    ]
+
+
+def test_epoch_millis_and_datetimes_land_identically(sink: ClickHouseSink) -> None:
+    as_millis = {
+        k: int(v.timestamp() * 1000) if isinstance(v, datetime) else v for k, v in kpi().items()
+    }
+    sink.write([kpi()])
+    sink.write([as_millis])
+    assert rows(sink, "SELECT count() FROM kpi FINAL") == [[1]]
+    assert rows(sink, "SELECT count(DISTINCT window_start, window_end, computed_at) FROM kpi") == [
+        [1]
+    ]
+
+
+def test_millisecond_precision_survives(sink: ClickHouseSink) -> None:
+    computed = T0 + timedelta(milliseconds=1234)
+    sink.write([kpi(computed_at=computed)])
+    assert rows(sink, "SELECT computed_at FROM kpi") == [["2024-05-01T08:00:01.234000+00:00"]]
+
+
+def test_query_endpoint_serves_json_safe_read_only_queries(
+    sink: ClickHouseSink, local_settings: Settings
+) -> None:
+    sink.write([kpi(value=4.0)])
+    sink.start_query_endpoint()
+    columns, result = run_query(local_settings, "SELECT entity_id, window_start, value FROM kpi")
+    assert columns == ["entity_id", "window_start", "value"]
+    assert result == [["seg-1", "2024-05-01T08:00:00+00:00", 4.0]]
+
+    columns, result = run_query(local_settings, "SELECT entity_id FROM kpi WHERE value > 100")
+    assert (columns, result) == (["entity_id"], [])
+
+    with pytest.raises(QueryError, match=r"readonly|READONLY"):
+        run_query(local_settings, "SELECT 1 SETTINGS readonly = 0")
+    with pytest.raises(QueryError, match=r"UNKNOWN_TABLE|does not exist"):
+        run_query(local_settings, "SELECT * FROM nope")
+    with pytest.raises(QueryError, match="read-only statements"):
+        run_query(local_settings, "DROP TABLE kpi")
+    assert rows(sink, "SELECT count() FROM kpi") == [[1]]
+
+
+def post(url: str, body: bytes) -> tuple[int, dict]:
+    request = urllib.request.Request(url, data=body, method="POST")
+    try:
+        with urllib.request.urlopen(request, timeout=10) as response:
+            return response.status, orjson.loads(response.read())
+    except urllib.error.HTTPError as exc:
+        return exc.code, orjson.loads(exc.read())
+
+
+def test_query_endpoint_refuses_writes_itself(sink: ClickHouseSink) -> None:
+    """A client that skips run_query's check still cannot write: the session is readonly."""
+    url = sink.start_query_endpoint().url
+    status, body = post(url, b"INSERT INTO kpi (kpi) VALUES ('x')")
+    assert status == 400 and "read-only statements" in body["error"]
+    status, body = post(url, b"WITH 1 AS x SELECT x; ")
+    assert (status, body["rows"]) == (200, [[1]])
+    status, body = post(url, b"SELECT 1 FORMAT JSON")
+    assert status == 400 and "Syntax error" in body["error"]
+    status, body = post(url, b"SELECT '" + b"x" * 70_000 + b"'")
+    assert status == 413
+    status, body = post(url, b"/* comment */ (SELECT 2)")
+    assert (status, body["rows"]) == (200, [[2]])
+
+
+def test_run_query_opens_the_directory_when_no_sink_runs(local_settings: Settings) -> None:
+    with ClickHouseSink(local_settings) as sink:
+        sink.setup()
+        sink.write([kpi(value=3.0)])
+    columns, result = run_query(local_settings, "SELECT count(), sum(value) FROM kpi_latest")
+    assert (columns, result) == (["count()", "sum(value)"], [[1, 3.0]])
+
+
+def test_run_query_without_data_says_so(local_settings: Settings) -> None:
+    with pytest.raises(QueryError, match="has the ClickHouse sink run"):
+        run_query(local_settings, "SELECT 1")
+
+
+def test_connect_defaults_to_the_sink_database(sink: ClickHouseSink, local_settings: Settings):
+    client = connect(local_settings, readonly=True)
+    try:
+        assert client.command("SELECT currentDatabase()") == local_settings.clickhouse_database
+    finally:
+        client.close()
+
+
+@pytest.mark.parametrize(
+    "sql",
+    [
+        "SELECT 1",
+        "  select 1;",
+        "WITH x AS (SELECT 1) SELECT * FROM x",
+        "SHOW TABLES",
+        "DESCRIBE kpi",
+        "desc kpi",
+        "EXPLAIN SELECT 1",
+        "-- latest\nSELECT 1",
+        "/* a */ ((SELECT 1))",
+    ],
+)
+def test_read_only_statements_pass(sql: str) -> None:
+    assert read_only_statement(sql)
+
+
+@pytest.mark.parametrize(
+    "sql",
+    [
+        "",
+        "INSERT INTO kpi SELECT * FROM kpi",
+        "DROP TABLE kpi",
+        "ALTER TABLE kpi DELETE WHERE 1",
+        "OPTIMIZE TABLE kpi FINAL",
+        "-- SELECT\nTRUNCATE kpi",
+        "SET readonly = 0",
+    ],
+)
+def test_other_statements_are_rejected(sql: str) -> None:
+    with pytest.raises(RejectedQuery):
+        read_only_statement(sql)
+
+
+def test_format_result() -> None:
+    columns = ["entity_id", "value", "tags"]
+    result: list[list[Any]] = [["seg-1", 2.5, ["a", "b"]], ["seg-10", None, []]]
+    assert format_result(columns, result, "table").splitlines() == [
+        "entity_id | value | tags",
+        "----------+-------+----------",
+        'seg-1     |   2.5 | ["a","b"]',
+        "seg-10    |  NULL | []",
+        "(2 rows)",
+    ]
+    assert format_result(columns, result, "csv") == (
+        'entity_id,value,tags\nseg-1,2.5,"[""a"",""b""]"\nseg-10,,[]\n'
+    )
+    assert orjson.loads(format_result(columns, result, "json")) == [
+        {"entity_id": "seg-1", "value": 2.5, "tags": ["a", "b"]},
+        {"entity_id": "seg-10", "value": None, "tags": []},
+    ]
+    with pytest.raises(ValueError, match="unknown output format"):
+        format_result(columns, result, "xml")
