@@ -99,52 +99,69 @@ def _measure_sink(s: Settings, kpi_rows: int) -> float:
     sink.setup()
     stop = threading.Event()
     thread = threading.Thread(target=sink.run, args=(stop,), daemon=True)
-    started = time.monotonic()
     thread.start()
+    first_at, first_rows = 0.0, 0  # steady state: from the first insert on
     try:
-        while _rows_written(sink) < kpi_rows:
+        while sink.rows_inserted < kpi_rows:
             if not thread.is_alive():
                 raise RuntimeError("sink stopped before inserting every KPI row")
-            time.sleep(0.02)
-        return kpi_rows / (time.monotonic() - started)
+            if not first_rows and sink.rows_inserted:
+                first_at, first_rows = time.monotonic(), sink.rows_inserted
+            time.sleep(0.005)
+        return (kpi_rows - first_rows) / (time.monotonic() - first_at)
     finally:
         stop.set()
         thread.join(60)
         sink.close()
 
 
-def _rows_written(sink: Any) -> int:
-    return int(sink.stats.rows_inserted)
-
-
 def _measure_latency(s: Settings, traffic: Path, metadata: Path) -> tuple[float, float, int]:
-    """Replays one simulated day per minute (1440x) so windows close steadily."""
+    """Replays at 1440x (a simulated day per minute) so windows close steadily.
+
+    Delay of a KPI row = when its insert returned (queryable) - when the window closed,
+    i.e. when the first partition's stream time passed the window's end (the earliest
+    revision-0 segment KPI of the window).
+    """
     ensure_topics(s)
     register_schemas(s)
+    written: list[tuple[float, int, int, int]] = []  # at_ms, window, revision, computed_at
+
+    def record(rows: Any) -> None:
+        now = time.time() * 1000
+        written.extend((now, _ms(r["window_start"]), r["revision"], _ms(r["computed_at"]))
+                       for r in rows)  # fmt: skip
+
+    sink = ClickHouseSink(s)
+    sink.on_written = record
+    stop = threading.Event()
+    thread = threading.Thread(target=sink.run, args=(stop,), daemon=True)
     pipeline = Pipeline(s)
     try:
-        pipeline.start()
+        pipeline.start("processor")
+        thread.start()
         source = AarhusReplaySource(s, traffic, metadata, speed=1440.0)
         source.setup()
         limit = threading.Timer(60.0, source.stop)  # one simulated day is enough
         limit.start()
         report = source.run(print_replay_progress)
         limit.cancel()
-        pipeline.wait_caught_up(report.published)
-        from citystream.query import run_query
-
-        _, rows = run_query(
-            s,
-            "SELECT toUnixTimestamp64Milli(k.queryable_at) - c.closed_at FROM "
-            "(SELECT window_start, min(toUnixTimestamp64Milli(computed_at)) AS closed_at "
-            " FROM kpi WHERE scope = 'segment' AND revision = 0 GROUP BY window_start) AS c "
-            "JOIN (SELECT window_start, _inserted_at AS queryable_at FROM kpi "
-            "      WHERE revision = 0) AS k USING window_start",
-        )
+        pipeline.wait_processed(report.published)
+        time.sleep(2 * s.idle_timeout_s + 3)
     finally:
         pipeline.stop()
-    delays = sorted(float(r[0]) for r in rows)
+        stop.set()
+        thread.join(60)
+        sink.close()
+    closed: dict[int, int] = {}
+    for _, window, revision, computed in written:
+        if revision == 0:
+            closed[window] = min(closed.get(window, computed), computed)
+    delays = sorted(at - closed[w] for at, w, rev, _ in written if rev == 0)
     if not delays:
         return float("nan"), float("nan"), 0
     p99 = delays[min(len(delays) - 1, int(len(delays) * 0.99))]
     return statistics.median(delays), p99, len(delays)
+
+
+def _ms(value: Any) -> int:
+    return int(value.timestamp() * 1000) if hasattr(value, "timestamp") else int(value)

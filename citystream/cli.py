@@ -113,7 +113,7 @@ def cmd_stack(args: argparse.Namespace) -> int:
 
 
 def stack_config(settings: Settings) -> Any:
-    from infra.stack import StackConfig
+    from infra.stack import StackConfig, registry_version_for
 
     return StackConfig(
         data_dir=settings.data_dir,
@@ -121,6 +121,7 @@ def stack_config(settings: Settings) -> Any:
         kafka_port=settings.kafka_port,
         controller_port=settings.controller_port,
         registry_port=settings.registry_port,
+        registry_version=registry_version_for(None),
     )
 
 

@@ -8,10 +8,22 @@ from citystream.settings import Settings
 
 
 def create_app(settings: Settings) -> faust.App:
+    credentials = None
+    if settings.kafka_sasl_mechanism:
+        credentials = faust.SASLCredentials(
+            username=settings.kafka_sasl_username,
+            password=(
+                settings.kafka_sasl_password.get_secret_value()
+                if settings.kafka_sasl_password
+                else None
+            ),
+            mechanism=settings.kafka_sasl_mechanism,
+        )
     brokers = ";".join(f"kafka://{b}" for b in settings.kafka_bootstrap_servers.split(","))
     return faust.App(
         settings.group(settings.processor_id),
         broker=brokers,
+        broker_credentials=credentials,
         store="memory://",
         processing_guarantee="at_least_once",
         consumer_auto_offset_reset="earliest",

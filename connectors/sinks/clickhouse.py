@@ -17,7 +17,7 @@ import copy
 import logging
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -255,6 +255,8 @@ class ClickHouseSink:
         self.dead_lettered = 0
         self.insert_failures = 0
         self.last_insert_seconds = 0.0
+        # Called after each successful insert with its rows (the benchmark times KPI delay).
+        self.on_written: Callable[[Sequence[Mapping[str, Any]]], None] | None = None
         self.endpoint: QueryEndpoint | None = None
         self._client: Client | None = None
         self._query_client: Client | None = None
@@ -295,6 +297,8 @@ class ClickHouseSink:
         self.last_insert_seconds = time.perf_counter() - started
         self.rows_inserted += len(rows)
         self.batches_inserted += 1
+        if self.on_written is not None:
+            self.on_written(rows)
 
     def query(self, sql: str) -> QueryResult:
         """Run a read-only statement on the sink's read-only session, between inserts."""

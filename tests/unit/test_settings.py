@@ -1,0 +1,58 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from pydantic import ValidationError
+
+from citystream.settings import Settings
+
+README = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+
+
+def test_readme_configuration_table_lists_every_setting() -> None:
+    for name in Settings.model_fields:
+        assert f"`CITYSTREAM_{name.upper()}`" in README, name
+
+
+def test_environment_overrides_defaults(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CITYSTREAM_KAFKA_BOOTSTRAP_SERVERS", "broker:29092")
+    monkeypatch.setenv("CITYSTREAM_KAFKA_EXTRA", '{"client.rack": "a"}')
+    monkeypatch.setenv("CITYSTREAM_WINDOW_MINUTES", "5")
+    s = Settings()
+    assert s.kafka_config()["bootstrap.servers"] == "broker:29092"
+    assert s.kafka_config()["client.rack"] == "a"
+    assert s.window_minutes == 5
+
+
+def test_invalid_values_are_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CITYSTREAM_PARTITIONS", "0")
+    with pytest.raises(ValidationError):
+        Settings()
+
+
+def test_secrets_are_not_shown_but_reach_librdkafka() -> None:
+    s = Settings(
+        kafka_sasl_mechanism="SCRAM-SHA-512", kafka_sasl_username="u", kafka_sasl_password="hunter2"
+    )  # type: ignore[arg-type]
+    assert "hunter2" not in repr(s)
+    assert s.kafka_config()["sasl.password"] == "hunter2"
+
+
+def test_producers_are_idempotent_with_acks_all() -> None:
+    conf = Settings().producer_config()
+    assert conf["enable.idempotence"] is True and conf["acks"] == "all"
+
+
+def test_default_clickhouse_is_embedded_chdb_under_the_data_dir(tmp_path: Path) -> None:
+    s = Settings(data_dir=tmp_path)
+    assert s.resolved_clickhouse_url == f"chdb://{tmp_path.resolve()}/clickhouse"
+    assert s.embedded_clickhouse
+    server = Settings(clickhouse_url="https://ch.example:8443")
+    assert not server.embedded_clickhouse
+
+
+def test_topic_prefix_namespaces_topics_and_groups() -> None:
+    s = Settings(topic_prefix="staging.")
+    assert s.topic("city.kpi.v1") == "staging.city.kpi.v1"
+    assert s.group("citystream-traffic") == "staging.citystream-traffic"
