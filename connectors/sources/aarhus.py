@@ -25,10 +25,8 @@ from pathlib import Path
 from typing import IO, Any
 from zoneinfo import ZoneInfo
 
-from citystream.kafka import Publisher, partition_for
 from citystream.settings import Settings
-from schemas.deadletter import dead_letter
-from schemas.registry import SchemaRegistry
+from connectors.publishing import EventPublisher, Reading, Rejected
 
 COMPONENT = "aarhus-replay"
 AARHUS_TZ = ZoneInfo("Europe/Copenhagen")
@@ -49,26 +47,6 @@ class RowError(ValueError):
     def __init__(self, reason: str, detail: str) -> None:
         super().__init__(detail)
         self.reason = reason
-
-
-@dataclass(frozen=True, slots=True)
-class Reading:
-    segment_id: str
-    event_time_ms: int
-    vehicle_count: int
-    avg_speed_kmh: float
-    avg_measured_time_s: int | None
-    median_measured_time_s: int | None
-    status: str
-    origin: str
-
-
-@dataclass(frozen=True, slots=True)
-class Rejected:
-    reason: str
-    detail: str
-    origin: str
-    raw: str
 
 
 # --- parsing (pure) ------------------------------------------------------------------
@@ -245,37 +223,6 @@ class ReplayReport:
 Progress = Callable[[ReplayReport, bool], None]
 
 
-class _BatchBuffer:
-    """Column-wise readings of one partition waiting to become one batch message."""
-
-    __slots__ = ("avg_speed_kmh", "event_time_ms", "origin", "segment_id", "vehicle_count")
-
-    def __init__(self) -> None:
-        self.segment_id: list[str] = []
-        self.event_time_ms: list[int] = []
-        self.vehicle_count: list[int] = []
-        self.avg_speed_kmh: list[float] = []
-        self.origin: list[str] = []
-
-    def add(self, r: Reading) -> int:
-        self.segment_id.append(r.segment_id)
-        self.event_time_ms.append(r.event_time_ms)
-        self.vehicle_count.append(r.vehicle_count)
-        self.avg_speed_kmh.append(r.avg_speed_kmh)
-        self.origin.append(r.origin)
-        return len(self.segment_id)
-
-    def record(self, source: str) -> dict[str, Any]:
-        return {
-            "source": source,
-            "segment_id": self.segment_id,
-            "event_time_ms": self.event_time_ms,
-            "vehicle_count": self.vehicle_count,
-            "avg_speed_kmh": self.avg_speed_kmh,
-            "origin": self.origin,
-        }
-
-
 class AarhusReplaySource:
     """Replays one traffic file (+ metadata) as fast as possible or at ``speed``× real time."""
 
@@ -293,27 +240,8 @@ class AarhusReplaySource:
         for path in (self.traffic, self.metadata):
             if not path.is_file():
                 raise FileNotFoundError(f"input file not found: {path}")
-        s = self.settings
-        registry = SchemaRegistry(s.registry_config())
-        self.topics = {
-            n: s.topic(n)
-            for n in (
-                "city.road_segments.v1",
-                "city.traffic.v1",
-                "city.traffic.batches.v1",
-                "city.dlq.v1",
-            )
-        }
-        self.serdes = {n: registry.serde(t, n) for n, t in self.topics.items()}
-        self.publisher = Publisher.create(s)
-        self.partitions = self._partition_count()
-
-    def _partition_count(self) -> int:
-        metadata = self.publisher.producer.list_topics(self.topics["city.traffic.v1"], timeout=30)
-        topic = metadata.topics[self.topics["city.traffic.v1"]]
-        if topic.error is not None:
-            raise RuntimeError(f"topic {self.topics['city.traffic.v1']}: {topic.error}")
-        return len(topic.partitions)
+        self.events = EventPublisher(self.settings, COMPONENT)
+        self.events.setup()
 
     def stop(self) -> None:
         self._stopped = True
@@ -323,37 +251,29 @@ class AarhusReplaySource:
         started = time.monotonic()
         self._publish_segments(report)
         self._publish_readings(report, progress, started)
-        self.publisher.flush()
+        self.events.flush()
+        report.batches = self.events.batches_sent
         report.seconds = time.monotonic() - started
         if progress:
             progress(report, True)
         return report
 
-    def _dead_letter(self, rejected: Rejected, report: ReplayReport) -> None:
-        record = dead_letter(
-            rejected.reason, rejected.detail, COMPONENT, rejected.origin, rejected.raw.encode()
-        )
-        self.publisher.send(
-            self.topics["city.dlq.v1"],
-            rejected.reason.encode(),
-            self.serdes["city.dlq.v1"].encode(record),
-        )
+    def _reject(self, rejected: Rejected, report: ReplayReport) -> None:
+        self.events.reject(rejected)
         report.dead_lettered[rejected.reason] += 1
 
     def _publish_segments(self, report: ReplayReport) -> None:
         segments, rejected = read_segments(self.metadata)
-        serde, topic = self.serdes["city.road_segments.v1"], self.topics["city.road_segments.v1"]
         for segment in segments:
-            self.publisher.send(topic, segment["segment_id"].encode(), serde.encode(segment))
+            self.events.road_segment(segment)
         for bad in rejected:
-            self._dead_letter(bad, report)
-        self.publisher.flush()  # reference data is durable before the first reading
+            self._reject(bad, report)
+        self.events.flush()  # reference data is durable before the first reading
         report.segments = len(segments)
 
     def _publish_readings(
         self, report: ReplayReport, progress: Progress | None, started: float
     ) -> None:
-        buffers = [_BatchBuffer() for _ in range(self.partitions)]
         pacer = _Pacer(self.speed) if self.speed else None
         next_progress = started
         size = max(1, self.traffic.stat().st_size)
@@ -361,73 +281,24 @@ class AarhusReplaySource:
             for item in iter_readings(self.traffic, raw):
                 if self._stopped:
                     break
-                self._handle(item, report, buffers, pacer)
+                self._handle(item, report, pacer)
                 if progress and report.rows_read % 4096 == 0 and time.monotonic() >= next_progress:
                     report.seconds = time.monotonic() - started
                     report.fraction_done = raw.tell() / size
                     progress(report, False)
                     next_progress = time.monotonic() + 0.5
         report.fraction_done = 1.0
-        self._flush_buffers(buffers, report)
 
-    def _handle(
-        self,
-        item: Reading | Rejected,
-        report: ReplayReport,
-        buffers: list[_BatchBuffer],
-        pacer: _Pacer | None,
-    ) -> None:
+    def _handle(self, item: Reading | Rejected, report: ReplayReport, pacer: _Pacer | None) -> None:
         report.rows_read += 1
         if isinstance(item, Rejected):
-            self._dead_letter(item, report)
+            self._reject(item, report)
             return
         if pacer and pacer.wait_needed(item.event_time_ms):
-            self._flush_buffers(buffers, report)
+            self.events.send_batches()
             pacer.sleep(item.event_time_ms)
-        partition = self._partition(item.segment_id)
-        self._send_reading(item, partition)
-        if buffers[partition].add(item) >= self.settings.source_batch_size:
-            self._send_batch(buffers, partition, report)
+        self.events.reading(item)
         report.published += 1
-
-    def _partition(self, segment_id: str) -> int:
-        return _partition_of(segment_id, self.partitions)
-
-    def _send_reading(self, r: Reading, partition: int) -> None:
-        value = self.serdes["city.traffic.v1"].encode(
-            {
-                "segment_id": r.segment_id,
-                "event_time": r.event_time_ms,
-                "vehicle_count": r.vehicle_count,
-                "avg_speed_kmh": r.avg_speed_kmh,
-                "avg_measured_time_s": r.avg_measured_time_s,
-                "median_measured_time_s": r.median_measured_time_s,
-                "status": r.status,
-                "source": COMPONENT,
-            }
-        )
-        self.publisher.send(self.topics["city.traffic.v1"], r.segment_id.encode(), value, partition)
-
-    def _send_batch(
-        self, buffers: list[_BatchBuffer], partition: int, report: ReplayReport
-    ) -> None:
-        value = self.serdes["city.traffic.batches.v1"].encode(buffers[partition].record(COMPONENT))
-        self.publisher.send(
-            self.topics["city.traffic.batches.v1"], str(partition).encode(), value, partition
-        )
-        buffers[partition] = _BatchBuffer()
-        report.batches += 1
-
-    def _flush_buffers(self, buffers: list[_BatchBuffer], report: ReplayReport) -> None:
-        for partition, buffer in enumerate(buffers):
-            if buffer.segment_id:
-                self._send_batch(buffers, partition, report)
-        self.publisher.producer.poll(0)
-
-
-@lru_cache(maxsize=65536)
-def _partition_of(segment_id: str, partitions: int) -> int:
-    return partition_for(segment_id.encode(), partitions)
 
 
 class _Pacer:

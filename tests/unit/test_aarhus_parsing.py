@@ -6,10 +6,9 @@ from pathlib import Path
 
 import pytest
 
+from connectors.publishing import Reading, Rejected
 from connectors.sources.aarhus import (
-    Reading,
     ReadingParser,
-    Rejected,
     RowError,
     iter_readings,
     local_to_utc_ms,

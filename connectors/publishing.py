@@ -1,0 +1,157 @@
+"""Publishing canonical events, shared by every source connector.
+
+A traffic reading goes to ``city.traffic.v1`` (one per message, for subscribers) and into
+a column-wise batch on ``city.traffic.batches.v1`` (the processor's input), both on the
+segment's murmur2 partition. Anything rejected goes to ``city.dlq.v1`` with its reason.
+Every source (replay, MQTT, HTTP) publishes through here, so the processor sees them all.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import Any
+
+from citystream.kafka import Publisher, partition_for
+from citystream.settings import Settings
+from schemas.deadletter import dead_letter
+from schemas.registry import SchemaRegistry
+from schemas.serde import AvroSerde
+
+TOPICS = ("city.road_segments.v1", "city.traffic.v1", "city.traffic.batches.v1", "city.dlq.v1")
+
+
+@dataclass(frozen=True, slots=True)
+class Reading:
+    """A canonical traffic reading, whatever the source."""
+
+    segment_id: str
+    event_time_ms: int
+    vehicle_count: int
+    avg_speed_kmh: float
+    avg_measured_time_s: int | None
+    median_measured_time_s: int | None
+    status: str
+    origin: str  # file:line, topic/partition/offset, request id: where it came from
+
+
+@dataclass(frozen=True, slots=True)
+class Rejected:
+    reason: str
+    detail: str
+    origin: str
+    raw: bytes | str
+
+
+class _BatchBuffer:
+    """Column-wise readings of one partition waiting to become one batch message."""
+
+    __slots__ = ("avg_speed_kmh", "event_time_ms", "origin", "segment_id", "vehicle_count")
+
+    def __init__(self) -> None:
+        self.segment_id: list[str] = []
+        self.event_time_ms: list[int] = []
+        self.vehicle_count: list[int] = []
+        self.avg_speed_kmh: list[float] = []
+        self.origin: list[str] = []
+
+    def add(self, r: Reading) -> int:
+        self.segment_id.append(r.segment_id)
+        self.event_time_ms.append(r.event_time_ms)
+        self.vehicle_count.append(r.vehicle_count)
+        self.avg_speed_kmh.append(r.avg_speed_kmh)
+        self.origin.append(r.origin)
+        return len(self.segment_id)
+
+    def record(self, source: str) -> dict[str, Any]:
+        return {
+            "source": source,
+            "segment_id": self.segment_id,
+            "event_time_ms": self.event_time_ms,
+            "vehicle_count": self.vehicle_count,
+            "avg_speed_kmh": self.avg_speed_kmh,
+            "origin": self.origin,
+        }
+
+
+@lru_cache(maxsize=65536)
+def _partition_of(segment_id: str, partitions: int) -> int:
+    return partition_for(segment_id.encode(), partitions)
+
+
+class EventPublisher:
+    """One per source process; ``setup`` connects, ``flush`` makes everything durable."""
+
+    def __init__(self, settings: Settings, component: str) -> None:
+        self.settings = settings
+        self.component = component
+        self.topics = {name: settings.topic(name) for name in TOPICS}
+        self.batches_sent = 0
+        self.dead_lettered = 0
+
+    def setup(self) -> None:
+        registry = SchemaRegistry(self.settings.registry_config())
+        self.serdes: dict[str, AvroSerde] = {
+            n: registry.serde(t, n) for n, t in self.topics.items()
+        }
+        self.publisher = Publisher.create(self.settings)
+        self.partitions = self._partition_count()
+        self._buffers = [_BatchBuffer() for _ in range(self.partitions)]
+
+    def _partition_count(self) -> int:
+        topic = self.topics["city.traffic.v1"]
+        meta = self.publisher.producer.list_topics(topic, timeout=30).topics[topic]
+        if meta.error is not None:
+            raise RuntimeError(f"topic {topic}: {meta.error}")
+        return len(meta.partitions)
+
+    def road_segment(self, segment: dict[str, Any]) -> None:
+        value = self.serdes["city.road_segments.v1"].encode(segment)
+        key = segment["segment_id"].encode()
+        self.publisher.send(self.topics["city.road_segments.v1"], key, value)
+
+    def reading(self, r: Reading) -> None:
+        partition = _partition_of(r.segment_id, self.partitions)
+        value = self.serdes["city.traffic.v1"].encode(
+            {
+                "segment_id": r.segment_id,
+                "event_time": r.event_time_ms,
+                "vehicle_count": r.vehicle_count,
+                "avg_speed_kmh": r.avg_speed_kmh,
+                "avg_measured_time_s": r.avg_measured_time_s,
+                "median_measured_time_s": r.median_measured_time_s,
+                "status": r.status,
+                "source": self.component,
+            }
+        )
+        self.publisher.send(self.topics["city.traffic.v1"], r.segment_id.encode(), value, partition)
+        if self._buffers[partition].add(r) >= self.settings.source_batch_size:
+            self._send_batch(partition)
+
+    def reject(self, rejected: Rejected) -> None:
+        raw = rejected.raw.encode() if isinstance(rejected.raw, str) else rejected.raw
+        record = dead_letter(rejected.reason, rejected.detail, self.component, rejected.origin, raw)
+        value = self.serdes["city.dlq.v1"].encode(record)
+        self.publisher.send(self.topics["city.dlq.v1"], rejected.reason.encode(), value)
+        self.dead_lettered += 1
+
+    def _send_batch(self, partition: int) -> None:
+        value = self.serdes["city.traffic.batches.v1"].encode(
+            self._buffers[partition].record(self.component)
+        )
+        topic = self.topics["city.traffic.batches.v1"]
+        self.publisher.send(topic, str(partition).encode(), value, partition)
+        self._buffers[partition] = _BatchBuffer()
+        self.batches_sent += 1
+
+    def send_batches(self) -> None:
+        """Hand partly filled batches to the producer (before a pause, or at the end)."""
+        for partition, buffer in enumerate(self._buffers):
+            if buffer.segment_id:
+                self._send_batch(partition)
+        self.publisher.producer.poll(0)
+
+    def flush(self, timeout: float = 60.0) -> None:
+        """Everything published so far is acknowledged, or DeliveryError is raised."""
+        self.send_batches()
+        self.publisher.flush(timeout)
