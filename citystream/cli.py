@@ -51,6 +51,9 @@ def parser() -> argparse.ArgumentParser:
     init = sub.add_parser("init", help="create topics and register schemas (idempotent)")
     _add_common(init)
 
+    migrate = sub.add_parser("migrate", help="apply pending ClickHouse migrations (idempotent)")
+    _add_common(migrate)
+
     replay = sub.add_parser("replay", help="replay recorded city data into Kafka")
     replay.add_argument("dataset", choices=["aarhus"])
     replay.add_argument("--traffic", type=Path, default=DATA_DIR / "traffic_2014-08-02.csv.gz")
@@ -77,6 +80,14 @@ def parser() -> argparse.ArgumentParser:
     demo.add_argument("--metadata", type=Path, default=DATA_DIR / "traffic_metadata.csv")
     demo.add_argument("--keep-stack", action="store_true", help="leave Kafka and registry up")
     _add_common(demo)
+
+    ingest = sub.add_parser("ingest", help="ingest over open standards (MQTT, HTTP) into Kafka")
+    ingest.add_argument("protocol", choices=["mqtt", "http"])
+    ingest.add_argument(
+        "--config", type=Path, dest="ingest_config", help="ingest config and mapping file (TOML)"
+    )
+    ingest.add_argument("--port", type=int, dest="ingest_http_port", help="HTTP port (http)")
+    _add_common(ingest)
 
     bench = sub.add_parser("bench", help="throughput and latency on the real stack")
     bench.add_argument("--traffic", type=Path, help="default: the 7-day Aarhus file")
@@ -122,6 +133,7 @@ def stack_config(settings: Settings) -> Any:
         controller_port=settings.controller_port,
         registry_port=settings.registry_port,
         registry_version=registry_version_for(None),
+        mosquitto_port=settings.mqtt_port,
     )
 
 
@@ -133,6 +145,16 @@ def cmd_init(args: argparse.Namespace) -> int:
     print(f"topics created: {', '.join(created) or 'none (all existed)'}")
     for subject, schema_id in register_schemas(settings).items():
         print(f"schema {subject}-value -> id {schema_id}")
+    return 0
+
+
+def cmd_migrate(args: argparse.Namespace) -> int:
+    from connectors.sinks.clickhouse import ClickHouseSink
+
+    settings = build_settings(args)
+    with ClickHouseSink(settings) as sink:
+        applied = sink.setup()
+    print(f"migrations applied: {', '.join(map(str, applied)) or 'none (up to date)'}")
     return 0
 
 
@@ -201,15 +223,67 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return run_bench(settings, traffic, args.metadata)
 
 
+def cmd_ingest(args: argparse.Namespace) -> int:
+    from citystream.kafka import ensure_topics
+    from connectors.sources.ingest_common import load_config
+
+    settings = build_settings(
+        args, ingest_config=args.ingest_config, ingest_http_port=args.ingest_http_port
+    )
+    config = load_config(settings.ingest_config) if settings.ingest_config else None
+    ensure_topics(settings)
+    if args.protocol == "http":
+        return _ingest_http(settings, config)
+    if config is None:
+        print(
+            "error: ingest mqtt needs --config FILE (or CITYSTREAM_INGEST_CONFIG)", file=sys.stderr
+        )
+        return 2
+    return _ingest_mqtt(settings, config)
+
+
+def _ingest_mqtt(settings: Settings, config: Any) -> int:
+    from connectors.sources.mqtt import MqttSource, ProgressLog
+
+    source = MqttSource(settings, config)
+    source.setup()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: source.stop())
+    report = source.run(ProgressLog())
+    print(f"mqtt ingest stopped: {report.counters.as_dict()}, {report.messages} messages")
+    return 0
+
+
+def _ingest_http(settings: Settings, config: Any) -> int:
+    import asyncio
+
+    from connectors.sources.http_ingest import build_service, serve
+
+    service = build_service(settings, config)
+
+    async def main() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        await serve(service, settings.ingest_http_host, settings.ingest_http_port, stop)
+
+    asyncio.run(main())
+    print(f"http ingest stopped: {service.counters_dict()}")
+    return 0
+
+
 COMMANDS = {
     "stack": cmd_stack,
     "init": cmd_init,
+    "migrate": cmd_migrate,
     "replay": cmd_replay,
     "process": cmd_process,
     "sink": cmd_sink,
     "query": cmd_query,
     "demo": cmd_demo,
     "bench": cmd_bench,
+    "ingest": cmd_ingest,
 }
 
 if __name__ == "__main__":

@@ -62,7 +62,13 @@ class Settings(BaseSettings):
         1000, ge=1, description="Readings per message on the processor's input topic"
     )
     processor_id: str = Field("citystream-traffic", description="Faust app id (consumer group)")
+    processor_web_host: str = Field(
+        "127.0.0.1", description="Faust web bind address (0.0.0.0 in a container)"
+    )
     processor_web_port: int = Field(6066, description="Faust web port of the processor")
+    processor_session_timeout_s: float = Field(
+        10.0, gt=0, description="A dead worker's partitions move after this long"
+    )
 
     # --- ClickHouse sink ----------------------------------------------------------------
     clickhouse_url: str | None = Field(
@@ -77,6 +83,39 @@ class Settings(BaseSettings):
         1.0, gt=0, description="...or when the oldest row has waited this long"
     )
     query_port: int = Field(8124, description="Sink's read-only query endpoint (chDB mode)")
+
+    # --- ingest over open standards (MQTT, HTTP) ----------------------------------------
+    ingest_config: Path | None = Field(
+        None, description="Ingest config and mapping file (TOML), e.g. infra/examples/ingest.toml"
+    )
+    ingest_http_host: str = Field("127.0.0.1", description="Bind address of the HTTP ingest")
+    ingest_http_port: int = Field(8090, description="Port of the HTTP ingest service")
+    ingest_api_keys: SecretStr | None = Field(
+        None, description='API keys per client as JSON {"client": "key"} (secret)'
+    )
+    ingest_api_keys_file: Path | None = Field(
+        None, description="...or a JSON file of that shape (e.g. a mounted secret)"
+    )
+    ingest_max_body_bytes: int = Field(
+        1_048_576, ge=1024, description="Larger request bodies are refused with 413"
+    )
+    ingest_rate_limit_rps: float = Field(
+        50.0, gt=0, description="Requests per second per API key; beyond: 429"
+    )
+    ingest_rate_burst: int = Field(100, ge=1, description="Requests a key may send at once")
+    ingest_request_timeout_s: float = Field(
+        10.0, gt=0, description="To read a request and make it durable (then 408 or 503)"
+    )
+    ingest_max_pending: int = Field(
+        100_000, ge=1, description="Messages waiting for Kafka before the HTTP ingest answers 503"
+    )
+    ingest_retry_after_s: int = Field(1, ge=1, description="Retry-After of 503 answers, seconds")
+    ingest_max_future_s: float = Field(
+        300.0, ge=0, description="Events further ahead of the clock are rejected"
+    )
+    mqtt_port: int = Field(1883, description="Mosquitto port of the local stack")
+    mqtt_username: str | None = Field(None, description="MQTT user of the MQTT ingest")
+    mqtt_password: SecretStr | None = Field(None, description="MQTT password (secret)")
 
     def topic(self, name: str) -> str:
         return f"{self.topic_prefix}{name}"

@@ -30,7 +30,9 @@ def create_app(settings: Settings) -> faust.App:
         topic_partitions=settings.partitions,
         topic_replication_factor=settings.replication_factor,
         producer_acks=-1,
-        web_host="127.0.0.1",
+        broker_session_timeout=settings.processor_session_timeout_s,
+        broker_heartbeat_interval=settings.processor_session_timeout_s / 4,
+        web_host=settings.processor_web_host,
         web_port=settings.processor_web_port,
         web_in_thread=False,
     )

@@ -65,7 +65,7 @@ class CompactedTable:
             ends[tp.partition] = high
         changed = 0
         while any(self._position(p) < high for p, high in ends.items()):
-            for msg in self._consumer.consume(num_messages=10_000, timeout=1.0):
+            for msg in self._consumer.consume(num_messages=10_000, timeout=0.1):
                 if msg.error() is None:
                     changed += self._apply(msg)
         return changed

@@ -92,9 +92,10 @@ MIGRATIONS: tuple[Migration, ...] = (
         "create kpi",
         (
             f"""CREATE TABLE IF NOT EXISTS {{db}}.kpi (
-    {_KPI_COLUMNS_DDL}
+    {_KPI_COLUMNS_DDL},
+    version UInt64 MATERIALIZED bitShiftLeft(toUInt64(samples), 32) + revision
 )
-ENGINE = ReplacingMergeTree(revision)
+ENGINE = ReplacingMergeTree(version)
 PARTITION BY toYYYYMM(window_start)
 ORDER BY (kpi, scope, entity_id, window_start)""",
         ),

@@ -37,14 +37,28 @@ def register(app: faust.App, processor: TrafficProcessor) -> None:
     )
 
     @app.agent(batches, name="traffic.segment_windows")
-    async def segment_windows(stream: faust.StreamT) -> None:
-        async for event in stream.events():
-            await processor.on_batch(event.message.partition, event.value, _origin(event))
+    async def segment_windows(stream: Any) -> None:
+        manual = stream.noack()  # acked once every window the message fed is final
+        async for event in manual.events():
+            partition = event.message.partition
+            for done in await processor.on_batch(partition, event.value, _origin(event), event):
+                await manual.ack(done)
 
     @app.agent(partials, name="traffic.city_windows")
-    async def city_windows(stream: faust.StreamT) -> None:
-        async for event in stream.events():
-            await processor.on_partial(event.value, _origin(event))
+    async def city_windows(stream: Any) -> None:
+        manual = stream.noack()
+        async for event in manual.events():
+            for done in await processor.on_partial(event.value, _origin(event), event):
+                await manual.ack(done)
+
+    async def forget_revoked(sender: Any, revoked: Any, **kwargs: Any) -> None:
+        by_topic: dict[str, set[int]] = {}
+        for tp in revoked:
+            by_topic.setdefault(tp.topic, set()).add(tp.partition)
+        for topic, partitions in by_topic.items():
+            processor.on_revoked(topic, partitions)
+
+    app.on_partitions_revoked.connect(forget_revoked)  # type: ignore[arg-type]
 
     @app.timer(interval=1.0, name="traffic.idle_flush")
     async def idle_flush() -> None:

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
+from confluent_kafka import Consumer, TopicPartition
 
 from citystream.kafka import Publisher
 from citystream.settings import Settings
@@ -77,6 +78,10 @@ class TrafficProcessor:
         self.city = CityWindows(self.size_ms, self.grace_ms, self.idle_ms)
         self.stats = Stats()
         self._last_reference_refresh = 0.0
+        # Input not yet safe to commit: (event, windows it went to), per input partition.
+        self.pending: dict[int, list[tuple[Any, frozenset[int]]]] = {}
+        self.city_pending: list[tuple[Any, frozenset[int]]] = []
+        self._city_restored = False
 
     def setup(self) -> None:
         """Registry, producer and reference data; run by the entry point before the worker."""
@@ -102,36 +107,76 @@ class TrafficProcessor:
     # --- stage 1 ---------------------------------------------------------------------
 
     async def on_batch(
-        self, partition: int, value: dict[str, Any] | Undecodable, origin: str
-    ) -> None:
+        self, partition: int, value: dict[str, Any] | Undecodable, origin: str, event: Any = None
+    ) -> list[Any]:
+        """Process one batch message; returns the input events that may now be acked."""
         self.stats.last_input_monotonic = time.monotonic()
         if isinstance(value, Undecodable):
             self.stats.undecodable += 1
             self._reject(value.payload, value.reason, value.detail, origin)
             await self._flush()
-            return
+            return [event]
         self.stats.batches += 1
-        self._maybe_refresh_reference(value["segment_id"])
-        windows = self._partition_windows(partition)
+        await self._maybe_refresh_reference(value["segment_id"])
+        windows = await self._partition_windows(partition)
         before = Counters(**vars(windows.counters))
         emission = windows.add(
-            value["segment_id"],
-            value["event_time_ms"],
-            value["vehicle_count"],
-            value["avg_speed_kmh"],
-            self.segments.data,
-            _now_ms(),
-        )
+            value["segment_id"], value["event_time_ms"], value["vehicle_count"],
+            value["avg_speed_kmh"], self.segments.data, _now_ms(),
+        )  # fmt: skip
         self._count(windows.counters, before)
         self._dead_letter_late(emission, value)
         await self._publish(emission)
+        pending = self.pending.setdefault(partition, [])
+        pending.append((event, frozenset(emission.touched)))
+        return _release(pending, windows.open_windows())
 
-    def _partition_windows(self, partition: int) -> PartitionWindows:
+    async def _partition_windows(self, partition: int) -> PartitionWindows:
         if partition not in self.partitions:
-            self.partitions[partition] = PartitionWindows(
-                partition, self._batch_partition_count(), self.size_ms, self.grace_ms
-            )
+            loop = asyncio.get_running_loop()
+            watermarks, count = await loop.run_in_executor(None, self.published_watermarks)
+            windows = PartitionWindows(partition, count, self.size_ms, self.grace_ms)
+            if partition in watermarks:
+                windows.restore(watermarks[partition])
+                log.info("partition %d resumes at stream time %d", partition, watermarks[partition])
+            self.partitions[partition] = windows
         return self.partitions[partition]
+
+    def published_watermarks(self) -> tuple[dict[int, int], int]:
+        """Latest watermark each input partition published on the partials topic."""
+        topic = self.topics["city.traffic.partials.v1"]
+        count = self._batch_partition_count()
+        consumer = Consumer(self.settings.kafka_config(**{"group.id": f"{topic}-restore"}))
+        try:
+            low, high = consumer.get_watermark_offsets(TopicPartition(topic, 0), timeout=30)
+            start = max(low, high - 50 * count)
+            consumer.assign([TopicPartition(topic, 0, start)])
+            found: dict[int, int] = {}
+            position, deadline = start, time.monotonic() + 60
+            while position < high:
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"could not read {topic} up to offset {high}")
+                for msg in consumer.consume(1000, timeout=0.1):
+                    if msg.error() is not None:
+                        continue
+                    position = (msg.offset() or 0) + 1
+                    partial = self.serdes["city.traffic.partials.v1"].decode(msg.value())
+                    p, mark = int(partial["source_partition"]), int(partial["watermark_ms"])
+                    found[p] = max(found.get(p, -1), mark)
+            return found, count
+        finally:
+            consumer.close()
+
+    def on_revoked(self, topic: str, partitions: set[int]) -> None:
+        """Another worker owns these now: forget their state, it will rebuild it."""
+        if topic == self.topics["city.traffic.batches.v1"]:
+            for partition in partitions:
+                self.partitions.pop(partition, None)
+                self.pending.pop(partition, None)
+        elif topic == self.topics["city.traffic.partials.v1"]:
+            self.city = CityWindows(self.size_ms, self.grace_ms, self.idle_ms)
+            self.city_pending.clear()
+            self._city_restored = False
 
     def _batch_partition_count(self) -> int:
         topic = self.topics["city.traffic.batches.v1"]
@@ -147,7 +192,7 @@ class TrafficProcessor:
         )
         self.stats.counters.merge(delta)
 
-    def _maybe_refresh_reference(self, segment_ids: list[str]) -> None:
+    async def _maybe_refresh_reference(self, segment_ids: list[str]) -> None:
         """Unknown segments trigger a re-read of the reference topic, at most once a second."""
         known = self.segments.data
         if all(s in known for s in segment_ids):
@@ -155,7 +200,7 @@ class TrafficProcessor:
         if time.monotonic() - self._last_reference_refresh < 1.0:
             return
         self._last_reference_refresh = time.monotonic()
-        self.segments.refresh()
+        await asyncio.get_running_loop().run_in_executor(None, self.segments.refresh)
 
     def _dead_letter_late(self, emission: Emission, batch: dict[str, Any]) -> None:
         for late in emission.late:
@@ -177,13 +222,21 @@ class TrafficProcessor:
 
     # --- stage 2 ---------------------------------------------------------------------
 
-    async def on_partial(self, value: dict[str, Any] | Undecodable, origin: str) -> None:
+    async def on_partial(
+        self, value: dict[str, Any] | Undecodable, origin: str, event: Any = None
+    ) -> list[Any]:
         if isinstance(value, Undecodable):
             self.stats.undecodable += 1
             self._reject(value.payload, value.reason, value.detail, origin)
             await self._flush()
-            return
+            return [event]
+        if not self._city_restored:
+            loop = asyncio.get_running_loop()
+            self.city.restore(*await loop.run_in_executor(None, self.published_watermarks))
+            self._city_restored = True
         await self._publish(Emission(kpis=self.city.add(value, _now_ms())))
+        self.city_pending.append((event, frozenset(self.city.touched)))
+        return _release(self.city_pending, self.city.open_windows())
 
     # --- idle timer --------------------------------------------------------------------
 
@@ -225,3 +278,15 @@ class TrafficProcessor:
 
     async def _flush(self) -> None:
         await asyncio.get_running_loop().run_in_executor(None, self.publisher.flush)
+
+
+def _release(pending: list[tuple[Any, frozenset[int]]], open_windows: set[int]) -> list[Any]:
+    """Events none of whose windows is still open: their input is fully accounted for.
+
+    Holding the others back keeps the committed offset at or before the first message of
+    every open window, so a restarted worker re-reads exactly what it needs to rebuild.
+    """
+    done = [item for item in pending if not item[1] & open_windows]
+    if done:
+        pending[:] = [item for item in pending if item[1] & open_windows]
+    return [event for event, _ in done]

@@ -120,6 +120,7 @@ class Emission:
     kpis: list[dict[str, Any]] = field(default_factory=list)
     late: list[LateReading] = field(default_factory=list)
     partial: dict[str, Any] | None = None
+    touched: set[int] = field(default_factory=set)  # windows the input's readings went to
 
 
 @dataclass
@@ -175,6 +176,7 @@ class PartitionWindows:
                 sums = window.sums[segment] = Sums()
             sums.add(vehicles[i], speeds[i])
             window.dirty.add(segment)
+            emission.touched.add(start)
             counters.accepted += 1
             if segment not in reference:
                 counters.unknown_segment += 1
@@ -182,6 +184,19 @@ class PartitionWindows:
                 self.stream_time = ts
         self._emit(emission, reference, now_ms, lambda start: start + size <= self.stream_time)
         return emission
+
+    def restore(self, watermark_ms: int) -> None:
+        """Resume after a restart or rebalance at the stream time last published.
+
+        Input is re-read from the oldest open window's first message (the committed
+        offset); readings of windows finalized before the watermark are then late, and
+        open windows are rebuilt exactly from their readings.
+        """
+        self.stream_time = max(self.stream_time, watermark_ms)
+        self._reported_watermark_window = window_start(self.stream_time, self.size_ms)
+
+    def open_windows(self) -> set[int]:
+        return set(self.windows)
 
     def flush(self, reference: Mapping[str, SegmentInfo], now_ms: int) -> Emission:
         """Emit every window with unemitted readings (no more input is coming for now)."""
@@ -193,6 +208,7 @@ class PartitionWindows:
         self, emission: Emission, reference: Mapping[str, SegmentInfo], now_ms: int, due: Any
     ) -> None:
         emitted: list[dict[str, Any]] = []
+        finalized = False
         for start in sorted(self.windows):
             window = self.windows[start]
             if window.dirty and due(start):
@@ -202,8 +218,11 @@ class PartitionWindows:
                 window.dirty.clear()
             if self.stream_time > start + self.size_ms + self.grace_ms:
                 del self.windows[start]
+                finalized = True
         watermark_window = window_start(self.stream_time, self.size_ms)
-        if emitted or watermark_window != self._reported_watermark_window:
+        # The watermark is published whenever a window is finalized, so a restarted worker
+        # restoring it knows which windows are done (see restore()).
+        if emitted or finalized or watermark_window != self._reported_watermark_window:
             self._reported_watermark_window = watermark_window
             emission.partial = {
                 "source_partition": self.partition,
@@ -285,8 +304,19 @@ class CityWindows:
         self.windows: dict[int, _MergeWindow] = {}
         self.forgotten_before = -1
         self.ignored_partials = 0
+        self.touched: set[int] = set()  # windows the last add() went to
+
+    def open_windows(self) -> set[int]:
+        return set(self.windows)
+
+    def restore(self, watermarks: Mapping[int, int], partition_count: int) -> None:
+        """Watermarks last published by each input partition (after a restart)."""
+        for partition, watermark in watermarks.items():
+            self.watermarks[partition] = max(self.watermarks.get(partition, -1), watermark)
+        self.partition_count = max(self.partition_count, partition_count)
 
     def add(self, partial: Mapping[str, Any], now_ms: int) -> list[dict[str, Any]]:
+        self.touched = set()
         partition = int(partial["source_partition"])
         self.partition_count = max(self.partition_count, int(partial["partition_count"]))
         self.watermarks[partition] = max(
@@ -297,6 +327,7 @@ class CityWindows:
             if start < self.forgotten_before:
                 self.ignored_partials += 1
                 continue
+            self.touched.add(start)
             window = self.windows.get(start)
             if window is None:
                 window = self.windows[start] = _MergeWindow(first_seen_ms=now_ms)

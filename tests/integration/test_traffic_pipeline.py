@@ -6,13 +6,9 @@ processor, then compared with what the analysts' table holds.
 
 from __future__ import annotations
 
-import csv
 import gzip
-from collections import defaultdict
-from datetime import datetime
 from pathlib import Path
 from typing import Any
-from zoneinfo import ZoneInfo
 
 import pytest
 from confluent_kafka import Consumer, TopicPartition
@@ -22,14 +18,13 @@ from confluent_kafka.serialization import MessageField, SerializationContext
 
 from citystream.kafka import Publisher, end_offsets, ensure_topics, register_schemas
 from citystream.pipeline import Pipeline
-from citystream.query import run_query
 from citystream.settings import Settings
 from connectors.sources.aarhus import AarhusReplaySource
+from tests.oracle import METADATA, expected_kpis, kpis_in_clickhouse
 
 pytestmark = pytest.mark.integration
 REPO = Path(__file__).resolve().parents[2]
 FIXTURE = REPO / "tests/fixtures/traffic_2014-08-02_0600-0900.csv.gz"
-METADATA = REPO / "data/aarhus/traffic_metadata.csv"
 BAD_ROWS = {
     "OK,74,NaN,668,74,2014-08-02T06:05:00,5,1,158324": "invalid_row",
     "OK,74,50,668,74,2014-08-02T06:05:00,-1,2,158324": "invalid_row",
@@ -51,49 +46,6 @@ def build_input(tmp_path: Path) -> tuple[Path, list[list[str]]]:
     return path, good
 
 
-def expected_kpis(rows: list[list[str]]) -> dict[tuple[str, str, str, int], tuple[float, int]]:
-    """Independent oracle: the KPI contract of the README, written plainly."""
-    meta = {r["REPORT_ID"]: r for r in csv.DictReader(METADATA.open(encoding="utf-8"))}
-    tz = ZoneInfo("Europe/Copenhagen")
-    seen: set[tuple[str, str]] = set()
-    acc: dict[tuple[str, str, int], list[float]] = defaultdict(lambda: [0, 0, 0.0])
-    for _status, _avg_t, speed, _ext, _med, ts, count, _id, rid in rows:
-        if (rid, ts) in seen:
-            continue
-        seen.add((rid, ts))
-        local = datetime.fromisoformat(ts).replace(tzinfo=tz)
-        epoch_ms = int(local.timestamp() * 1000)
-        window = epoch_ms - epoch_ms % 900_000
-        district = meta[rid]["POINT_1_POSTAL_CODE"] if rid in meta else "unknown"
-        for scope, entity in (("segment", rid), ("district", district), ("city", "aarhus")):
-            a = acc[(scope, entity, window)]
-            a[0] += 1
-            a[1] += int(count)
-            a[2] += float(speed) * int(count)
-    out: dict[tuple[str, str, str, int], tuple[float, int]] = {}
-    for (scope, entity, window), (n, vehicles, weighted) in acc.items():
-        out[("traffic.vehicle_count", scope, entity, window)] = (vehicles, n)
-        if vehicles > 0:
-            speed = weighted / vehicles
-            out[("traffic.avg_speed_kmh", scope, entity, window)] = (speed, n)
-            if scope == "segment" and entity in meta:
-                ndt = float(meta[entity]["NDT_IN_KMH"])
-                out[("traffic.congestion_index", scope, entity, window)] = (
-                    max(0.0, 1 - speed / ndt),
-                    n,
-                )
-    return out
-
-
-def kpis_in_clickhouse(settings: Settings) -> dict[tuple[str, str, str, int], tuple[float, int]]:
-    _, rows = run_query(
-        settings,
-        "SELECT kpi, scope, entity_id, toUnixTimestamp64Milli(window_start), value, samples "
-        "FROM kpi FINAL",
-    )
-    return {(r[0], r[1], r[2], int(r[3])): (float(r[4]), int(r[5])) for r in rows}
-
-
 def read_dead_letters(settings: Settings) -> list[dict[str, Any]]:
     """With confluent-kafka's own deserializer: our wire format is the standard one."""
     topic = settings.topic("city.dlq.v1")
@@ -103,7 +55,7 @@ def read_dead_letters(settings: Settings) -> list[dict[str, Any]]:
     consumer.assign([TopicPartition(topic, p, 0) for p in ends])
     out: list[dict[str, Any]] = []
     while len(out) < sum(ends.values()):
-        for msg in consumer.consume(1000, timeout=5):
+        for msg in consumer.consume(1000, timeout=0.2):
             assert msg.error() is None
             ctx = SerializationContext(topic, MessageField.VALUE)
             out.append(deserializer(msg.value(), ctx))

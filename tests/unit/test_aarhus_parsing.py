@@ -120,3 +120,16 @@ def test_segments_take_district_from_first_point_postal_code() -> None:
     assert by_id["158895"]["free_flow_speed_kmh"] == 70.0
     assert by_id["158895"]["road_type"] == "MAJOR_ROAD"
     assert by_id["158895"]["start_lat"] == pytest.approx(56.2149789163549)
+
+
+def test_pacer_keeps_event_time_and_wall_time_in_step() -> None:
+    import time
+
+    from connectors.sources.aarhus import _Pacer
+
+    pacer = _Pacer(speed=600.0)  # 10 minutes of event time per real second
+    start = time.monotonic()
+    assert not pacer.wait_needed(0)  # the first reading sets the clock
+    assert pacer.wait_needed(5 * 60_000)  # 5 event minutes = 0.5 s ahead
+    pacer.sleep(5 * 60_000)
+    assert 0.45 <= time.monotonic() - start < 1.0

@@ -1,0 +1,452 @@
+"""MQTT source: OGC SensorThings observations and plain JSON events from a broker into Kafka.
+
+Subscribes with QoS 1 on a persistent session and acknowledges a message (PUBACK) only
+after what it became is durable in Kafka, so nothing valid is lost when this process or
+Kafka stops: the broker redelivers whatever was not acknowledged. Redeliveries are
+dropped by an explicit, bounded memory of recent (topic, payload) pairs; the processor's
+de-duplication on (segment, event time) catches any that outlive it.
+
+Topic formats (per subscription in the config file):
+
+- ``sensorthings``: ``.../Datastreams(<id>)/Observations`` with a body holding
+  ``phenomenonTime`` (instant, or interval whose end is used), ``result`` and optionally
+  ``resultTime`` and ``parameters`` (``parameters.unit`` is checked and converted). The
+  mapping file says which sensor and domain a Datastream is; an object ``result`` fills
+  several fields at once, a scalar one fills one field and is joined with the other
+  Datastreams of the same sensor and phenomenonTime.
+- ``events``: canonical events (an object, an array or NDJSON), as ``POST /v1/events``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import queue
+import re
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import paho.mqtt.client as mqtt
+
+from citystream.settings import Settings
+from connectors.publishing import EventPublisher, Rejected
+from connectors.sources.ingest_common import (
+    DOMAINS,
+    INCOMPLETE_OBSERVATION,
+    INVALID_EVENT,
+    INVALID_TIMESTAMP,
+    UNKNOWN_DATASTREAM,
+    Accepted,
+    DatastreamMapping,
+    IngestConfig,
+    IngestError,
+    RecentKeys,
+    SourceCounters,
+    convert,
+    dumps,
+    loads,
+    parse_time,
+    split_items,
+    validate_event,
+)
+
+COMPONENT = "mqtt-ingest"
+log = logging.getLogger(__name__)
+_DATASTREAM_TOPIC = re.compile(r"(?:^|/)Datastreams\((?P<id>[^()]*)\)/Observations$")
+
+
+# --- SensorThings mapping (pure) -----------------------------------------------------
+
+
+def datastream_id(topic: str) -> str | None:
+    """``v1.1/Datastreams(42)/Observations`` -> "42" (quotes of string ids removed)."""
+    match = _DATASTREAM_TOPIC.search(topic)
+    return match.group("id").strip("'\"") if match else None
+
+
+@dataclass(frozen=True)
+class Part:
+    """What one observation contributes to a canonical event."""
+
+    domain: str
+    sensor: str
+    event_time: str
+    event_ms: int
+    values: dict[str, Any]
+
+    @property
+    def key(self) -> tuple[str, str, int]:
+        return (self.domain, self.sensor, self.event_ms)
+
+    def event(self, values: dict[str, Any]) -> dict[str, Any]:
+        spec = DOMAINS[self.domain]
+        return {
+            "domain": self.domain,
+            spec.sensor_field: self.sensor,
+            "event_time": self.event_time,
+            **values,
+        }
+
+
+def observation_part(config: IngestConfig, topic: str, body: Any) -> tuple[Part, bool]:
+    """One SensorThings observation as a Part, and whether it is complete on its own."""
+    ds_id = datastream_id(topic)
+    mapping = config.datastream(ds_id) if ds_id is not None else None
+    if mapping is None:
+        raise IngestError(UNKNOWN_DATASTREAM, f"Datastream {ds_id!r} is not in the mapping file")
+    if not isinstance(body, dict) or "result" not in body:
+        raise IngestError(INVALID_EVENT, "an Observation needs a JSON object with `result`")
+    when = body.get("phenomenonTime") or body.get("resultTime")
+    try:
+        event_time = parse_time(when)
+    except ValueError as exc:
+        raise IngestError(INVALID_TIMESTAMP, f"phenomenonTime: {exc}") from exc
+    values = _result_values(mapping, body["result"], body.get("parameters"))
+    part = Part(
+        mapping.domain, mapping.sensor, str(when), int(event_time.timestamp() * 1000), values
+    )
+    return part, mapping.result is not None
+
+
+def _result_values(mapping: DatastreamMapping, result: Any, parameters: Any) -> dict[str, Any]:
+    kinds = DOMAINS[mapping.domain].quantities
+    if mapping.result is not None:
+        if not isinstance(result, dict):
+            raise IngestError(INVALID_EVENT, f"Datastream {mapping.id}: result must be an object")
+        return {
+            target: convert(result[member], kinds[target], mapping.units.get(target), member)
+            for member, target in mapping.result.items()
+            if member in result
+        }
+    target = mapping.field or ""
+    unit = mapping.unit
+    if isinstance(parameters, dict) and isinstance(parameters.get("unit"), str):
+        unit = parameters["unit"]
+    return {target: convert(result, kinds[target], unit, f"Datastream {mapping.id} result")}
+
+
+@dataclass
+class _Pending:
+    part: Part
+    values: dict[str, Any]
+    raws: list[bytes]
+    tokens: list[Any]
+    since: float
+
+
+@dataclass
+class Joiner:
+    """Joins scalar observations of one sensor and phenomenonTime into one event."""
+
+    timeout_s: float
+    pending: dict[tuple[str, str, int], _Pending] = field(default_factory=dict)
+
+    def add(
+        self, part: Part, raw: bytes, token: Any, now: float
+    ) -> tuple[dict[str, Any], list[Any]] | None:
+        """The canonical event and its tokens once every required field is there."""
+        entry = self.pending.get(part.key)
+        if entry is None:
+            entry = self.pending[part.key] = _Pending(part, {}, [], [], now)
+        clash = [k for k in part.values if k in entry.values and entry.values[k] != part.values[k]]
+        if clash:
+            raise IngestError(INVALID_EVENT, f"conflicting second value for {', '.join(clash)}")
+        entry.values.update(part.values)
+        entry.raws.append(raw)
+        entry.tokens.append(token)
+        if all(f in entry.values for f in DOMAINS[part.domain].required):
+            del self.pending[part.key]
+            return part.event(entry.values), entry.tokens
+        return None
+
+    def expired(self, now: float) -> list[tuple[Rejected, list[Any]]]:
+        """Observations still incomplete after the timeout, as dead letters."""
+        out = []
+        for key in [k for k, p in self.pending.items() if now - p.since >= self.timeout_s]:
+            entry = self.pending.pop(key)
+            missing = [f for f in DOMAINS[entry.part.domain].required if f not in entry.values]
+            detail = f"no {', '.join(missing)} within {self.timeout_s:.0f}s for {key}"
+            raw = b"\n".join(entry.raws)
+            out.append((Rejected(INCOMPLETE_OBSERVATION, detail, "mqtt:join", raw), entry.tokens))
+        return out
+
+
+# --- the source ------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Message:
+    topic: str
+    payload: bytes
+    mid: int
+    qos: int
+
+    @property
+    def token(self) -> tuple[int, int]:
+        """What acknowledging this message takes."""
+        return (self.mid, self.qos)
+
+
+@dataclass
+class MqttReport:
+    counters: SourceCounters = field(default_factory=SourceCounters)
+    connects: int = 0
+    messages: int = 0
+
+
+Outcome = Accepted | Rejected
+
+
+class MqttIngest:
+    """Maps MQTT messages to canonical events; Kafka and the broker are injected."""
+
+    def __init__(self, config: IngestConfig, max_future_ms: int) -> None:
+        self.config = config
+        self.max_future_ms = max_future_ms
+        self.recent = RecentKeys(config.mqtt.dedup_window)
+        self.joiner = Joiner(config.mqtt.join_timeout_s)
+        self.formats = [(s.filter, s.format) for s in config.mqtt.subscriptions]
+
+    def handle(self, msg: Message, now: float) -> tuple[list[Outcome], list[Any]] | None:
+        """Outcomes of one message and the tokens (mids) they settle; None: a duplicate.
+
+        A scalar observation still waiting for its partners settles nothing yet.
+        """
+        key = hashlib.blake2b(msg.topic.encode() + b"\0" + msg.payload, digest_size=16).digest()
+        if self.recent.seen(key):
+            return None
+        origin = f"mqtt:{msg.topic}"
+        fmt = next((f for flt, f in self.formats if mqtt.topic_matches_sub(flt, msg.topic)), None)
+        now_ms = int(now * 1000)
+        if fmt == "events":
+            return self._events(msg, origin, now_ms), [msg.token]
+        try:
+            return self._observation(msg, origin, now, now_ms)
+        except IngestError as exc:
+            return [Rejected(exc.reason, str(exc), origin, msg.payload)], [msg.token]
+
+    def _events(self, msg: Message, origin: str, now_ms: int) -> list[Outcome]:
+        try:
+            items = split_items(msg.payload)
+        except IngestError as exc:
+            return [Rejected(exc.reason, str(exc), origin, msg.payload)]
+        out: list[Outcome] = []
+        for i, (item, raw) in enumerate(items):
+            where = f"{origin}#{i}"
+            if isinstance(item, IngestError):
+                out.append(Rejected(item.reason, str(item), where, raw))
+            else:
+                out.append(validate_event(item, where, raw, now_ms, self.max_future_ms))
+        return out
+
+    def _observation(
+        self, msg: Message, origin: str, now: float, now_ms: int
+    ) -> tuple[list[Outcome], list[Any]]:
+        part, complete = observation_part(self.config, msg.topic, loads(msg.payload))
+        if complete:
+            event = part.event(part.values)
+            outcome = validate_event(event, origin, msg.payload, now_ms, self.max_future_ms)
+            return [outcome], [msg.token]
+        joined = self.joiner.add(part, msg.payload, msg.token, now)
+        if joined is None:
+            return [], []
+        event, tokens = joined
+        raw = dumps(event)
+        return [validate_event(event, origin, raw, now_ms, self.max_future_ms)], tokens
+
+    def expired(self, now: float) -> list[tuple[Rejected, list[Any]]]:
+        return self.joiner.expired(now)
+
+
+class MqttSource:
+    """Runs the broker connection (paho's thread) and the Kafka side (the caller's thread).
+
+    paho's thread only queues messages; the caller's thread maps and publishes them, then
+    flushes Kafka and acknowledges every settled message id, every ``flush_every``
+    messages or ``flush_interval_ms``.
+    """
+
+    def __init__(self, settings: Settings, config: IngestConfig) -> None:
+        self.settings = settings
+        self.config = config
+        self.ingest = MqttIngest(config, int(settings.ingest_max_future_s * 1000))
+        self.report = MqttReport()
+        self._inbox: queue.Queue[Message] = queue.Queue(maxsize=50_000)
+        self._stop = threading.Event()
+        self._unacked: list[Any] = []
+        self._subscribed = threading.Event()
+        self.status_topic = config.mqtt.status_topic.format(client_id=config.mqtt.client_id)
+
+    def setup(self, events: EventPublisher | None = None) -> None:
+        """Connect to Kafka and the registry, and start the broker connection."""
+        if events is None:
+            events = EventPublisher(self.settings, COMPONENT)
+            events.setup()
+        self.events = events
+        self.client = self._client()
+        cfg = self.config.mqtt
+        self.client.connect_async(cfg.host, cfg.port, cfg.keepalive_s)
+        self.client.loop_start()
+
+    def _client(self) -> mqtt.Client:
+        cfg = self.config.mqtt
+        client = mqtt.Client(
+            mqtt.CallbackAPIVersion.VERSION2,
+            client_id=cfg.client_id,
+            clean_session=not cfg.persistent_session,
+            protocol=mqtt.MQTTv311,
+            manual_ack=True,
+        )
+        if self.settings.mqtt_username:
+            password = self.settings.mqtt_password
+            client.username_pw_set(
+                self.settings.mqtt_username, password.get_secret_value() if password else None
+            )
+        client.reconnect_delay_set(cfg.reconnect_min_s, cfg.reconnect_max_s)
+        client.will_set(self.status_topic, self._status("offline"), qos=1, retain=True)
+        client.on_connect = self._on_connect
+        client.on_disconnect = self._on_disconnect
+        client.on_subscribe = self._on_subscribe
+        client.on_message = self._on_message
+        return client
+
+    def _status(self, state: str) -> bytes:
+        """Retained status: ``online`` once subscribed (with counters), ``offline`` (will)."""
+        body = {"state": state, **self.report.counters.as_dict()}
+        return json.dumps({**body, "messages": self.report.messages}).encode()
+
+    def publish_status(self, state: str = "online") -> mqtt.MQTTMessageInfo:
+        return self.client.publish(self.status_topic, self._status(state), qos=1, retain=True)
+
+    def _on_connect(self, client: mqtt.Client, _u: Any, flags: Any, reason: Any, _p: Any) -> None:
+        if reason.is_failure:
+            log.warning("MQTT connect refused: %s (paho retries with backoff)", reason)
+            return
+        self.report.connects += 1
+        cfg = self.config.mqtt
+        client.subscribe([(s.filter, int(cfg.qos)) for s in cfg.subscriptions])
+        log.info(
+            "MQTT connected to %s:%s (session present: %s), subscribing to %s",
+            cfg.host,
+            cfg.port,
+            flags.session_present,
+            ", ".join(s.filter for s in cfg.subscriptions),
+        )
+
+    def _on_subscribe(self, _c: mqtt.Client, _u: Any, _mid: int, codes: Any, _p: Any) -> None:
+        refused = [str(code) for code in codes if code.is_failure]
+        if refused:
+            log.error("MQTT subscription refused: %s", ", ".join(refused))
+            return
+        log.info("MQTT subscribed; status on %s", self.status_topic)
+        self.publish_status()
+        self._subscribed.set()
+
+    def _on_disconnect(self, _c: mqtt.Client, _u: Any, _f: Any, reason: Any, _p: Any) -> None:
+        self._subscribed.clear()
+        if not self._stop.is_set():
+            log.warning("MQTT disconnected (%s); reconnecting with backoff", reason)
+
+    def _on_message(self, _c: mqtt.Client, _u: Any, msg: mqtt.MQTTMessage) -> None:
+        # Blocks when the Kafka side falls behind: TCP backpressure to the broker.
+        self._inbox.put(Message(msg.topic, bytes(msg.payload), msg.mid, msg.qos))
+
+    def wait_subscribed(self, timeout: float) -> bool:
+        return self._subscribed.wait(timeout)
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def run(self, on_flush: Callable[[MqttReport], None] | None = None) -> MqttReport:
+        """Until :meth:`stop`: publish, flush, acknowledge; then disconnect cleanly.
+
+        The retained status (counters of what is durable in Kafka) is refreshed after
+        flushes, at most every ``status_interval_s``.
+        """
+        cfg = self.config.mqtt
+        last_flush = last_status = time.monotonic()
+        since_flush = 0
+        try:
+            while not self._stop.is_set():
+                since_flush += self._drain(cfg.flush_every - since_flush)
+                now = time.monotonic()
+                if (
+                    since_flush >= cfg.flush_every
+                    or now - last_flush >= cfg.flush_interval_ms / 1000
+                ):
+                    self._settle_expired()
+                    if since_flush or self._unacked:
+                        self._flush_and_ack()
+                        if on_flush:
+                            on_flush(self.report)
+                    since_flush, last_flush = 0, now
+                if self._subscribed.is_set() and now - last_status >= cfg.status_interval_s:
+                    self.publish_status()
+                    last_status = now
+            self._drain(self._inbox.qsize())
+            self._flush_and_ack()
+            if self._subscribed.is_set():
+                self.publish_status("offline").wait_for_publish(5.0)
+        finally:
+            self.client.disconnect()
+            self.client.loop_stop()
+        return self.report
+
+    def _drain(self, limit: int) -> int:
+        handled = 0
+        while handled < max(1, limit):
+            try:
+                msg = self._inbox.get(timeout=0.01 if handled == 0 else 0)
+            except queue.Empty:
+                break
+            handled += 1
+            self._handle(msg)
+        return handled
+
+    def _handle(self, msg: Message) -> None:
+        self.report.messages += 1
+        result = self.ingest.handle(msg, time.time())
+        counters = self.report.counters
+        if result is None:
+            counters.duplicates += 1
+            self._unacked.append(msg.token)
+            return
+        outcomes, tokens = result
+        for outcome in outcomes:
+            if isinstance(outcome, Accepted):
+                self.events.reading(outcome.reading)
+                counters.accepted += 1
+            else:
+                self.events.reject(outcome)
+                counters.rejected[outcome.reason] += 1
+        self._unacked.extend(tokens)
+
+    def _settle_expired(self) -> None:
+        for rejected, tokens in self.ingest.expired(time.time()):
+            self.events.reject(rejected)
+            self.report.counters.rejected[rejected.reason] += 1
+            self._unacked.extend(tokens)
+
+    def _flush_and_ack(self) -> None:
+        """Kafka has everything handled so far, then the broker may forget it."""
+        self.events.flush()  # DeliveryError propagates: nothing is acknowledged then
+        for mid, qos in self._unacked:
+            self.client.ack(mid, qos)
+        self._unacked.clear()
+
+
+class ProgressLog:
+    """Logs the counters at most every ``interval_s`` (an ``on_flush`` callback)."""
+
+    def __init__(self, interval_s: float = 10.0) -> None:
+        self.interval_s = interval_s
+        self._next = 0.0
+
+    def __call__(self, report: MqttReport) -> None:
+        if time.monotonic() >= self._next:
+            self._next = time.monotonic() + self.interval_s
+            log.info("MQTT ingest: %s, %d messages", report.counters.as_dict(), report.messages)
