@@ -2,9 +2,10 @@
 
 Delivery is at-least-once (offsets are committed only after the insert succeeded) and
 the table makes it effectively exactly-once for readers: ``kpi`` is a
-ReplacingMergeTree keyed by (kpi, scope, entity_id, window_start) with ``revision`` as
-version, so a replayed or redelivered record collapses into the row it duplicates and
-``kpi FINAL`` / ``kpi_latest`` show one row per key, the highest revision.
+ReplacingMergeTree keyed by (kpi, scope, entity_id, window_start) whose version is
+(samples, revision), so a replayed or redelivered record collapses into the row it
+duplicates and ``kpi FINAL`` / ``kpi_latest`` show one row per key: the most complete,
+even when a restarted processor numbers its revisions from 0 again.
 
 The same code runs against embedded chDB (``chdb:///abs/path``) and a ClickHouse server
 (``http(s)://host:port``). In chDB mode the sink also serves the read-only query
