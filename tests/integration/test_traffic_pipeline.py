@@ -19,6 +19,7 @@ from confluent_kafka.serialization import MessageField, SerializationContext
 from citystream.kafka import Publisher, end_offsets, ensure_topics, register_schemas
 from citystream.pipeline import Pipeline
 from citystream.settings import Settings
+from citystream.verify import compare, recompute, stored_kpis
 from connectors.sources.aarhus import AarhusReplaySource
 from tests.oracle import METADATA, expected_kpis, kpis_in_clickhouse
 
@@ -89,6 +90,9 @@ def test_replay_to_clickhouse_matches_independent_computation(
 
         expected = expected_kpis(good_rows)
         actual = kpis_in_clickhouse(settings)
+        # `citystream verify`, a second independent computation from the file, agrees
+        verified = compare(recompute(traffic, METADATA, settings.partitions), stored_kpis(settings))
+        assert verified.ok and verified.matched == len(expected), verified.summary()
         assert actual.keys() == expected.keys()
         for key, (value, samples) in expected.items():
             assert actual[key][0] == pytest.approx(value, rel=1e-9, abs=1e-9), key
