@@ -66,6 +66,13 @@ def run_bench(settings: Settings, traffic: Path, metadata: Path) -> int:
     p50, p99, n = _measure_latency(_fresh(settings, "latency"), traffic, metadata)
     results["window close -> queryable"] = f"p50 {p50:,.0f} ms  p99 {p99:,.0f} ms  ({n:,} rows)"
 
+    print("== ingest: HTTP (batched) and MQTT into Kafka")
+    from citystream.bench_ingest import run_ingest_bench
+
+    ingest = run_ingest_bench(settings)
+    results["ingest HTTP (batches of 1000)"] = f"{ingest['ingest_http_events_per_s']:>10} events/s"
+    results["ingest MQTT (QoS 1)"] = f"{ingest['ingest_mqtt_events_per_s']:>10} events/s"
+
     print("\nResults (2 cores; each throughput stage alone on the real stack)")
     for name, text in results.items():
         print(f"  {name:26} {text}")

@@ -89,6 +89,12 @@ def parser() -> argparse.ArgumentParser:
     ingest.add_argument("--port", type=int, dest="ingest_http_port", help="HTTP port (http)")
     _add_common(ingest)
 
+    verify = sub.add_parser("verify", help="recompute KPIs from the source files, compare")
+    verify.add_argument("dataset", choices=["aarhus"])
+    verify.add_argument("--traffic", type=Path, default=DATA_DIR / "traffic_2014-08-02.csv.gz")
+    verify.add_argument("--metadata", type=Path, default=DATA_DIR / "traffic_metadata.csv")
+    _add_common(verify)
+
     bench = sub.add_parser("bench", help="throughput and latency on the real stack")
     bench.add_argument("--traffic", type=Path, help="default: the 7-day Aarhus file")
     bench.add_argument("--metadata", type=Path, default=DATA_DIR / "traffic_metadata.csv")
@@ -215,6 +221,12 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return run_demo(build_settings(args), args.traffic, args.metadata, args.keep_stack)
 
 
+def cmd_verify(args: argparse.Namespace) -> int:
+    from citystream.verify import run_verify
+
+    return run_verify(build_settings(args), args.traffic, args.metadata)
+
+
 def cmd_bench(args: argparse.Namespace) -> int:
     from citystream.bench import run_bench
 
@@ -282,6 +294,7 @@ COMMANDS = {
     "sink": cmd_sink,
     "query": cmd_query,
     "demo": cmd_demo,
+    "verify": cmd_verify,
     "bench": cmd_bench,
     "ingest": cmd_ingest,
 }
