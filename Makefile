@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 CITYSTREAM := $(BIN)/citystream
 
 .DEFAULT_GOAL := help
-.PHONY: help install demo test unit lint format typecheck bench stack-up stack-down stack-status clean
+.PHONY: help install mosquitto demo test unit lint format typecheck bench stack-up stack-down stack-status clean
 
 help: ## list the targets
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
@@ -20,12 +20,23 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP) ## create .venv and install citystream with dev tools
 
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+mosquitto: ## install Debian's mosquitto (the MQTT broker of the stack and tests) if missing
+	@if command -v mosquitto >/dev/null || [ -x /usr/sbin/mosquitto ]; then exit 0; fi; \
+	  echo "mosquitto is missing: installing it with apt-get"; \
+	  ($(SUDO) apt-get update -qq && $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq mosquitto mosquitto-clients) \
+	  || { echo "error: could not install mosquitto (apt-get install -y mosquitto);" \
+	       "the MQTT ingest tests need it" >&2; exit 1; }; \
+	  [ -x /usr/sbin/mosquitto ] || command -v mosquitto >/dev/null \
+	  || { echo "error: mosquitto still missing after apt-get" >&2; exit 1; }
+
 demo: $(STAMP) ## the whole pipeline on one day of real Aarhus traffic, KPIs printed
 	$(CITYSTREAM) demo
 
-test: $(STAMP) ## lint, then every test on the real stack (started and stopped here)
+test: $(STAMP) mosquitto ## lint, then every test on the real stack (started and stopped here)
 	$(BIN)/ruff check .
 	$(BIN)/mypy citystream schemas streams connectors infra
+	$(MAKE) --no-print-directory deploy-check
 	$(CITYSTREAM) stack up
 	set -o pipefail; status=0; \
 	  $(BIN)/pytest $(PYTEST_ARGS) || status=$$?; \
@@ -59,3 +70,46 @@ stack-status: $(STAMP) ## are they up?
 clean: ## remove runtime state (not the download cache)
 	-$(CITYSTREAM) stack down
 	rm -rf .citystream
+
+# --- deployment: Dockerfile, helm chart, compose file ------------------------------------
+# helm and the Compose Specification's loader (compose-go) are built from their Go modules
+# once into the tools cache; tests/deploy use the same binaries (exported below).
+.PHONY: deploy-check helm-check compose-check dockerfile-lint image
+GO ?= $(or $(shell command -v go 2>/dev/null),/usr/local/go/bin/go)
+TOOLS_DIR ?= $(or $(XDG_CACHE_HOME),$(HOME)/.cache)/citystream/tools
+HELM_VERSION ?= v3.19.0
+COMPOSE_GO_VERSION ?= v2.16.2
+KUBE_VERSION ?= 1.31.0
+HELM ?= $(TOOLS_DIR)/helm-$(HELM_VERSION)/helm
+COMPOSE_SPEC ?= $(TOOLS_DIR)/compose-go-$(COMPOSE_GO_VERSION)/compose-spec
+CHART := helm/citystream
+export HELM COMPOSE_SPEC KUBE_VERSION
+
+$(TOOLS_DIR)/helm-%/helm:
+	@echo "building helm $* from its Go module (first time only, a few minutes)"
+	mkdir -p $(@D) && GOBIN=$(@D) GOFLAGS=-buildvcs=false $(GO) install helm.sh/helm/v3/cmd/helm@$*
+
+$(TOOLS_DIR)/compose-go-%/compose-spec:
+	@echo "building the compose-spec loader $* from its Go module (first time only)"
+	mkdir -p $(@D) && GOBIN=$(@D) GOFLAGS=-buildvcs=false $(GO) install github.com/compose-spec/compose-go/v2/cmd@$*
+	mv $(@D)/cmd $@
+
+deploy-check: helm-check compose-check dockerfile-lint ## lint the chart, compose file and Dockerfile
+
+helm-check: $(HELM) ## helm lint + helm template, default and full values
+	$(HELM) lint $(CHART) --strict --kube-version $(KUBE_VERSION)
+	$(HELM) lint $(CHART) --strict --kube-version $(KUBE_VERSION) -f $(CHART)/ci/full-values.yaml
+	$(HELM) template citystream $(CHART) --kube-version $(KUBE_VERSION) > /dev/null
+	$(HELM) template citystream $(CHART) --kube-version $(KUBE_VERSION) -f $(CHART)/ci/full-values.yaml > /dev/null
+
+compose-check: $(COMPOSE_SPEC) ## load infra/compose.yaml with the Compose Specification's loader
+	cd infra && $(COMPOSE_SPEC) compose.yaml > /dev/null
+	@if docker compose version > /dev/null 2>&1; then \
+	  echo "docker compose config"; docker compose -f infra/compose.yaml config --quiet; fi
+
+dockerfile-lint: $(STAMP) ## hadolint the Dockerfile
+	$(BIN)/hadolint Dockerfile
+
+CONTAINER_TOOL ?= $(or $(shell command -v docker 2>/dev/null),podman)
+image: ## build the container image citystream:<version> (docker or podman)
+	$(CONTAINER_TOOL) build -t citystream:$(shell sed -n 's/^version = "\(.*\)"/\1/p' pyproject.toml) .

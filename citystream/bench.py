@@ -62,6 +62,10 @@ def run_bench(settings: Settings, traffic: Path, metadata: Path) -> int:
     sink_rate = _measure_sink(s, kpi_rows)
     results["sink"] = f"{sink_rate:>10,.0f} KPI rows/s"
 
+    print("== scaling: 2 processor workers sharing the 6 partitions, then verify")
+    rate2, verdict = _measure_two_workers(_fresh(settings, "scaling"), traffic, metadata)
+    results["processor, 2 workers"] = f"{rate2:>10,.0f} readings/s  (verify: {verdict})"
+
     print("== latency: window close -> KPI queryable, all stages live")
     p50, p99, n = _measure_latency(_fresh(settings, "latency"), traffic, metadata)
     results["window close -> queryable"] = f"p50 {p50:,.0f} ms  p99 {p99:,.0f} ms  ({n:,} rows)"
@@ -120,6 +124,41 @@ def _measure_sink(s: Settings, kpi_rows: int) -> float:
         stop.set()
         thread.join(60)
         sink.close()
+
+
+def _measure_two_workers(s: Settings, traffic: Path, metadata: Path) -> tuple[float, str]:
+    """Both workers start together on a filled topic; the group splits the partitions."""
+    from citystream.pipeline import wait_settled
+    from citystream.verify import compare, recompute, stored_kpis
+
+    ensure_topics(s)
+    register_schemas(s)
+    source = AarhusReplaySource(s, traffic, metadata)
+    source.setup()
+    published = source.run(print_replay_progress).published
+    pipeline = Pipeline(s)
+    try:
+        pipeline.start("processor", "processor2")
+        first_at = None
+        while True:
+            pipeline.check_alive()
+            stats = [pipeline.processor_stats(n) for n in ("processor", "processor2")]
+            seen = sum(x["accepted"] + x["duplicates"] + x["late"] for x in stats)
+            if first_at is None and seen:
+                first_at = time.monotonic()
+            idle = min(x["idle_seconds"] for x in stats)
+            if seen >= published and idle >= 1.0:  # re-reads after the rebalance are done too
+                break
+            time.sleep(0.05)
+        rate = published / (time.monotonic() - idle - (first_at or time.monotonic()))
+        pipeline.start("sink")
+        wait_settled(pipeline)
+        result = compare(recompute(traffic, metadata, s.partitions), stored_kpis(s))
+    finally:
+        pipeline.stop()
+    print(result.summary())
+    verdict = f"{result.matched:,} KPI rows match" if result.ok else "DIFFERENCES"
+    return rate, verdict
 
 
 def _measure_latency(s: Settings, traffic: Path, metadata: Path) -> tuple[float, float, int]:

@@ -12,7 +12,6 @@ import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -75,14 +74,18 @@ class Pipeline:
     services: dict[str, Service] = field(default_factory=dict)
 
     def start(self, *which: str) -> None:
-        commands = {"processor": ["process"], "sink": ["sink", "clickhouse"]}
+        """Start services by name: ``processor`` (``processor2``, … for more workers), ``sink``."""
         logs = self.settings.data_dir / "logs"
         logs.mkdir(parents=True, exist_ok=True)
         for name in which or ("processor", "sink"):
+            if name.startswith("processor"):
+                command = ["process", "--web-port", str(self.web_port(name))]
+            else:
+                command = ["sink", "clickhouse"]
             log_path = logs / f"{self.settings.topic_prefix or ''}{name}.log"
             with log_path.open("ab") as log:
                 process = subprocess.Popen(
-                    [sys.executable, "-m", "citystream.cli", *commands[name]],
+                    [sys.executable, "-m", "citystream.cli", *command],
                     env=settings_env(self.settings),
                     stdout=log,
                     stderr=subprocess.STDOUT,
@@ -92,16 +95,17 @@ class Pipeline:
         self.wait_ready(which or ("processor", "sink"))
 
     def wait_ready(self, which: tuple[str, ...], timeout: float = 120.0) -> None:
-        probes: dict[str, Callable[[], Any]] = {
-            "processor": self.processor_stats,
-            "sink": lambda: http_get(f"http://127.0.0.1:{self.settings.query_port}/health"),
-        }
+        def probe(name: str) -> Any:
+            if name.startswith("processor"):
+                return self.processor_stats(name)
+            return http_get(f"http://127.0.0.1:{self.settings.query_port}/health")
+
         deadline = time.monotonic() + timeout
         for name in which:
             while True:
                 self.services[name].check_alive()
                 try:
-                    probes[name]()
+                    probe(name)
                     break
                 except OSError:
                     if time.monotonic() > deadline:
@@ -110,8 +114,13 @@ class Pipeline:
                         ) from None
                     time.sleep(0.3)
 
-    def processor_stats(self) -> dict[str, Any]:
-        url = f"http://127.0.0.1:{self.settings.processor_web_port}/citystream/stats/"
+    def web_port(self, name: str) -> int:
+        """``processor`` on the configured port, ``processorN`` on the next ones."""
+        suffix = name.removeprefix("processor")
+        return self.settings.processor_web_port + (int(suffix) - 1 if suffix else 0)
+
+    def processor_stats(self, name: str = "processor") -> dict[str, Any]:
+        url = f"http://127.0.0.1:{self.web_port(name)}/citystream/stats/"
         result: dict[str, Any] = json.loads(http_get(url))
         return result
 
@@ -175,12 +184,14 @@ def wait_settled(pipeline: Pipeline, timeout: float = 600.0) -> dict[str, Any]:
     last_end, quiet_since = -1, time.monotonic()
     while time.monotonic() < deadline:
         pipeline.check_alive()
-        stats = pipeline.processor_stats()
+        workers = [n for n in pipeline.services if n.startswith("processor")]
+        every = [pipeline.processor_stats(n) for n in workers]
+        stats = every[0]
         end = sum(end_offsets(s, kpi_topic).values())
         if end != last_end:
             last_end, quiet_since = end, time.monotonic()
         quiet = time.monotonic() - quiet_since >= quiet_needed
-        idle = stats["idle_seconds"] >= quiet_needed
+        idle = min(x["idle_seconds"] for x in every) >= quiet_needed
         if quiet and idle and group_lag(s, s.group(s.sink_group_id), kpi_topic) == 0:
             return stats
         time.sleep(0.5)

@@ -96,14 +96,18 @@ def _command_line(pid: int) -> str:
     return out.stdout.strip()
 
 
+_PROGRAMS = frozenset({"java", "mosquitto"})
+"""Executables the stack runs (the JVM services, and the optional MQTT broker)."""
+
+
 def is_ours(pid: int, markers: Sequence[str]) -> bool:
-    """True if ``pid`` runs java with every marker argument on its command line."""
+    """True if ``pid`` runs one of our programs with every marker argument on its command line."""
     cmd = _command_line(pid)
     if not cmd:
         return False
     program = cmd.split(" ", 1)[0]
     padded = f" {cmd} "
-    return os.path.basename(program) == "java" and all(f" {m} " in padded for m in markers)
+    return os.path.basename(program) in _PROGRAMS and all(f" {m} " in padded for m in markers)
 
 
 def running_pid(pid_file: Path, markers: Sequence[str]) -> int | None:

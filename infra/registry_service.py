@@ -4,8 +4,9 @@ Maven Central carries the runnable Quarkus app as the ``all`` attachment of
 ``io.apicurio:apicurio-registry-app`` (a tar.gz; 2.x also has a zip). It is
 unpacked into ``<cache>/apicurio-registry-<version>`` and started with
 ``java -jar quarkus-run.jar`` (3.1+) or ``java -jar *-runner.jar`` (3.0, 2.x).
-Storage is the app's default, an in-memory H2 database that is empty after every
-start, unless ``StackConfig.registry_storage == "file"`` (H2 file in the data dir).
+Storage is an H2 file in the data dir (``StackConfig.registry_storage == "file"``,
+the default; 3.0.x and 3.1+ alike), or the app's own in-memory H2 ("memory"), which
+is empty after every start.
 """
 
 from __future__ import annotations

@@ -24,7 +24,7 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from infra import _java, _proc, kafka_service, registry_service
+from infra import _java, _proc, kafka_service, mosquitto_service, registry_service
 from infra._service import Progress, Service
 from infra.config import StackConfig, default_cache_dir
 from infra.errors import StackError
@@ -58,8 +58,15 @@ class ServiceStatus:
 
 
 def _services(cfg: StackConfig) -> list[Service]:
-    """Services in start order (Kafka first; the registry is stopped first)."""
-    return [kafka_service.service(cfg), registry_service.service(cfg)]
+    """Services in start order (Kafka first; the registry is stopped first).
+
+    Mosquitto comes last, when configured and installed (see ``mosquitto_service``).
+    """
+    return [
+        kafka_service.service(cfg),
+        registry_service.service(cfg),
+        *mosquitto_service.services(cfg),
+    ]
 
 
 def fetch(cfg: StackConfig, progress: Progress = print) -> None:
@@ -166,6 +173,8 @@ def up(cfg: StackConfig, progress: Progress = print, timeout_s: float = 180) -> 
     cfg.data_dir.mkdir(parents=True, exist_ok=True)
     with _proc.locked(cfg.data_dir / ".lock"):
         services = _services(cfg)
+        if not mosquitto_service.startable(cfg, progress):
+            services = [svc for svc in services if svc.name != mosquitto_service.NAME]
         started: dict[str, int] = {}
         try:
             launched = time.time()
@@ -273,6 +282,7 @@ def _parser() -> argparse.ArgumentParser:
         ("--kafka-port", "CITYSTREAM_KAFKA_PORT", 9092, "Kafka client port"),
         ("--controller-port", "CITYSTREAM_CONTROLLER_PORT", 9093, "KRaft controller port"),
         ("--registry-port", "CITYSTREAM_REGISTRY_PORT", 8081, "registry HTTP port"),
+        ("--mosquitto-port", "CITYSTREAM_MQTT_PORT", 1883, "Mosquitto MQTT port"),
     )
     for flag, var, default, what in ports:
         common.add_argument(
@@ -289,8 +299,9 @@ def _parser() -> argparse.ArgumentParser:
     common.add_argument(
         "--registry-storage",
         choices=("memory", "file"),
-        default="memory",
-        help="memory: schemas are lost on restart (default); file: kept in the data dir",
+        default=StackConfig.registry_storage,
+        help="file: schemas kept in the data dir, so they survive down/up (default); "
+        "memory: schemas are lost on every restart",
     )
 
     parser = argparse.ArgumentParser(
@@ -336,6 +347,7 @@ def _config(args: argparse.Namespace) -> StackConfig:
         registry_version=registry_version_for(args.java_home, args.registry_version),
         java_home=args.java_home,
         registry_storage=args.registry_storage,
+        mosquitto_port=args.mosquitto_port,
     )
 
 
@@ -364,6 +376,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"stack up in {time.monotonic() - began:.1f}s")
             print(f"  bootstrap servers: {cfg.bootstrap_servers}")
             print(f"  registry url:      {cfg.registry_url}")
+            if mosquitto_service.binary() and cfg.mosquitto_port is not None:
+                print(f"  mqtt broker:       {cfg.connect_host}:{cfg.mosquitto_port}")
         elif args.command == "down":
             down(cfg)
         elif args.command == "status":

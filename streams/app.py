@@ -30,6 +30,9 @@ def create_app(settings: Settings) -> faust.App:
         topic_partitions=settings.partitions,
         topic_replication_factor=settings.replication_factor,
         producer_acks=-1,
+        # Input is acked only when its windows are final (see streams/traffic/agents.py);
+        # waiting for "all acked" on a rebalance would therefore wait for ever.
+        stream_wait_empty=False,
         broker_session_timeout=settings.processor_session_timeout_s,
         broker_heartbeat_interval=settings.processor_session_timeout_s / 4,
         web_host=settings.processor_web_host,

@@ -14,6 +14,7 @@ import uuid
 from collections.abc import Iterator
 from contextlib import ExitStack
 from pathlib import Path
+from typing import Any
 
 import pytest
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, Message, Producer
@@ -39,8 +40,9 @@ pytestmark = pytest.mark.integration
 
 UP_TIMEOUT_S = 120.0
 READ_TIMEOUT_S = 30.0
+SR_TIMEOUT_S = 20  # the client's default is no timeout at all: a stuck call would hang
 
-V1 = {
+V1: dict[str, Any] = {
     "type": "record",
     "name": "Reading",
     "namespace": "citystream.test",
@@ -50,15 +52,15 @@ V1 = {
     ],
 }
 # BACKWARD-compatible: a v2 reader fills the new field from its default.
-V2_OPTIONAL = {
+V2_OPTIONAL: dict[str, Any] = {
     **V1,
     "fields": [*V1["fields"], {"name": "lane", "type": ["null", "int"], "default": None}],
 }
 # Not BACKWARD-compatible: a v2 reader cannot read v1 data (no value, no default).
-V2_REQUIRED = {**V1, "fields": [*V1["fields"], {"name": "speed", "type": "double"}]}
+V2_REQUIRED: dict[str, Any] = {**V1, "fields": [*V1["fields"], {"name": "speed", "type": "double"}]}
 
 
-def _avro(schema: dict[str, object]) -> Schema:
+def _avro(schema: dict[str, Any]) -> Schema:
     return Schema(json.dumps(schema), "AVRO")
 
 
@@ -87,7 +89,12 @@ def _config(data_dir: Path, **overrides: object) -> StackConfig:
 
 def _registry(cfg: StackConfig) -> SchemaRegistryClient:
     """A new client each time: the client caches ids, and the tests want the server's word."""
-    return SchemaRegistryClient({"url": cfg.registry_url})
+    return SchemaRegistryClient({"url": cfg.registry_url, "timeout": SR_TIMEOUT_S})
+
+
+def _schema_by_id(cfg: StackConfig, schema_id: int) -> Any:
+    """The parsed Avro schema the registry holds under ``schema_id``."""
+    return json.loads(_registry(cfg).get_schema(schema_id).schema_str or "null")
 
 
 def _create_topic(cfg: StackConfig, topic: str) -> None:
@@ -141,108 +148,6 @@ def _assert_stopped(cfg: StackConfig) -> None:
     assert not list(cfg.data_dir.glob("*.pid")), "pid files left behind"
     for port in (cfg.kafka_port, cfg.controller_port, cfg.registry_port):
         assert not _proc.port_open(cfg.connect_host, port), f"port {port} still answers"
-
-
-@pytest.fixture(scope="module")
-def own_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[StackConfig]:
-    """A running private stack; stopped at the end of the module, even after failures."""
-    cfg = _config(tmp_path_factory.mktemp("stack"))
-    try:
-        up(cfg, timeout_s=UP_TIMEOUT_S)
-        yield cfg
-    finally:
-        down(cfg)
-
-
-# ------------------------------------------------------------------ running stack
-
-
-def test_status_reports_both_ready_and_up_is_idempotent(own_stack: StackConfig) -> None:
-    states = status(own_stack)
-    assert states["kafka"].ready and states["kafka"].running
-    assert states["registry"].ready and states["registry"].running
-    assert states["kafka"].endpoint == own_stack.bootstrap_servers
-    assert states["registry"].endpoint == own_stack.registry_url
-    pids = {name: st.pid for name, st in states.items()}
-    assert all(pids.values())
-
-    up(own_stack, timeout_s=UP_TIMEOUT_S)  # already running: nothing restarted
-
-    assert {name: st.pid for name, st in status(own_stack).items()} == pids
-
-
-def test_produce_and_consume(own_stack: StackConfig) -> None:
-    topic = f"test-stack-{uuid.uuid4().hex[:8]}"
-    _create_topic(own_stack, topic)
-
-    _produce(own_stack, topic, b"k1", b"hello citystream")
-
-    msg = _read_first(own_stack, topic)
-    assert (msg.key(), msg.value()) == (b"k1", b"hello citystream")
-
-
-def test_registering_again_gives_the_same_id(own_stack: StackConfig) -> None:
-    subject = f"test-stack-{uuid.uuid4().hex[:8]}-value"
-
-    schema_id = _registry(own_stack).register_schema(subject, _avro(V1))
-
-    assert _registry(own_stack).register_schema(subject, _avro(V1)) == schema_id
-    found = _registry(own_stack).lookup_schema(subject, _avro(V1))
-    assert (found.schema_id, found.version) == (schema_id, 1)
-    assert json.loads(_registry(own_stack).get_schema(schema_id).schema_str) == V1
-
-
-def test_backward_compatibility_on_the_subject(own_stack: StackConfig) -> None:
-    subject = f"test-stack-{uuid.uuid4().hex[:8]}-value"
-    v1_id = _registry(own_stack).register_schema(subject, _avro(V1))
-    _registry(own_stack).set_compatibility(subject, "BACKWARD")
-    assert _registry(own_stack).get_compatibility(subject) == "BACKWARD"
-
-    assert _registry(own_stack).test_compatibility(subject, _avro(V2_REQUIRED)) is False
-    with pytest.raises(SchemaRegistryError) as refused:
-        _registry(own_stack).register_schema(subject, _avro(V2_REQUIRED))
-    assert refused.value.http_status_code == 409
-
-    assert _registry(own_stack).test_compatibility(subject, _avro(V2_OPTIONAL)) is True
-    v2_id = _registry(own_stack).register_schema(subject, _avro(V2_OPTIONAL))
-    assert v2_id != v1_id
-    assert _registry(own_stack).get_versions(subject) == [1, 2]
-
-
-def test_registry_wide_default_is_backward(own_stack: StackConfig) -> None:
-    """No subject config at all: the stack's global BACKWARD rule still refuses."""
-    subject = f"test-stack-{uuid.uuid4().hex[:8]}-value"
-    _registry(own_stack).register_schema(subject, _avro(V1))
-
-    with pytest.raises(SchemaRegistryError):
-        _registry(own_stack).register_schema(subject, _avro(V2_REQUIRED))
-    _registry(own_stack).register_schema(subject, _avro(V2_OPTIONAL))
-
-
-def test_down_then_up_keeps_records_and_schema_ids(own_stack: StackConfig) -> None:
-    """Kafka keeps the record and the registry (file storage) still knows its schema id."""
-    cfg = own_stack
-    topic = f"test-stack-{uuid.uuid4().hex[:8]}"
-    ctx = SerializationContext(topic, MessageField.VALUE)
-    record = {"sensor": "158324", "count": 7}
-    _create_topic(cfg, topic)
-    schema_id = _registry(cfg).register_schema(f"{topic}-value", _avro(V1))
-    value = AvroSerializer(_registry(cfg), json.dumps(V1))(record, ctx)
-    assert value is not None
-    _produce(cfg, topic, b"k", value)
-
-    down(cfg)
-    _assert_stopped(cfg)
-    up(cfg, timeout_s=UP_TIMEOUT_S)
-    assert all(st.ready for st in status(cfg).values())
-
-    raw = _read_first(cfg, topic).value()
-    assert raw is not None
-    assert raw[0] == 0 and int.from_bytes(raw[1:5], "big") == schema_id
-    assert AvroDeserializer(_registry(cfg))(raw, ctx) == record
-    assert json.loads(_registry(cfg).get_schema(schema_id).schema_str) == V1
-    assert _registry(cfg).lookup_schema(f"{topic}-value", _avro(V1)).schema_id == schema_id
-    assert (cfg.data_dir / "registry" / "h2").is_dir()
 
 
 # ------------------------------------------------------------------ failures, no JVM started
@@ -318,3 +223,106 @@ def test_fallback_registry_runs_on_java_17(tmp_path: Path) -> None:
     finally:
         down(cfg)
     assert list((cfg.data_dir / "registry" / "h2").glob("registry.*.db")), "not file storage"
+
+
+# ------------------------------------------------------------------ running stack
+# Last in the file, so the fallback stack above is gone before this one starts.
+
+
+@pytest.fixture(scope="module")
+def own_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[StackConfig]:
+    """A running private stack; stopped at the end of the module, even after failures."""
+    cfg = _config(tmp_path_factory.mktemp("stack"))
+    try:
+        up(cfg, timeout_s=UP_TIMEOUT_S)
+        yield cfg
+    finally:
+        down(cfg)
+
+
+def test_status_reports_both_ready_and_up_is_idempotent(own_stack: StackConfig) -> None:
+    states = status(own_stack)
+    assert states["kafka"].ready and states["kafka"].running
+    assert states["registry"].ready and states["registry"].running
+    assert states["kafka"].endpoint == own_stack.bootstrap_servers
+    assert states["registry"].endpoint == own_stack.registry_url
+    pids = {name: st.pid for name, st in states.items()}
+    assert all(pids.values())
+
+    up(own_stack, timeout_s=UP_TIMEOUT_S)  # already running: nothing restarted
+
+    assert {name: st.pid for name, st in status(own_stack).items()} == pids
+
+
+def test_produce_and_consume(own_stack: StackConfig) -> None:
+    topic = f"test-stack-{uuid.uuid4().hex[:8]}"
+    _create_topic(own_stack, topic)
+
+    _produce(own_stack, topic, b"k1", b"hello citystream")
+
+    msg = _read_first(own_stack, topic)
+    assert (msg.key(), msg.value()) == (b"k1", b"hello citystream")
+
+
+def test_registering_again_gives_the_same_id(own_stack: StackConfig) -> None:
+    subject = f"test-stack-{uuid.uuid4().hex[:8]}-value"
+
+    schema_id = _registry(own_stack).register_schema(subject, _avro(V1))
+
+    assert _registry(own_stack).register_schema(subject, _avro(V1)) == schema_id
+    found = _registry(own_stack).lookup_schema(subject, _avro(V1))
+    assert (found.schema_id, found.version) == (schema_id, 1)
+    assert _schema_by_id(own_stack, schema_id) == V1
+
+
+def test_backward_compatibility_on_the_subject(own_stack: StackConfig) -> None:
+    subject = f"test-stack-{uuid.uuid4().hex[:8]}-value"
+    v1_id = _registry(own_stack).register_schema(subject, _avro(V1))
+    _registry(own_stack).set_compatibility(subject, "BACKWARD")
+    assert _registry(own_stack).get_compatibility(subject) == "BACKWARD"
+
+    assert _registry(own_stack).test_compatibility(subject, _avro(V2_REQUIRED)) is False
+    with pytest.raises(SchemaRegistryError) as refused:
+        _registry(own_stack).register_schema(subject, _avro(V2_REQUIRED))
+    assert refused.value.http_status_code == 409
+
+    assert _registry(own_stack).test_compatibility(subject, _avro(V2_OPTIONAL)) is True
+    v2_id = _registry(own_stack).register_schema(subject, _avro(V2_OPTIONAL))
+    assert v2_id != v1_id
+    assert _registry(own_stack).get_versions(subject) == [1, 2]
+
+
+def test_registry_wide_default_is_backward(own_stack: StackConfig) -> None:
+    """No subject config at all: the stack's global BACKWARD rule still refuses."""
+    subject = f"test-stack-{uuid.uuid4().hex[:8]}-value"
+    _registry(own_stack).register_schema(subject, _avro(V1))
+
+    with pytest.raises(SchemaRegistryError):
+        _registry(own_stack).register_schema(subject, _avro(V2_REQUIRED))
+    _registry(own_stack).register_schema(subject, _avro(V2_OPTIONAL))
+
+
+def test_down_then_up_keeps_records_and_schema_ids(own_stack: StackConfig) -> None:
+    """Kafka keeps the record and the registry (file storage) still knows its schema id."""
+    cfg = own_stack
+    topic = f"test-stack-{uuid.uuid4().hex[:8]}"
+    ctx = SerializationContext(topic, MessageField.VALUE)
+    record = {"sensor": "158324", "count": 7}
+    _create_topic(cfg, topic)
+    schema_id = _registry(cfg).register_schema(f"{topic}-value", _avro(V1))
+    value = AvroSerializer(_registry(cfg), json.dumps(V1))(record, ctx)
+    assert value is not None
+    _produce(cfg, topic, b"k", value)
+
+    down(cfg)
+    _assert_stopped(cfg)
+    up(cfg, timeout_s=UP_TIMEOUT_S)
+    assert all(st.ready for st in status(cfg).values())
+
+    raw = _read_first(cfg, topic).value()
+    assert raw is not None
+    assert raw[0] == 0 and int.from_bytes(raw[1:5], "big") == schema_id
+    assert AvroDeserializer(_registry(cfg))(raw, ctx) == record
+    assert _schema_by_id(cfg, schema_id) == V1
+    assert _registry(cfg).lookup_schema(f"{topic}-value", _avro(V1)).schema_id == schema_id
+    assert (cfg.data_dir / "registry" / "h2").is_dir()
