@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from citystream.settings import Settings
+from citystream.startup import ServiceUnavailable, wait_for_services
 
 DATA_DIR = Path(__file__).resolve().parent.parent / "data" / "aarhus"
 
@@ -112,6 +113,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     handler = COMMANDS[args.command]
     try:
         return handler(args)
+    except ServiceUnavailable as exc:
+        print(f"citystream {args.command}: {exc}", file=sys.stderr)
+        return 69  # EX_UNAVAILABLE
     except KeyboardInterrupt:
         return 130
 
@@ -170,6 +174,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
     from connectors.sources.aarhus import AarhusReplaySource
 
     settings = build_settings(args)
+    wait_for_services(settings)
     ensure_topics(settings)
     source = AarhusReplaySource(settings, args.traffic, args.metadata, args.speed)
     source.setup()
@@ -182,6 +187,7 @@ def cmd_process(args: argparse.Namespace) -> int:
     from streams import worker
 
     settings = build_settings(args, processor_web_port=args.processor_web_port)
+    wait_for_services(settings)
     # Faust parses sys.argv itself; hand it a clean command line.
     sys.argv = [sys.argv[0], "worker"]
     worker.run(settings, loglevel=args.log_level)
@@ -194,6 +200,7 @@ def cmd_sink(args: argparse.Namespace) -> int:
     from connectors.sinks.clickhouse import ClickHouseSink
 
     settings = build_settings(args, query_port=args.query_port)
+    wait_for_services(settings)
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
@@ -243,6 +250,7 @@ def cmd_ingest(args: argparse.Namespace) -> int:
         args, ingest_config=args.ingest_config, ingest_http_port=args.ingest_http_port
     )
     config = load_config(settings.ingest_config) if settings.ingest_config else None
+    wait_for_services(settings)
     ensure_topics(settings)
     if args.protocol == "http":
         return _ingest_http(settings, config)

@@ -47,6 +47,10 @@ class Settings(BaseSettings):
     )
     schema_registry_basic_auth: SecretStr | None = Field(None, description="user:password")
 
+    startup_timeout_s: float = Field(
+        120.0, ge=0, description="How long a process waits for Kafka and the registry at start"
+    )
+
     # --- local stack ports (citystream stack) --------------------------------------------
     kafka_port: int = Field(9092, description="Broker port of the local stack")
     controller_port: int = Field(9093, description="KRaft controller port of the local stack")
