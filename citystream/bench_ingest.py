@@ -14,7 +14,6 @@ import csv
 import json
 import shutil
 import subprocess
-import sys
 import tempfile
 import threading
 import time
@@ -22,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from citystream.kafka import ensure_topics, register_schemas
-from citystream.pipeline import settings_env
+from citystream.pipeline import launch
 from citystream.settings import Settings
 
 METADATA = Path(__file__).resolve().parent.parent / "data" / "aarhus" / "traffic_metadata.csv"
@@ -50,14 +49,7 @@ def _free_port() -> int:
 
 
 def _start(settings: Settings, log: Path, *args: str) -> subprocess.Popen[bytes]:
-    with log.open("ab") as out:
-        return subprocess.Popen(
-            [sys.executable, "-m", "citystream.cli", *args],
-            env=settings_env(settings),
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-        )
+    return launch(settings, log, *args)
 
 
 def _stop(process: subprocess.Popen[bytes]) -> None:

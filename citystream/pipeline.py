@@ -36,6 +36,19 @@ def settings_env(settings: Settings) -> dict[str, str]:
     return env
 
 
+def launch(settings: Settings, log_path: Path, *args: str) -> subprocess.Popen[bytes]:
+    """``citystream ARGS`` as a child process with ``settings``, output appended to a log."""
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    with log_path.open("ab") as log:
+        return subprocess.Popen(
+            [sys.executable, "-m", "citystream.cli", *args],
+            env=settings_env(settings),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+        )
+
+
 @dataclass
 class Service:
     name: str
@@ -83,14 +96,7 @@ class Pipeline:
             else:
                 command = ["sink", "clickhouse"]
             log_path = logs / f"{self.settings.topic_prefix or ''}{name}.log"
-            with log_path.open("ab") as log:
-                process = subprocess.Popen(
-                    [sys.executable, "-m", "citystream.cli", *command],
-                    env=settings_env(self.settings),
-                    stdout=log,
-                    stderr=subprocess.STDOUT,
-                    stdin=subprocess.DEVNULL,
-                )
+            process = launch(self.settings, log_path, *command)
             self.services[name] = Service(name, process, log_path)
         self.wait_ready(which or ("processor", "sink"))
 

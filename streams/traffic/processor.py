@@ -80,8 +80,9 @@ class TrafficProcessor:
         self._last_reference_refresh = 0.0
         # Input not yet safe to commit: (event, windows it went to), per input partition.
         self.pending: dict[int, list[tuple[Any, frozenset[int]]]] = {}
+        # The merge stage rebuilds from the partials it re-reads, watermarks included:
+        # restoring later watermarks would close windows before their older parts arrive.
         self.city_pending: list[tuple[Any, frozenset[int]]] = []
-        self._city_restored = False
 
     def setup(self) -> None:
         """Registry, producer and reference data; run by the entry point before the worker."""
@@ -176,7 +177,6 @@ class TrafficProcessor:
         elif topic == self.topics["city.traffic.partials.v1"]:
             self.city = CityWindows(self.size_ms, self.grace_ms, self.idle_ms)
             self.city_pending.clear()
-            self._city_restored = False
 
     def _batch_partition_count(self) -> int:
         topic = self.topics["city.traffic.batches.v1"]
@@ -230,10 +230,6 @@ class TrafficProcessor:
             self._reject(value.payload, value.reason, value.detail, origin)
             await self._flush()
             return [event]
-        if not self._city_restored:
-            loop = asyncio.get_running_loop()
-            self.city.restore(*await loop.run_in_executor(None, self.published_watermarks))
-            self._city_restored = True
         await self._publish(Emission(kpis=self.city.add(value, _now_ms())))
         self.city_pending.append((event, frozenset(self.city.touched)))
         return _release(self.city_pending, self.city.open_windows())

@@ -309,12 +309,6 @@ class CityWindows:
     def open_windows(self) -> set[int]:
         return set(self.windows)
 
-    def restore(self, watermarks: Mapping[int, int], partition_count: int) -> None:
-        """Watermarks last published by each input partition (after a restart)."""
-        for partition, watermark in watermarks.items():
-            self.watermarks[partition] = max(self.watermarks.get(partition, -1), watermark)
-        self.partition_count = max(self.partition_count, partition_count)
-
     def add(self, partial: Mapping[str, Any], now_ms: int) -> list[dict[str, Any]]:
         self.touched = set()
         partition = int(partial["source_partition"])

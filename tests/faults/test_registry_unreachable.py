@@ -10,7 +10,6 @@ from __future__ import annotations
 import socket
 import socketserver
 import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
@@ -18,7 +17,7 @@ from urllib.parse import urlsplit
 
 import pytest
 
-from citystream.pipeline import http_get, settings_env
+from citystream.pipeline import http_get, launch
 from citystream.settings import Settings
 from tests.conftest import free_port
 
@@ -47,11 +46,7 @@ class _Forward(socketserver.BaseRequestHandler):
 
 
 def _process(settings: Settings, log: Path) -> subprocess.Popen[bytes]:
-    with log.open("wb") as out:
-        return subprocess.Popen(
-            [sys.executable, "-m", "citystream.cli", "process"],
-            env=settings_env(settings), stdout=out, stderr=subprocess.STDOUT,
-        )  # fmt: skip
+    return launch(settings, log, "process")
 
 
 def test_processor_waits_for_the_registry_then_starts(settings: Settings, tmp_path: Path) -> None:

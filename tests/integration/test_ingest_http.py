@@ -12,7 +12,6 @@ import csv
 import json
 import random
 import subprocess
-import sys
 import time
 from collections import defaultdict
 from collections.abc import Iterator
@@ -29,7 +28,7 @@ from confluent_kafka.serialization import MessageField, SerializationContext
 from pydantic import SecretStr
 
 from citystream.kafka import end_offsets, ensure_topics, register_schemas
-from citystream.pipeline import Pipeline, settings_env
+from citystream.pipeline import Pipeline, launch
 from citystream.query import run_query
 from citystream.settings import Settings
 from connectors.publishing import EventPublisher
@@ -130,16 +129,7 @@ def read_topic(settings: Settings, name: str) -> list[dict[str, Any]]:
 
 
 def start_command(settings: Settings, name: str, *args: str) -> subprocess.Popen[bytes]:
-    log = settings.data_dir / "logs" / f"{name}.log"
-    log.parent.mkdir(parents=True, exist_ok=True)
-    with log.open("ab") as out:
-        return subprocess.Popen(
-            [sys.executable, "-m", "citystream.cli", *args],
-            env=settings_env(settings),
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-        )
+    return launch(settings, settings.data_dir / "logs" / f"{name}.log", *args)
 
 
 def stop_command(process: subprocess.Popen[bytes]) -> int:

@@ -40,7 +40,9 @@ pytestmark = pytest.mark.integration
 
 UP_TIMEOUT_S = 120.0
 READ_TIMEOUT_S = 30.0
-SR_TIMEOUT_S = 20  # the client's default is no timeout at all: a stuck call would hang
+# SchemaRegistryClient waits forever by default. With a timeout, a lost answer is
+# retried (Apicurio 3.3.3 very rarely drops a 404; see infra/registry_service.py).
+SR_TIMEOUT_S = 5
 
 V1: dict[str, Any] = {
     "type": "record",
@@ -142,7 +144,7 @@ def _read_first(cfg: StackConfig, topic: str) -> Message:
 
 def _assert_stopped(cfg: StackConfig) -> None:
     states = status(cfg)
-    assert set(states) == {"kafka", "registry"}
+    assert {"kafka", "registry"} <= set(states)
     for st in states.values():
         assert not st.running and not st.ready and st.pid is None, st
     assert not list(cfg.data_dir.glob("*.pid")), "pid files left behind"
