@@ -154,7 +154,8 @@ class Settings(BaseSettings):
         return conf
 
     def registry_config(self) -> dict[str, Any]:
-        conf: dict[str, Any] = {"url": self.schema_registry_url}
+        # A bounded timeout: a lost reply costs seconds and a retry, not a hung process.
+        conf: dict[str, Any] = {"url": self.schema_registry_url, "timeout": 10}
         if self.schema_registry_basic_auth:
             conf["basic.auth.user.info"] = self.schema_registry_basic_auth.get_secret_value()
         return conf
