@@ -214,10 +214,14 @@ def cmd_sink(args: argparse.Namespace) -> int:
 
 
 def cmd_query(args: argparse.Namespace) -> int:
-    from citystream.query import format_result, run_query
+    from citystream.query import QueryError, format_result, run_query
 
     settings = build_settings(args)
-    columns, rows = run_query(settings, args.sql)
+    try:
+        columns, rows = run_query(settings, args.sql)
+    except QueryError as exc:
+        print(f"citystream query: {exc}", file=sys.stderr)
+        return 1
     print(format_result(columns, rows, args.format))
     return 0
 

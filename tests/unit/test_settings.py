@@ -56,3 +56,14 @@ def test_topic_prefix_namespaces_topics_and_groups() -> None:
     s = Settings(topic_prefix="staging.")
     assert s.topic("city.kpi.v1") == "staging.city.kpi.v1"
     assert s.group("citystream-traffic") == "staging.citystream-traffic"
+
+
+def test_query_command_reports_refused_statements_without_a_traceback(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from citystream.cli import main
+
+    code = main(["query", "DROP TABLE kpi", "--data-dir", str(tmp_path)])
+    err = capsys.readouterr().err
+    assert code == 1
+    assert err.startswith("citystream query:") and "Traceback" not in err
