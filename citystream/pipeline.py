@@ -162,7 +162,7 @@ class Pipeline:
         stats = self.wait_processed(published, timeout)
         deadline = time.monotonic() + timeout
         quiet_needed = 2 * s.idle_timeout_s + 2.0
-        kpi_topic = s.topic("city.kpi.v1")
+        kpi_topic = s.topic("city.kpi.batches.v1")
         last_end, quiet_since = -1, time.monotonic()
         while True:
             self.check_alive()
@@ -185,7 +185,7 @@ def wait_settled(pipeline: Pipeline, timeout: float = 600.0) -> dict[str, Any]:
     """
     s = pipeline.settings
     quiet_needed = 2 * s.idle_timeout_s + 2.0
-    kpi_topic = s.topic("city.kpi.v1")
+    kpi_topic = s.topic("city.kpi.batches.v1")
     deadline = time.monotonic() + timeout
     last_end, quiet_since = -1, time.monotonic()
     while time.monotonic() < deadline:

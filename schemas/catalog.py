@@ -66,6 +66,13 @@ TOPICS: dict[str, TopicSpec] = {
             doc="KPI values per window; a higher revision replaces a lower one",
         ),
         TopicSpec(
+            "city.kpi.batches.v1",
+            "kpi_batch.avsc",
+            key="producing stage and partition",
+            doc="Sink input: the same KPI records, many per message, column-wise",
+            internal=True,
+        ),
+        TopicSpec(
             "city.dlq.v1",
             "dead_letter.avsc",
             key="reason",

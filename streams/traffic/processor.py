@@ -27,8 +27,12 @@ TOPICS = (
     "city.traffic.batches.v1",
     "city.traffic.partials.v1",
     "city.kpi.v1",
+    "city.kpi.batches.v1",
     "city.dlq.v1",
 )
+KPI_BATCH_ROWS = 5000  # ~300 KB per message
+KPI_FIELDS = ("kpi", "scope", "entity_id", "window_start", "window_end", "value", "samples",
+              "revision", "computed_at")  # fmt: skip
 
 
 def segment_info(record: dict[str, Any]) -> SegmentInfo:
@@ -260,6 +264,7 @@ class TrafficProcessor:
                 f"{record['kpi']}|{record['scope']}|{record['entity_id']}|{record['window_start']}"
             )
             self.publisher.send(kpi_topic, key.encode(), kpi_serde.encode(record))
+        self._send_kpi_batches(emission.kpis)
         self.stats.kpis_emitted += len(emission.kpis)
         if emission.partial is not None:
             partial = emission.partial
@@ -271,6 +276,14 @@ class TrafficProcessor:
             self.stats.partials_emitted += 1
         if emission.kpis or emission.partial is not None or emission.late:
             await self._flush()
+
+    def _send_kpi_batches(self, kpis: list[dict[str, Any]]) -> None:
+        """The same records, column-wise, for the sink (one message per KPI_BATCH_ROWS)."""
+        serde, topic = self.serdes["city.kpi.batches.v1"], self.topics["city.kpi.batches.v1"]
+        for start in range(0, len(kpis), KPI_BATCH_ROWS):
+            chunk = kpis[start : start + KPI_BATCH_ROWS]
+            columns = {name: [r[name] for r in chunk] for name in KPI_FIELDS}
+            self.publisher.send(topic, None, serde.encode(columns))
 
     async def _flush(self) -> None:
         await asyncio.get_running_loop().run_in_executor(None, self.publisher.flush)
