@@ -69,7 +69,7 @@ _TIMESTAMP_COLUMNS = frozenset({"window_start", "window_end", "computed_at"})
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _MILLISECOND = timedelta(milliseconds=1)
 
-MAX_CONSUME = 10_000
+MAX_CONSUME = 100  # messages per consume call
 MAX_BACKOFF_SECONDS = 30.0
 RETRYABLE_INSERT_ERRORS: tuple[type[BaseException], ...] = (ClickHouseError, OSError)
 
@@ -395,7 +395,8 @@ class ClickHouseSink:
     def _loop(self, consumer: Consumer, serde: AvroSerde) -> None:
         batch_rows, batch_seconds = self.settings.sink_batch_rows, self.settings.sink_batch_seconds
         while not self._should_stop():
-            wanted = max(1, min(MAX_CONSUME, batch_rows - len(self._batch.rows)))
+            # A message holds up to thousands of rows: take a few at a time.
+            wanted = max(1, min(MAX_CONSUME, (batch_rows - len(self._batch.rows)) // 500))
             timeout = 0.5 if self._batch.since is None else batch_seconds - self._batch.age()
             messages = consumer.consume(num_messages=wanted, timeout=min(0.5, max(0.01, timeout)))
             self._accept(messages, serde)

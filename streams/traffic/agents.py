@@ -23,6 +23,11 @@ def _origin(event: Any) -> str:
     return f"{message.topic}/{message.partition}/{message.offset}"
 
 
+def _owned(app: faust.App, event: Any) -> bool:
+    """False for a message buffered before its partition moved to another worker."""
+    return event.message.tp in app.consumer.assignment()
+
+
 def register(app: faust.App, processor: TrafficProcessor) -> None:
     """Attach the traffic agents to the app; ``processor.setup()`` must have run."""
     batches = app.topic(
@@ -40,6 +45,8 @@ def register(app: faust.App, processor: TrafficProcessor) -> None:
     async def segment_windows(stream: Any) -> None:
         manual = stream.noack()  # acked once every window the message fed is final
         async for event in manual.events():
+            if not _owned(app, event):
+                continue
             partition = event.message.partition
             for done in await processor.on_batch(partition, event.value, _origin(event), event):
                 await manual.ack(done)
@@ -48,6 +55,8 @@ def register(app: faust.App, processor: TrafficProcessor) -> None:
     async def city_windows(stream: Any) -> None:
         manual = stream.noack()
         async for event in manual.events():
+            if not _owned(app, event):
+                continue
             for done in await processor.on_partial(event.value, _origin(event), event):
                 await manual.ack(done)
 

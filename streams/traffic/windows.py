@@ -325,8 +325,12 @@ class CityWindows:
             window = self.windows.get(start)
             if window is None:
                 window = self.windows[start] = _MergeWindow(first_seen_ms=now_ms)
-            window.parts[partition] = list(item["groups"])
-            window.dirty = True
+            groups = list(item["groups"])
+            # A partition's sums only grow; a smaller part is stale (from a worker that
+            # has since lost the partition) and must not replace a fuller one.
+            if _samples(groups) >= _samples(window.parts.get(partition, [])):
+                window.parts[partition] = groups
+                window.dirty = True
         return self.emit_due(now_ms)
 
     def _complete_until(self) -> int:
@@ -366,3 +370,7 @@ class CityWindows:
                 kpi_records(scope, entity, sums, start, self.size_ms, window.revision, now_ms)
             )
         return records
+
+
+def _samples(groups: list[dict[str, Any]]) -> int:
+    return sum(int(g["samples"]) for g in groups if g["scope"] == "city")

@@ -183,3 +183,13 @@ def test_city_stage_ignores_partials_for_forgotten_windows() -> None:
     assert T0 not in city.windows  # both partitions passed end + grace
     assert city.add(partial(1, T0 + 3 * SIZE, [("city", "aarhus", 1, 1, 1.0)]), now_ms=1) == []
     assert city.ignored_partials == 1
+
+
+def test_city_stage_keeps_the_fuller_part_when_a_stale_one_arrives_late() -> None:
+    """After a rebalance the old owner may still send a partial with fewer readings."""
+    city = CityWindows(SIZE, GRACE, idle_ms=60_000)
+    city.add(partial(0, T0 + SIZE, [("city", "aarhus", 3, 30, 900.0)]), now_ms=0)
+    city.add(partial(0, T0 + SIZE, [("city", "aarhus", 1, 10, 300.0)]), now_ms=1)  # stale
+    rows = by_key(city.add(partial(1, T0 + SIZE, [("city", "aarhus", 1, 5, 50.0)]), now_ms=2))
+    assert rows[(VEHICLE_COUNT, "city", "aarhus", T0)]["value"] == 35
+    assert rows[(VEHICLE_COUNT, "city", "aarhus", T0)]["samples"] == 4
