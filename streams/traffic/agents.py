@@ -60,14 +60,13 @@ def register(app: faust.App, processor: TrafficProcessor) -> None:
             for done in await processor.on_partial(event.value, _origin(event), event):
                 await manual.ack(done)
 
-    async def forget_revoked(sender: Any, revoked: Any, **kwargs: Any) -> None:
-        by_topic: dict[str, set[int]] = {}
-        for tp in revoked:
-            by_topic.setdefault(tp.topic, set()).add(tp.partition)
-        for topic, partitions in by_topic.items():
-            processor.on_revoked(topic, partitions)
+    async def forget_moved(sender: Any, assigned: Any, **kwargs: Any) -> None:
+        owned: dict[str, set[int]] = {}
+        for tp in app.consumer.assignment():
+            owned.setdefault(tp.topic, set()).add(tp.partition)
+        processor.on_assigned(owned)
 
-    app.on_partitions_revoked.connect(forget_revoked)  # type: ignore[arg-type]
+    app.on_partitions_assigned.connect(forget_moved)  # type: ignore[arg-type]
 
     @app.timer(interval=1.0, name="traffic.idle_flush")
     async def idle_flush() -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -21,6 +22,7 @@ from streams.reference import CompactedTable
 from streams.traffic.windows import CityWindows, Counters, Emission, PartitionWindows, SegmentInfo
 
 log = logging.getLogger(__name__)
+Pending = deque[tuple[Any, frozenset[int]]]  # unacked input: (event, windows it fed)
 COMPONENT = "traffic-processor"
 TOPICS = (
     "city.road_segments.v1",
@@ -83,10 +85,10 @@ class TrafficProcessor:
         self.stats = Stats()
         self._last_reference_refresh = 0.0
         # Input not yet safe to commit: (event, windows it went to), per input partition.
-        self.pending: dict[int, list[tuple[Any, frozenset[int]]]] = {}
+        self.pending: dict[int, Pending] = {}
         # The merge stage rebuilds from the partials it re-reads, watermarks included:
         # restoring later watermarks would close windows before their older parts arrive.
-        self.city_pending: list[tuple[Any, frozenset[int]]] = []
+        self.city_pending: Pending = deque()
 
     def setup(self) -> None:
         """Registry, producer and reference data; run by the entry point before the worker."""
@@ -116,11 +118,13 @@ class TrafficProcessor:
     ) -> list[Any]:
         """Process one batch message; returns the input events that may now be acked."""
         self.stats.last_input_monotonic = time.monotonic()
+        pending = self.pending.setdefault(partition, deque())
         if isinstance(value, Undecodable):
             self.stats.undecodable += 1
             self._reject(value.payload, value.reason, value.detail, origin)
             await self._flush()
-            return [event]
+            pending.append((event, frozenset()))
+            return _release(pending, set())
         self.stats.batches += 1
         await self._maybe_refresh_reference(value["segment_id"])
         windows = await self._partition_windows(partition)
@@ -132,7 +136,6 @@ class TrafficProcessor:
         self._count(windows.counters, before)
         self._dead_letter_late(emission, value)
         await self._publish(emission)
-        pending = self.pending.setdefault(partition, [])
         pending.append((event, frozenset(emission.touched)))
         return _release(pending, windows.open_windows())
 
@@ -172,13 +175,17 @@ class TrafficProcessor:
         finally:
             consumer.close()
 
-    def on_revoked(self, topic: str, partitions: set[int]) -> None:
-        """Another worker owns these now: forget their state, it will rebuild it."""
-        if topic == self.topics["city.traffic.batches.v1"]:
-            for partition in partitions:
-                self.partitions.pop(partition, None)
-                self.pending.pop(partition, None)
-        elif topic == self.topics["city.traffic.partials.v1"]:
+    def on_assigned(self, owned: dict[str, set[int]]) -> None:
+        """Forget the state of partitions another worker owns now; it rebuilds them.
+
+        Partitions this worker keeps across a rebalance keep their state: Faust goes on
+        reading them where it was, and a re-read message would only meet the dedup set.
+        """
+        batches = owned.get(self.topics["city.traffic.batches.v1"], set())
+        for partition in set(self.partitions) - batches:
+            del self.partitions[partition]
+            self.pending.pop(partition, None)
+        if not owned.get(self.topics["city.traffic.partials.v1"]):
             self.city = CityWindows(self.size_ms, self.grace_ms, self.idle_ms)
             self.city_pending.clear()
 
@@ -233,7 +240,8 @@ class TrafficProcessor:
             self.stats.undecodable += 1
             self._reject(value.payload, value.reason, value.detail, origin)
             await self._flush()
-            return [event]
+            self.city_pending.append((event, frozenset()))
+            return _release(self.city_pending, set())
         await self._publish(Emission(kpis=self.city.add(value, _now_ms())))
         self.city_pending.append((event, frozenset(self.city.touched)))
         return _release(self.city_pending, self.city.open_windows())
@@ -289,13 +297,15 @@ class TrafficProcessor:
         await asyncio.get_running_loop().run_in_executor(None, self.publisher.flush)
 
 
-def _release(pending: list[tuple[Any, frozenset[int]]], open_windows: set[int]) -> list[Any]:
-    """Events none of whose windows is still open: their input is fully accounted for.
+def _release(pending: Pending, open_windows: set[int]) -> list[Any]:
+    """The oldest events none of whose windows is still open, in offset order.
 
     Holding the others back keeps the committed offset at or before the first message of
     every open window, so a restarted worker re-reads exactly what it needs to rebuild.
+    Acks stay in offset order (a later message waits for an earlier one) because Faust
+    may commit past an unacked message at the head of a partition.
     """
-    done = [item for item in pending if not item[1] & open_windows]
-    if done:
-        pending[:] = [item for item in pending if item[1] & open_windows]
-    return [event for event, _ in done]
+    done = []
+    while pending and not pending[0][1] & open_windows:
+        done.append(pending.popleft()[0])
+    return done

@@ -287,9 +287,9 @@ class CityWindows:
     """Stage 2: merges partition partials into district and city KPIs.
 
     A window is forgotten once every partition's watermark has passed end + grace (no
-    partition can send more for it), or, to bound memory when a partition never reports,
-    once the furthest watermark is ``retain_ms`` past it. Partials for a forgotten window
-    are ignored and counted, never merged into a fresh, incomplete window.
+    partition can send more for it); to bound memory when a partition never reports at
+    all, also once every reporting one is ``retain_ms`` past it. Partials for a
+    forgotten window are ignored and counted, never merged into a fresh, incomplete one.
     """
 
     def __init__(
@@ -342,7 +342,11 @@ class CityWindows:
     def emit_due(self, now_ms: int) -> list[dict[str, Any]]:
         """KPIs of windows all partitions have passed, or that waited ``idle_ms``."""
         complete_until = self._complete_until()
-        furthest = max(self.watermarks.values(), default=-1)
+        # Memory bound for partitions that never report (no data at all): once every
+        # partition that does report is retain_ms past a window. A lagging partition
+        # that reports holds windows open, so its parts are never dropped.
+        silent = len(self.watermarks) < self.partition_count
+        reporting = min(self.watermarks.values(), default=-1)
         out: list[dict[str, Any]] = []
         for start in sorted(self.windows):
             window = self.windows[start]
@@ -353,7 +357,8 @@ class CityWindows:
                 window.dirty = False
                 out.extend(self._merged_kpis(start, window, now_ms))
             finished = complete_until > end + self.grace_ms
-            if not window.dirty and (finished or furthest > end + self.retain_ms):
+            abandoned = silent and reporting > end + self.retain_ms
+            if not window.dirty and (finished or abandoned):
                 del self.windows[start]
                 self.forgotten_before = max(self.forgotten_before, end)
         return out

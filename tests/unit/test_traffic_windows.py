@@ -193,3 +193,12 @@ def test_city_stage_keeps_the_fuller_part_when_a_stale_one_arrives_late() -> Non
     rows = by_key(city.add(partial(1, T0 + SIZE, [("city", "aarhus", 1, 5, 50.0)]), now_ms=2))
     assert rows[(VEHICLE_COUNT, "city", "aarhus", T0)]["value"] == 35
     assert rows[(VEHICLE_COUNT, "city", "aarhus", T0)]["samples"] == 4
+
+
+def test_city_stage_waits_for_a_lagging_partition_however_far_the_others_are() -> None:
+    city = CityWindows(SIZE, GRACE, idle_ms=1_000, retain_ms=4 * SIZE)
+    city.add(partial(0, T0 + 100 * SIZE, [("city", "aarhus", 1, 10, 100.0)]), now_ms=0)
+    city.add({**partial(1, T0 + SIZE // 2, []), "windows": []}, now_ms=0)  # far behind
+    city.emit_due(now_ms=5_000)
+    rows = by_key(city.add(partial(1, T0 + SIZE, [("city", "aarhus", 1, 5, 50.0)]), now_ms=6_000))
+    assert rows[(VEHICLE_COUNT, "city", "aarhus", T0)]["value"] == 15  # not dropped
