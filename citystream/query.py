@@ -19,6 +19,7 @@ from typing import Any, Literal
 from urllib.parse import urlparse
 
 import orjson
+from clickhouse_connect.driver.client import Client
 from clickhouse_connect.driver.exceptions import ClickHouseError
 
 from citystream.settings import Settings
@@ -93,7 +94,10 @@ def _error_text(exc: urllib.error.HTTPError) -> str:
 
 
 def _query_client(settings: Settings, sql: str) -> QueryResult:
-    client = connect(settings, readonly=True)
+    return _run_and_close(connect(settings, readonly=True), sql)
+
+
+def _run_and_close(client: Client, sql: str) -> QueryResult:
     try:
         return execute_read_only(client, sql)
     except ClickHouseError as exc:
@@ -118,12 +122,7 @@ def _query_directory(settings: Settings, sql: str) -> QueryResult:
             f"{endpoint_url(settings)}: the sink's query endpoint is off or on another port "
             "(CITYSTREAM_QUERY_PORT must match the sink's)"
         ) from exc
-    try:
-        return execute_read_only(client, sql)
-    except ClickHouseError as exc:
-        raise QueryError(str(exc)) from exc
-    finally:
-        client.close()
+    return _run_and_close(client, sql)
 
 
 def lock_holder(path: Path) -> str | None:
