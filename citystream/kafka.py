@@ -95,11 +95,6 @@ class Publisher:
             except BufferError:  # local queue full: let librdkafka drain it
                 self.producer.poll(0.05)
 
-    def send_many(self, topic: str, items: Iterable[tuple[bytes | None, bytes]]) -> None:
-        for key, value in items:
-            self.send(topic, key, value)
-        self.producer.poll(0)
-
     def flush(self, timeout: float = 60.0) -> None:
         remaining = self.producer.flush(timeout)
         if remaining:

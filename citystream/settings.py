@@ -173,12 +173,3 @@ class Settings(BaseSettings):
                 **overrides,
             }
         )
-
-
-def settings_table() -> list[tuple[str, str, str]]:
-    """(env var, default, description) for the README's configuration table."""
-    rows = []
-    for name, field in Settings.model_fields.items():
-        default = field.default_factory() if field.default_factory else field.default  # type: ignore[call-arg]
-        rows.append((f"CITYSTREAM_{name.upper()}", repr(default), field.description or ""))
-    return rows

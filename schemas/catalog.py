@@ -87,7 +87,3 @@ def load_schema(schema_file: str) -> dict[str, Any]:
     """The schema as JSON; parsed once per process."""
     result: dict[str, Any] = json.loads((AVRO_DIR / schema_file).read_text())
     return result
-
-
-def schema_for_topic(topic: str) -> dict[str, Any]:
-    return load_schema(TOPICS[topic].schema_file)
