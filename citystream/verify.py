@@ -13,7 +13,7 @@ import gzip
 import io
 import math
 from collections import defaultdict
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -74,16 +74,27 @@ def recompute(
     grace_minutes: int = 15,
 ) -> dict[Key, Value]:
     """Every KPI the contract defines for the readings of ``traffic``, in file order."""
+    readings = (r for r in map(_valid, _rows(traffic)) if r is not None)
+    return aggregate(readings, read_metadata(metadata), partitions, window_minutes, grace_minutes)
+
+
+def read_metadata(metadata: Path) -> dict[str, dict[str, str]]:
+    return {str(r["REPORT_ID"]): r for r in _rows(metadata)}
+
+
+def aggregate(
+    readings: Iterable[tuple[str, int, int, float]],
+    meta: Mapping[str, Mapping[str, str | None]],
+    partitions: int,
+    window_minutes: int = 15,
+    grace_minutes: int = 15,
+) -> dict[Key, Value]:
+    """The KPI contract over (segment, event ms, vehicles, speed) readings, in order."""
     size, grace = window_minutes * 60_000, grace_minutes * 60_000
-    meta = {str(r["REPORT_ID"]): r for r in _rows(metadata)}
     stream_time: dict[int, int] = defaultdict(lambda: -1)
     seen: set[tuple[str, int]] = set()
     sums: dict[tuple[str, str, int], list[float]] = defaultdict(lambda: [0, 0, 0.0])
-    for row in _rows(traffic):
-        reading = _valid(row)
-        if reading is None:
-            continue
-        segment, ts, vehicles, speed = reading
+    for segment, ts, vehicles, speed in readings:
         window = ts - ts % size
         partition = partition_for(segment.encode(), partitions)
         if stream_time[partition] > window + size + grace:
@@ -92,7 +103,7 @@ def recompute(
         if (segment, ts) in seen:
             continue  # duplicate
         seen.add((segment, ts))
-        district = meta[segment]["POINT_1_POSTAL_CODE"] if segment in meta else "unknown"
+        district = str(meta[segment]["POINT_1_POSTAL_CODE"]) if segment in meta else "unknown"
         for scope, entity in (("segment", segment), ("district", district), ("city", "aarhus")):
             acc = sums[(scope, entity, window)]
             acc[0] += 1

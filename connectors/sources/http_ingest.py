@@ -53,6 +53,7 @@ from connectors.sources.ingest_common import (
     short_name,
     split_items,
     validate_event,
+    validate_items,
 )
 
 COMPONENT = "http-ingest"
@@ -423,13 +424,7 @@ class IngestService:
             return await self._refuse_body(exc, origin, raw, "events")
         now_ms = int(self.clock() * 1000)
         future_ms = int(self.settings.ingest_max_future_s * 1000)
-        outcomes: list[Outcome] = []
-        for i, (item, item_raw) in enumerate(items):
-            where = f"{origin}#{i}"
-            if isinstance(item, IngestError):
-                outcomes.append(Rejected(item.reason, str(item), where, item_raw))
-            else:
-                outcomes.append(validate_event(item, where, item_raw, now_ms, future_ms))
+        outcomes: list[Outcome] = list(validate_items(items, origin, now_ms, future_ms))
         return await self._answer(outcomes, request[REQUEST_ID], "events")
 
     async def post_notify(self, request: web.Request) -> web.Response:

@@ -224,6 +224,20 @@ def loads(raw: bytes | str) -> Any:
         raise IngestError(INVALID_JSON, f"not JSON: {exc}") from exc
 
 
+def validate_items(
+    items: list[tuple[Any, bytes]], origin: str, now_ms: int, max_future_ms: int
+) -> list[Accepted | Rejected]:
+    """Every item of a body (from :func:`split_items`) through :func:`validate_event`."""
+    out: list[Accepted | Rejected] = []
+    for i, (item, raw) in enumerate(items):
+        where = f"{origin}#{i}"
+        if isinstance(item, IngestError):
+            out.append(Rejected(item.reason, str(item), where, raw))
+        else:
+            out.append(validate_event(item, where, raw, now_ms, max_future_ms))
+    return out
+
+
 def split_items(raw: bytes, ndjson: bool | None = None) -> list[tuple[Any, bytes]]:
     """A body of events as (parsed item or IngestError, the item's own bytes).
 

@@ -52,6 +52,7 @@ from connectors.sources.ingest_common import (
     parse_time,
     split_items,
     validate_event,
+    validate_items,
 )
 
 COMPONENT = "mqtt-ingest"
@@ -234,14 +235,7 @@ class MqttIngest:
             items = split_items(msg.payload)
         except IngestError as exc:
             return [Rejected(exc.reason, str(exc), origin, msg.payload)]
-        out: list[Outcome] = []
-        for i, (item, raw) in enumerate(items):
-            where = f"{origin}#{i}"
-            if isinstance(item, IngestError):
-                out.append(Rejected(item.reason, str(item), where, raw))
-            else:
-                out.append(validate_event(item, where, raw, now_ms, self.max_future_ms))
-        return out
+        return list(validate_items(items, origin, now_ms, self.max_future_ms))
 
     def _observation(
         self, msg: Message, origin: str, now: float, now_ms: int

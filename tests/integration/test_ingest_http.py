@@ -8,12 +8,10 @@ processor. The helpers are shared with test_ingest_mqtt.py.
 
 from __future__ import annotations
 
-import csv
 import json
 import random
 import subprocess
 import time
-from collections import defaultdict
 from collections.abc import Iterator
 from datetime import datetime
 from pathlib import Path
@@ -31,6 +29,7 @@ from citystream.kafka import end_offsets, ensure_topics, register_schemas
 from citystream.pipeline import Pipeline, launch
 from citystream.query import run_query
 from citystream.settings import Settings
+from citystream.verify import aggregate, read_metadata
 from connectors.publishing import EventPublisher
 from connectors.sources.aarhus import read_segments
 from tests.conftest import free_port
@@ -66,34 +65,8 @@ def prepare_namespace(settings: Settings) -> None:
 
 
 def expected_kpis(readings: list[tuple[str, int, int, float]]) -> dict[Key, tuple[float, int]]:
-    """Independent oracle: the README's KPI contract over (segment, ms, count, speed)."""
-    meta = {r["REPORT_ID"]: r for r in csv.DictReader(METADATA.open(encoding="utf-8"))}
-    seen: set[tuple[str, int]] = set()
-    acc: dict[tuple[str, str, int], list[float]] = defaultdict(lambda: [0, 0, 0.0])
-    for segment, ms, count, speed in readings:
-        if (segment, ms) in seen:
-            continue
-        seen.add((segment, ms))
-        window = ms - ms % 900_000
-        district = meta[segment]["POINT_1_POSTAL_CODE"] if segment in meta else "unknown"
-        for scope, entity in (("segment", segment), ("district", district), ("city", "aarhus")):
-            a = acc[(scope, entity, window)]
-            a[0] += 1
-            a[1] += count
-            a[2] += speed * count
-    out: dict[Key, tuple[float, int]] = {}
-    for (scope, entity, window), (n, vehicles, weighted) in acc.items():
-        out[("traffic.vehicle_count", scope, entity, window)] = (vehicles, int(n))
-        if vehicles > 0:
-            speed = weighted / vehicles
-            out[("traffic.avg_speed_kmh", scope, entity, window)] = (speed, int(n))
-            if scope == "segment" and entity in meta:
-                ndt = float(meta[entity]["NDT_IN_KMH"])
-                out[("traffic.congestion_index", scope, entity, window)] = (
-                    max(0.0, 1 - speed / ndt),
-                    int(n),
-                )
-    return out
+    """`citystream verify`'s recount of the KPI contract over (segment, ms, count, speed)."""
+    return aggregate(readings, read_metadata(METADATA), partitions=6)
 
 
 def assert_kpis(settings: Settings, expected: dict[Key, tuple[float, int]]) -> None:
