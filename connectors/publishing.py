@@ -2,8 +2,10 @@
 
 A traffic reading goes to ``city.traffic.v1`` (one per message, for subscribers) and into
 a column-wise batch on ``city.traffic.batches.v1`` (the processor's input), both on the
-segment's murmur2 partition. Anything rejected goes to ``city.dlq.v1`` with its reason.
-Every source (replay, MQTT, HTTP) publishes through here, so the processor sees them all.
+segment's murmur2 partition. Other domains do the same through :meth:`EventPublisher.event`
+and an :class:`EventStream` (``city.<domain>.v1`` plus ``city.<domain>.batches.v1``).
+Anything rejected goes to ``city.dlq.v1`` with its reason. Every source (replay,
+simulator, MQTT, HTTP) publishes through here, so the processors see them all.
 """
 
 from __future__ import annotations
@@ -33,6 +35,40 @@ class Reading:
     median_measured_time_s: int | None
     status: str
     origin: str  # file:line, topic/partition/offset, request id: where it came from
+
+
+@dataclass(frozen=True)
+class EventStream:
+    """A domain's pair of topics: one event per message, and column-wise batches of them.
+
+    ``columns`` are the fields of the event copied into the batch record (the batch schema
+    has one array per column, plus ``origin``); ``key`` names the field whose value is the
+    message key and picks the partition, so one entity's events stay in order.
+    """
+
+    topic: str
+    batch_topic: str
+    key: str
+    columns: tuple[str, ...]
+
+
+class _Columns:
+    """Events of one stream and partition waiting to become one batch message."""
+
+    __slots__ = ("columns", "origin")
+
+    def __init__(self, names: tuple[str, ...]) -> None:
+        self.columns: dict[str, list[Any]] = {name: [] for name in names}
+        self.origin: list[str] = []
+
+    def add(self, event: dict[str, Any], origin: str) -> int:
+        for name, column in self.columns.items():
+            column.append(event[name])
+        self.origin.append(origin)
+        return len(self.origin)
+
+    def record(self, source: str) -> dict[str, Any]:
+        return {"source": source, **self.columns, "origin": self.origin}
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,10 +118,20 @@ def _partition_of(segment_id: str, partitions: int) -> int:
 class EventPublisher:
     """One per source process; ``setup`` connects, ``flush`` makes everything durable."""
 
-    def __init__(self, settings: Settings, component: str) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        component: str,
+        streams: tuple[EventStream, ...] = (),
+        reference_topics: tuple[str, ...] = (),
+    ) -> None:
         self.settings = settings
         self.component = component
-        self.topics = {name: settings.topic(name) for name in TOPICS}
+        self.streams = {s.topic: s for s in streams}
+        names = [*TOPICS, *reference_topics]
+        for s in streams:
+            names += [s.topic, s.batch_topic]
+        self.topics = {name: settings.topic(name) for name in names}
         self.batches_sent = 0
         self.dead_lettered = 0
 
@@ -97,6 +143,10 @@ class EventPublisher:
         self.publisher = Publisher.create(self.settings)
         self.partitions = self._partition_count()
         self._buffers = [_BatchBuffer() for _ in range(self.partitions)]
+        self._columns = {
+            s.topic: [_Columns(s.columns) for _ in range(self.partitions)]
+            for s in self.streams.values()
+        }
 
     def _partition_count(self) -> int:
         topic = self.topics["city.traffic.v1"]
@@ -128,6 +178,28 @@ class EventPublisher:
         if self._buffers[partition].add(r) >= self.settings.source_batch_size:
             self._send_batch(partition)
 
+    def reference(self, topic: str, key: str, record: dict[str, Any]) -> None:
+        """One record of a compacted reference topic (latest value per key)."""
+        self.publisher.send(self.topics[topic], key.encode(), self.serdes[topic].encode(record))
+
+    def event(self, topic: str, record: dict[str, Any], origin: str) -> None:
+        """One canonical event of another domain: its topic, and its partition's batch."""
+        stream = self.streams[topic]
+        key = str(record[stream.key])
+        partition = _partition_of(key, self.partitions)
+        value = self.serdes[topic].encode(record)
+        self.publisher.send(self.topics[topic], key.encode(), value, partition)
+        if self._columns[topic][partition].add(record, origin) >= self.settings.source_batch_size:
+            self._send_columns(stream, partition)
+
+    def _send_columns(self, stream: EventStream, partition: int) -> None:
+        buffers = self._columns[stream.topic]
+        value = self.serdes[stream.batch_topic].encode(buffers[partition].record(self.component))
+        topic = self.topics[stream.batch_topic]
+        self.publisher.send(topic, str(partition).encode(), value, partition)
+        buffers[partition] = _Columns(stream.columns)
+        self.batches_sent += 1
+
     def reject(self, rejected: Rejected) -> None:
         raw = rejected.raw.encode() if isinstance(rejected.raw, str) else rejected.raw
         record = dead_letter(rejected.reason, rejected.detail, self.component, rejected.origin, raw)
@@ -149,6 +221,10 @@ class EventPublisher:
         for partition, buffer in enumerate(self._buffers):
             if buffer.segment_id:
                 self._send_batch(partition)
+        for stream in self.streams.values():
+            for partition, columns in enumerate(self._columns[stream.topic]):
+                if columns.origin:
+                    self._send_columns(stream, partition)
         self.publisher.producer.poll(0)
 
     def flush(self, timeout: float = 60.0) -> None:
