@@ -52,8 +52,8 @@ TOPICS: dict[str, TopicSpec] = {
             internal=True,
         ),
         TopicSpec(
-            "city.traffic.partials.v1",
-            "traffic_partial.avsc",
+            "city.traffic.partials.v2",
+            "window_partial.avsc",
             key="source partition",
             doc="Per-partition district/city sums from the traffic processor's first stage",
             internal=True,
