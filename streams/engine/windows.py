@@ -100,6 +100,10 @@ class Domain(ABC, Generic[Acc]):
     @abstractmethod
     def group_kpis(self, scope: str, group: Group, trend: bool) -> list[KpiValue]: ...
 
+    def label(self, entity: str) -> str:
+        """The entity_id of the entity's KPIs (devices prefix the sensor kind)."""
+        return entity
+
     def expected(self, partition: int, partition_count: int, reference: Mapping[str, Any]) -> Any:
         """Entities that must report in every window of this partition (silence detection)."""
         return ()
@@ -318,8 +322,9 @@ class PartitionWindows(Generic[Acc]):
             for kpi, value, samples in domain.entity_kpis(
                 entity, window.accs[entity], reference, trend
             ):
+                label = domain.label(entity)
                 yield kpi_record(
-                    kpi, domain.entity_scope, entity, key, value, samples, window.revision, now_ms
+                    kpi, domain.entity_scope, label, key, value, samples, window.revision, now_ms
                 )
 
     def _partial_window(
