@@ -152,6 +152,7 @@ ORDER BY (kpi, scope, entity_id, window_start)""",
             """CREATE VIEW IF NOT EXISTS {db}.kpi_daily AS
 SELECT kpi, scope, entity_id, toDate(window_start) AS day,
     count() AS windows,
+    sum(value) AS sum_value,
     avg(value) AS avg_value,
     min(value) AS min_value,
     max(value) AS max_value,

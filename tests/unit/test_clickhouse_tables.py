@@ -315,19 +315,19 @@ def test_daily_rollup_counts_each_window_once_across_revisions(sink: ClickHouseS
     sink.write([at(T0 + WINDOW, value=6.0, samples=2, revision=0)])  # restart renumbered: ties
     daily = rows(
         sink,
-        "SELECT day, windows, avg_value, min_value, max_value, samples FROM kpi_daily"
+        "SELECT day, windows, sum_value, avg_value, min_value, max_value, samples FROM kpi_daily"
         " WHERE kpi = 'traffic.vehicle_count' AND entity_id = 'seg-1' ORDER BY day",
     )
     # Winning values day 1: 12 (3 samples), 6 (2), 20 (5); day 2: 7 (3).
     assert daily == [
-        ["2024-05-01", 3, (12.0 + 6.0 + 20.0) / 3, 6.0, 20.0, 10],
-        ["2024-05-02", 1, 7.0, 7.0, 7.0, 3],
+        ["2024-05-01", 3, 38.0, 38.0 / 3, 6.0, 20.0, 10],
+        ["2024-05-02", 1, 7.0, 7.0, 7.0, 7.0, 3],
     ]
     # The rollup agrees with the same aggregation over kpi FINAL.
     direct = rows(
         sink,
-        "SELECT toDate(window_start) AS day, count(), avg(value), min(value), max(value),"
-        " sum(samples) FROM kpi FINAL GROUP BY day ORDER BY day",
+        "SELECT toDate(window_start) AS day, count(), sum(value), avg(value), min(value),"
+        " max(value), sum(samples) FROM kpi FINAL GROUP BY day ORDER BY day",
     )
     assert direct == daily
 
