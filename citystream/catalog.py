@@ -59,7 +59,7 @@ def with_kpi_table(readme: str, table: str) -> str:
     _, end, tail = rest.partition(KPI_END)
     if not start or not end:
         raise ValueError(f"README.md lacks the markers {KPI_START!r} … {KPI_END!r}")
-    return f"{head}{KPI_START}\n{table}{KPI_END}{tail}"
+    return f"{head}{KPI_START}\n\n{table}\n{KPI_END}{tail}"
 
 
 # --- topic catalogue (AsyncAPI 3.0) -----------------------------------------------------------
