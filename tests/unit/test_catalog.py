@@ -27,8 +27,9 @@ from citystream.catalog import (
 )
 from citystream.cli import main
 from schemas.catalog import TOPICS, load_schema
+from streams.engine.windows import MergeWindows, PartitionWindows
 from streams.kpis import KPIS, Kpi
-from streams.traffic.windows import CityWindows, PartitionWindows, SegmentInfo
+from streams.traffic.domain import SegmentInfo, Traffic
 
 REPO = Path(__file__).resolve().parents[2]
 VALIDATOR = REPO / "tests" / "validate_asyncapi.cjs"
@@ -83,28 +84,27 @@ T0 = 1_406_872_800_000  # a window boundary
 
 def test_every_kpi_the_traffic_windows_emit_is_in_the_catalogue() -> None:
     """Both stages on a tiny input: a known segment (so congestion is computed), an unknown
-    one, and a reading in the next window that closes the first."""
+    one, and readings an hour later that close the first windows, hourly trends included."""
     reference = {"known": SegmentInfo("8000", 80.0)}
-    stage1 = PartitionWindows(partition=0, partition_count=1, size_ms=SIZE, grace_ms=SIZE)
-    emission = stage1.add(
-        ["known", "unknown", "known"],
-        [T0 + MIN, T0 + 2 * MIN, T0 + SIZE + MIN],
-        [10, 4, 3],
-        [50.0, 30.0, 60.0],
-        reference,
-        now_ms=0,
-    )
-    flushed = stage1.flush(reference, now_ms=1)
-    stage2 = CityWindows(SIZE, SIZE, idle_ms=0)
-    merged = []
-    for partial in (emission.partial, flushed.partial):
-        assert partial is not None
-        merged += stage2.add(partial, now_ms=2)
-    merged += stage2.emit_due(now_ms=10_000)
-    emitted = emission.kpis + flushed.kpis + merged
+    stage1 = PartitionWindows(Traffic(), 0, 1, SIZE, SIZE)
+    readings = [("known", T0 + MIN, 10, 50.0), ("unknown", T0 + 2 * MIN, 4, 30.0)]
+    readings += [("known", T0 + 5 * SIZE, 3, 60.0)]
+    batch = {
+        "segment_id": [r[0] for r in readings],
+        "event_time_ms": [r[1] for r in readings],
+        "vehicle_count": [r[2] for r in readings],
+        "avg_speed_kmh": [r[3] for r in readings],
+    }
+    emissions = [stage1.add(batch, reference, now_ms=0), stage1.flush(reference, now_ms=1)]
+    stage2 = MergeWindows(Traffic(), SIZE, idle_ms=0, size_ms=SIZE)
+    emitted = [kpi for e in emissions for kpi in e.kpis]
+    for emission in emissions:
+        if emission.partial is not None:
+            emitted += stage2.add(emission.partial, now_ms=2)
+    emitted += stage2.emit_due(now_ms=10_000)
     scopes = {(r["kpi"], r["scope"]) for r in emitted}
     assert {"segment", "district", "city"} <= {scope for _, scope in scopes}  # both stages ran
-    assert ("traffic.congestion_index", "segment") in scopes
+    assert {"traffic.congestion_index", "traffic.vehicle_count_1h"} <= {k for k, _ in scopes}
     for name, scope in scopes:
         assert name in KPIS, f"{name} is emitted but not defined in streams/kpis.py"
         assert scope in KPIS[name].scopes, f"{name} emitted at scope {scope}"
