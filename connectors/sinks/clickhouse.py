@@ -41,6 +41,7 @@ from connectors.sinks.query_endpoint import (
 from schemas.deadletter import dead_letter
 from schemas.registry import SchemaRegistry
 from schemas.serde import AvroSerde, SerdeError
+from streams.kpis import KPIS
 
 log = logging.getLogger(__name__)
 
@@ -51,7 +52,9 @@ KPI_TOPIC = "city.kpi.batches.v1"
 DLQ_TOPIC = "city.dlq.v1"
 KPI_TABLE = "kpi"
 ROLLUP_STATE_TABLE = "kpi_window_state"
-SCOPES = frozenset({"segment", "district", "city"})
+# Every scope some KPI of the catalogue has (segment, district, city, car_park, sensor, …):
+# a row with another scope is dead-lettered.
+SCOPES = frozenset(scope for kpi in KPIS.values() for scope in kpi.scopes)
 
 # The analysts' contract: names and types of the kpi table, in insert order.
 KPI_COLUMNS: tuple[tuple[str, str], ...] = (
@@ -672,6 +675,7 @@ __all__ = [
     "Retention",
     "apply_retention",
     "batch_rows",
+    "check_record",
     "connect",
     "kpi_columns",
     "kpi_serde",

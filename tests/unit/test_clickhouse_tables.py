@@ -22,12 +22,15 @@ from connectors.sinks.clickhouse import (
     KPI_COLUMNS,
     MIGRATIONS,
     ClickHouseSink,
+    InvalidKpiRecord,
     Retention,
     apply_retention,
+    check_record,
     connect,
     migrate,
 )
 from connectors.sinks.query_endpoint import RejectedQuery, read_only_statement
+from streams.kpis import KPIS
 
 T0 = datetime(2024, 5, 1, 8, 0, tzinfo=UTC)
 WINDOW = timedelta(minutes=15)
@@ -418,3 +421,13 @@ def test_expired_rows_leave_kpi_while_the_rollup_keeps_them(local_settings: Sett
             ["2024-05-01", 3.0],
             [recent.date().isoformat(), 4.0],
         ]
+
+
+def test_the_sink_accepts_every_catalogue_scope_and_nothing_else() -> None:
+    for definition in KPIS.values():
+        for scope in definition.scopes:
+            check_record(kpi(kpi=definition.name, scope=scope))
+    with pytest.raises(InvalidKpiRecord, match="scope 'galaxy'"):
+        check_record(kpi(scope="galaxy"))
+    with pytest.raises(InvalidKpiRecord, match="negative"):
+        check_record(kpi(samples=-1))
