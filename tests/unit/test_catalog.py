@@ -23,6 +23,7 @@ from citystream.catalog import (
     asyncapi_yaml,
     kpi_table,
     public_topics,
+    update_readme,
     with_kpi_table,
 )
 from citystream.cli import main
@@ -187,3 +188,18 @@ def test_the_parser_rejects_an_invalid_avro_payload(tmp_path: Path) -> None:
     code, report, _ = validate(broken)
     assert code == 1
     assert any(d["severity"] == "error" for d in report["diagnostics"])
+
+
+def test_catalog_commands_write_what_they_generate(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    output = tmp_path / "out" / "asyncapi.yaml"
+    assert main(["catalog", "asyncapi", "--output", str(output)]) == 0
+    assert output.read_text() == asyncapi_yaml()
+    capsys.readouterr()
+    assert main(["catalog", "asyncapi", "--output", "-"]) == 0
+    assert capsys.readouterr().out == asyncapi_yaml()
+    readme = tmp_path / "README.md"
+    readme.write_text(f"# x\n{KPI_START}\nstale\n{KPI_END}\nrest\n")
+    assert update_readme(readme) and not update_readme(readme)
+    assert readme.read_text() == f"# x\n{KPI_START}\n\n{kpi_table()}\n{KPI_END}\nrest\n"
