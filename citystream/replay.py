@@ -75,7 +75,7 @@ def aarhus_sources(
     """One source per domain; call ``setup`` on each before ``run_replays``."""
     return {
         "traffic": AarhusReplaySource(settings, files.traffic, files.metadata, speed),
-        "air": AarhusAirReplay(settings, files.air, speed),
+        "air": AarhusAirReplay(settings, files.air, files.metadata, speed),
         "parking": AarhusParkingReplay(settings, files.parking, files.car_parks, speed),
     }
 

@@ -329,6 +329,15 @@ class CsvReplay(Generic[T]):
     def _publish(self, event: T) -> None:
         raise NotImplementedError
 
+    def _publish_segments(self, metadata: Path, report: ReplayReport) -> int:
+        """Road segments to their compacted topic; bad metadata rows are dead-lettered."""
+        segments, rejected = read_segments(metadata)
+        for segment in segments:
+            self.events.road_segment(segment)
+        for bad in rejected:
+            self._reject(bad, report)
+        return len(segments)
+
     def _reject(self, rejected: Rejected, report: ReplayReport) -> None:
         self.events.reject(rejected)
         report.dead_lettered[rejected.reason] += 1
@@ -392,12 +401,7 @@ class AarhusReplaySource(CsvReplay[Reading]):
         return (self.traffic, self.metadata)
 
     def _publish_reference(self, report: ReplayReport) -> None:
-        segments, rejected = read_segments(self.metadata)
-        for segment in segments:
-            self.events.road_segment(segment)
-        for bad in rejected:
-            self._reject(bad, report)
-        report.segments = len(segments)
+        report.segments = self._publish_segments(self.metadata, report)
 
     def _iter_events(self, raw: IO[bytes]) -> Iterator[Reading | Rejected]:
         return iter_readings(self.traffic, raw)

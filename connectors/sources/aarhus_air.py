@@ -6,8 +6,10 @@ CityPulse authors generated this stream to complement the traffic data).
 Each valid row becomes one ``AirReading`` on ``city.air.v1`` (for subscribers) and one
 entry of a column-wise ``AirReadingBatch`` on ``city.air.batches.v1`` (the air processor's
 input). A sensor is the road segment it sits on (``REPORT_ID``), so the processor takes its
-district from ``city.road_segments.v1``. Rows that cannot be used go to ``city.dlq.v1``
-with reason, file:line and the raw row.
+district from ``city.road_segments.v1``: the replay publishes the segments there first
+(the topic is compacted, so sharing it with the traffic replay is harmless) and flushes
+them before any reading. Rows that cannot be used go to ``city.dlq.v1`` with reason,
+file:line and the raw row.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from typing import IO, Any
 from citystream.settings import Settings
 from connectors.publishing import AIR, Rejected
 from connectors.sources.aarhus import (
+    ReplayReport,
     RowError,
     RowParser,
     StreamReplay,
@@ -80,13 +83,22 @@ def iter_air(path: Path, raw: IO[bytes] | None = None) -> Iterator[dict[str, Any
 
 
 class AarhusAirReplay(StreamReplay):
-    """Replays one pollution file as fast as possible or at ``speed``× real time."""
+    """Replays one pollution file (+ segments) as fast as possible or at ``speed``× real time."""
 
     component = COMPONENT
     streams = (AIR,)
 
-    def __init__(self, settings: Settings, air: Path, speed: float | None = None) -> None:
+    def __init__(
+        self, settings: Settings, air: Path, metadata: Path, speed: float | None = None
+    ) -> None:
         super().__init__(settings, air, speed)
+        self.metadata = metadata
+
+    def inputs(self) -> tuple[Path, ...]:
+        return (self.events_file, self.metadata)
+
+    def _publish_reference(self, report: ReplayReport) -> None:
+        report.segments = self._publish_segments(self.metadata, report)
 
     def _iter_events(self, raw: IO[bytes]) -> Iterator[dict[str, Any] | Rejected]:
         return iter_air(self.events_file, raw)

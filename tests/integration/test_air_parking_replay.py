@@ -101,7 +101,7 @@ def replayed(settings: Settings, tmp_path: Path) -> dict[str, Any]:
     )
     speed = 500_000.0  # 3 days of parking in about half a second
     sources: dict[str, CsvReplay[Any]] = {
-        "air": AarhusAirReplay(settings, air_file, speed),
+        "air": AarhusAirReplay(settings, air_file, SHIPPED.metadata, speed),
         "parking": AarhusParkingReplay(settings, parking_file, SHIPPED.car_parks, speed),
     }
     for source in sources.values():
@@ -124,6 +124,9 @@ def test_air_readings_reach_both_topics_with_their_values(
     assert report.published == len(good) == 5389
     assert report.dead_lettered == Counter(BAD_AIR.values())
     assert "[OK]" in summary(replayed["reports"]) and "MISMATCH" not in summary(replayed["reports"])
+    # the sensors' road segments are published first, for the processor's districts
+    assert report.segments == 449
+    assert len({key for key, _, _ in consume(settings, "city.road_segments.v1")}) == 449
 
     events = consume(settings, "city.air.v1")
     assert len(events) == len(good)
