@@ -9,7 +9,14 @@ from contextlib import contextmanager
 from citystream.kafka import ensure_topics, register_schemas
 from citystream.pipeline import Pipeline
 from citystream.query import format_result, run_query
-from citystream.replay import AarhusFiles, aarhus_sources, run_replays, summary
+from citystream.replay import (
+    AarhusFiles,
+    aarhus_sources,
+    dead_lettered_rows,
+    run_replays,
+    summary,
+    wait_processed,
+)
 from citystream.settings import Settings
 from connectors.sources.aarhus import ReplayReport
 
@@ -96,25 +103,28 @@ def run_demo(settings: Settings, files: AarhusFiles, keep_stack: bool) -> int:
                 source.setup()
             reports = run_replays(sources, paced=False, announce=lambda text: print(f"    {text}"))
             print(summary(reports))
-            step("5/6 waiting for the processor and the sink to catch up")
-            stats = pipeline.wait_caught_up(reports["traffic"].published)
+            step("5/6 waiting for the processors and the sink to catch up")
+            stats = wait_processed(pipeline, {n: r.published for n, r in reports.items()})
             step("6/6 KPIs queried from ClickHouse while the sink runs")
             for title, sql in SUMMARY_QUERIES.items():
                 print(f"\n{title}")
                 print(format_result(*run_query(settings, sql), "table"))
-            return print_reconciliation(reports["traffic"], stats)
+            print()
+            failed = [n for n, r in reports.items() if not print_reconciliation(n, r, stats[n])]
+            return 1 if failed else 0
         finally:
             pipeline.stop()
 
 
-def print_reconciliation(report: ReplayReport, stats: dict[str, int]) -> int:
-    dead = sum(report.dead_lettered.values())
+def print_reconciliation(name: str, report: ReplayReport, stats: dict[str, int]) -> bool:
+    """rows read = accepted + duplicates + late + dead-lettered, for one replayed file."""
+    dead = dead_lettered_rows(report)
     total = stats["accepted"] + stats["duplicates"] + stats["late"] + dead
     ok = total == report.rows_read
     print(
-        f"\nTraffic reconciliation: rows read {report.rows_read:,} = accepted {stats['accepted']:,}"
-        f" + duplicates {stats['duplicates']:,} + late {stats['late']:,}"
+        f"{name:8} reconciliation: rows read {report.rows_read:,} = accepted"
+        f" {stats['accepted']:,} + duplicates {stats['duplicates']:,} + late {stats['late']:,}"
         f" + dead-lettered {dead:,}  [{'OK' if ok else 'MISMATCH'}]"
+        f"  (accepted without reference data: {stats['unknown_reference']})"
     )
-    print(f"  (accepted readings on segments without reference data: {stats['unknown_reference']})")
-    return 0 if ok else 1
+    return ok

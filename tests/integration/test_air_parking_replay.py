@@ -50,6 +50,9 @@ BAD_PARKING = {
     "5,2014-13-02 12:00:00.000,1,700,SALLING,x": "invalid_timestamp",
 }
 UNKNOWN_CAR_PARK = "5,2014-08-02 12:00:00.000,1,10,NEWPARK,x"
+LATE_PARKING = "100,2014-08-01 00:05:00.000,1,953,BRUUNS,x"  # valid, but 1.5 days behind
+PARKING_EXTRA = [*BAD_PARKING, UNKNOWN_CAR_PARK, LATE_PARKING]
+PARKING_DUPLICATE = 575  # the last fixture row before the inserted ones: a true duplicate
 
 
 def with_rows(source: Path, target: Path, extra: list[str], duplicate: int) -> list[str]:
@@ -75,7 +78,7 @@ def consume(settings: Settings, name: str) -> list[tuple[bytes, int, dict[str, A
         for msg in consumer.consume(1000, timeout=0.2):
             assert msg.error() is None
             value = deserializer(msg.value(), SerializationContext(topic, MessageField.VALUE))
-            out.append((msg.key(), msg.partition(), value))
+            out.append((msg.key() or b"", int(msg.partition() or 0), value))
     consumer.close()
     return out
 
@@ -97,7 +100,7 @@ def replayed(settings: Settings, tmp_path: Path) -> dict[str, Any]:
     air_file, parking_file = tmp_path / "air_test.csv.gz", tmp_path / "parking_test.csv.gz"
     air_lines = with_rows(AIR_FIXTURE, air_file, list(BAD_AIR), duplicate=10)
     parking_lines = with_rows(
-        PARKING_FIXTURE, parking_file, [*BAD_PARKING, UNKNOWN_CAR_PARK], duplicate=0
+        PARKING_FIXTURE, parking_file, PARKING_EXTRA, duplicate=PARKING_DUPLICATE
     )
     speed = 500_000.0  # 3 days of parking in about half a second
     sources: dict[str, CsvReplay[Any]] = {
@@ -206,7 +209,7 @@ def test_parking_readings_and_car_parks_reach_their_topics(
     over = [r for r in valid if int(r["vehiclecount"]) > int(r["totalspaces"])]
     good = [r for r in valid if r not in over]
     assert len(over) == 123
-    assert report.rows_read == 1152 + 1 + len(BAD_PARKING) + 1
+    assert report.rows_read == 1152 + 1 + len(PARKING_EXTRA)
     assert report.published == len(good)
     assert report.dead_lettered == Counter(BAD_PARKING.values()) + Counter(invalid_row=len(over))
     assert report.car_parks == 8
@@ -266,7 +269,7 @@ def test_parking_readings_and_car_parks_reach_their_topics(
 
     oracle = recompute_parking(parking_file, SHIPPED.car_parks, settings.partitions)
     city = sum(n for k, (_, n) in oracle.items() if k[1] == "city")
-    assert city == len(good) - 1  # the duplicate counts once
+    assert city == len(good) - 2  # the duplicate counts once, the late reading nowhere
     assert oracle[("parking.occupancy_pct", "district", "unknown", local_ms("2014-08-02T12:00"))]
 
 
