@@ -7,14 +7,19 @@ import logging
 import faust
 
 from citystream.settings import Settings
+from streams.air.processor import SPEC as AIR
 from streams.app import create_app
+from streams.devices.processor import SPEC as DEVICES
 from streams.engine import agents
 from streams.engine.processor import ProcessorSpec, WindowedProcessor
+from streams.parking.processor import SPEC as PARKING
 from streams.traffic.processor import SPEC as TRAFFIC
 
 log = logging.getLogger(__name__)
 
-PROCESSORS: dict[str, ProcessorSpec] = {spec.name: spec for spec in (TRAFFIC,)}
+PROCESSORS: dict[str, ProcessorSpec] = {
+    spec.name: spec for spec in (TRAFFIC, AIR, PARKING, DEVICES)
+}
 
 
 def run(settings: Settings, names: list[str] | None = None, loglevel: str = "INFO") -> None:

@@ -331,6 +331,10 @@ def test_init_and_migrate_run_as_hooks_before_the_workloads_and_replay_after() -
     replay = named(docs, "Job", "replay")
     assert replay["metadata"]["annotations"]["helm.sh/hook"] == "post-install"
     assert "--speed" not in replay["spec"]["template"]["spec"]["containers"][0]["args"]
+    args = replay["spec"]["template"]["spec"]["containers"][0]["args"]
+    for flag in ("--traffic", "--metadata", "--air", "--parking", "--car-parks"):
+        shipped = args[args.index(flag) + 1]  # the Dockerfile copies data/aarhus there
+        assert (REPO / "data" / "aarhus" / Path(shipped).name).is_file(), flag
 
 
 def test_pods_run_non_root_read_only_without_api_tokens(
