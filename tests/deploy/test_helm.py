@@ -290,7 +290,7 @@ def test_sources_ahead_of_code_are_off_by_default() -> None:
 
 
 def test_processor_probes_use_the_stats_page_the_processor_serves() -> None:
-    agents = (REPO / "streams" / "traffic" / "agents.py").read_text()
+    agents = (REPO / "streams" / "engine" / "agents.py").read_text()
     assert '@app.page("/citystream/stats/")' in agents
     deployment = named(render(), "Deployment", "processor")
     container = deployment["spec"]["template"]["spec"]["containers"][0]
