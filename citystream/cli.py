@@ -63,6 +63,13 @@ def parser() -> argparse.ArgumentParser:
     _add_common(replay)
 
     process = sub.add_parser("process", help="run the Faust stream processors")
+    process.add_argument(
+        "processor",
+        nargs="?",
+        choices=["alerts"],
+        help="alerts: the alerts processor (own consumer group and web port); "
+        "default: the KPI processors",
+    )
     process.add_argument("--web-port", type=int, dest="processor_web_port")
     _add_common(process)
 
@@ -186,11 +193,25 @@ def cmd_replay(args: argparse.Namespace) -> int:
 def cmd_process(args: argparse.Namespace) -> int:
     from streams import worker
 
+    if args.processor == "alerts":
+        return _process_alerts(args)
     settings = build_settings(args, processor_web_port=args.processor_web_port)
     wait_for_services(settings)
     # Faust parses sys.argv itself; hand it a clean command line.
     sys.argv = [sys.argv[0], "worker"]
     worker.run(settings, loglevel=args.log_level)
+    return 0
+
+
+def _process_alerts(args: argparse.Namespace) -> int:
+    from citystream.kafka import ensure_topics
+    from streams import worker
+
+    settings = build_settings(args, alerts_web_port=args.processor_web_port)
+    wait_for_services(settings)
+    ensure_topics(settings)  # city.alerts.v1 is read back before anything is produced
+    sys.argv = [sys.argv[0], "worker"]
+    worker.run_alerts(settings, loglevel=args.log_level)
     return 0
 
 

@@ -1,0 +1,73 @@
+"""Alerts processor dataflow, on one screen (`citystream process alerts`, its own Faust app).
+
+ on start: city.alerts.v1 (compacted) ─restore─▶ raised alerts, last judged window per entity
+           city.road_segments.v1, city.service_categories.v1 ─▶ districts, SLA per category
+
+ city.kpi.batches.v1 ────alerts.kpis─────┐ congestion    congestion_index > 0.5, 2 windows in a row
+   own consumer group,   bulk decode,    │ air_quality   aqi > CITYSTREAM_ALERT_AQI_THRESHOLD
+   every partition       rules.KpiAlerts │ parking_full  occupancy_pct > 95
+                                         │ sensor_silent uptime_pct = 0 for an hour
+ city.service_requests.v1 ─service_sla───┤ service_sla   stream time > opened_at + SLA, not closed
+   key request_id        rules.SlaAlerts │
+                                         ▼
+                 city.alerts.v1 (key type|entity_id; one message per raise and per clear)
+                 city.dlq.v1 (undecodable input, invalid KPI rows and request events)
+
+every second: alerts.reference_refresh retries requests whose category had no SLA yet.
+An input message is acked only after the alerts it caused are acknowledged by Kafka, and
+held longer where a restart needs it again (see processor.py).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import faust
+
+from schemas.faust_codec import AvroCodec
+from streams.alerts.processor import AlertsProcessor
+
+
+def _origin(event: Any) -> str:
+    message = event.message
+    return f"{message.topic}/{message.partition}/{message.offset}"
+
+
+def register(app: faust.App, processor: AlertsProcessor) -> None:
+    """Attach the alerts agents to the app; ``processor.setup()`` must have run."""
+    kpi_batches = app.topic(
+        processor.topics["city.kpi.batches.v1"],
+        key_serializer="raw",
+        value_serializer=AvroCodec(processor.serdes["city.kpi.batches.v1"]),
+    )
+    requests = app.topic(
+        processor.topics["city.service_requests.v1"],
+        key_serializer="raw",
+        value_serializer=AvroCodec(processor.serdes["city.service_requests.v1"]),
+    )
+
+    @app.agent(kpi_batches, name="alerts.kpis")
+    async def kpis(stream: Any) -> None:
+        manual = stream.noack()  # acked once the KPI stream time is RETAIN_MS past it
+        async for event in manual.events():
+            partition = event.message.partition
+            for done in await processor.on_kpi_batch(partition, event.value, _origin(event), event):
+                await manual.ack(done)
+
+    @app.agent(requests, name="alerts.service_sla")
+    async def service_sla(stream: Any) -> None:
+        manual = stream.noack()  # acked once its request is closed or has a later event
+        async for event in manual.events():
+            message = event.message
+            for done in await processor.on_request(
+                message.partition, message.offset, event.value, _origin(event), event
+            ):
+                await manual.ack(done)
+
+    @app.timer(interval=1.0, name="alerts.reference_refresh")
+    async def reference_refresh() -> None:
+        await processor.on_tick()
+
+    @app.page("/citystream/stats/")
+    async def stats(web: Any, request: Any) -> Any:
+        return web.json(processor.stats_dict())
