@@ -13,7 +13,9 @@
                  city.alerts.v1 (key type|entity_id; one message per raise and per clear)
                  city.dlq.v1 (undecodable input, invalid KPI rows and request events)
 
-every second: alerts.reference_refresh retries requests whose category had no SLA yet.
+KPI windows are judged in window order once every partition still delivering has passed
+them (a backlog's partitions are read unevenly); every second, alerts.tick judges what
+idle partitions held back and retries requests whose category had no SLA yet.
 An input message is acked only after the alerts it caused are acknowledged by Kafka, and
 held longer where a restart needs it again (see processor.py).
 """
@@ -46,12 +48,21 @@ def register(app: faust.App, processor: AlertsProcessor) -> None:
         value_serializer=AvroCodec(processor.serdes["city.service_requests.v1"]),
     )
 
+    kpi_topic = processor.topics["city.kpi.batches.v1"]
+    kpi_stream: list[Any] = []  # the agent's manual-ack stream, for the timer's acks
+
+    def assigned() -> set[int]:
+        return {tp.partition for tp in app.consumer.assignment() if tp.topic == kpi_topic}
+
     @app.agent(kpi_batches, name="alerts.kpis")
     async def kpis(stream: Any) -> None:
-        manual = stream.noack()  # acked once the KPI stream time is RETAIN_MS past it
+        manual = stream.noack()  # acked once the watermark is RETAIN_MS past its windows
+        kpi_stream[:] = [manual]
         async for event in manual.events():
             partition = event.message.partition
-            for done in await processor.on_kpi_batch(partition, event.value, _origin(event), event):
+            for done in await processor.on_kpi_batch(
+                partition, event.value, _origin(event), assigned(), event
+            ):
                 await manual.ack(done)
 
     @app.agent(requests, name="alerts.service_sla")
@@ -64,9 +75,10 @@ def register(app: faust.App, processor: AlertsProcessor) -> None:
             ):
                 await manual.ack(done)
 
-    @app.timer(interval=1.0, name="alerts.reference_refresh")
-    async def reference_refresh() -> None:
-        await processor.on_tick()
+    @app.timer(interval=1.0, name="alerts.tick")
+    async def tick() -> None:
+        for done in await processor.on_tick(assigned()):
+            await kpi_stream[0].ack(done)
 
     @app.page("/citystream/stats/")
     async def stats(web: Any, request: Any) -> Any:

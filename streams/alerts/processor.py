@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import time
 from collections import deque
 from collections.abc import Callable
@@ -38,6 +39,7 @@ from streams.alerts.rules import (
     InvalidEvent,
     KpiAlerts,
     KpiWindow,
+    ReorderBuffer,
     SlaAlerts,
     default_rules,
 )
@@ -85,6 +87,10 @@ class AlertsProcessor:
         self.sla = SlaAlerts()
         self.stats = Stats()
         self.kpi_stream_time = 0  # largest window_end seen on the KPI input
+        self.kpi_watermark = 0  # windows ending at or before it have been judged
+        self.reorder = ReorderBuffer()
+        self._kpi_seen: dict[int, tuple[int, float]] = {}  # partition: (newest end, when)
+        self._kpi_started = 0.0
         # Unacked input per partition: (event, what keeps it from being acked).
         self.kpi_pending: dict[int, deque[tuple[Any, int]]] = {}
         self.request_pending: dict[int, deque[tuple[Any, tuple[int, str]]]] = {}
@@ -134,26 +140,34 @@ class AlertsProcessor:
     # --- KPI input ---------------------------------------------------------------------
 
     async def on_kpi_batch(
-        self, partition: int, value: dict[str, Any] | Undecodable, origin: str, event: Any = None
+        self,
+        partition: int,
+        value: dict[str, Any] | Undecodable,
+        origin: str,
+        assigned: set[int],
+        event: Any = None,
     ) -> list[Any]:
         """Judge one KPI batch message; returns the input events that may now be acked."""
-        self.stats.last_input_monotonic = time.monotonic()
+        now = time.monotonic()
+        self.stats.last_input_monotonic = now
+        self._kpi_started = self._kpi_started or now
         pending = self.kpi_pending.setdefault(partition, deque())
+        newest = 0
         if isinstance(value, Undecodable):
             self._reject_undecodable(value, origin)
-            await self._publish([])
-            pending.append((event, 0))
-            return self._release_kpis(pending)
-        self.stats.kpi_batches += 1
-        alerts, newest = self._judge_batch(value, origin)
-        await self._publish(alerts)
+        else:
+            self.stats.kpi_batches += 1
+            newest = self._hold_batch(value, origin)
+        seen_end, _ = self._kpi_seen.get(partition, (0, now))
+        self._kpi_seen[partition] = (max(seen_end, newest), now)
         self.kpi_stream_time = max(self.kpi_stream_time, newest)
+        await self._publish(self._judge_due(assigned))
         pending.append((event, newest))
         return self._release_kpis(pending)
 
-    def _judge_batch(self, batch: dict[str, Any], origin: str) -> tuple[list[Alert], int]:
-        watched, alerts = self.kpis.by_kpi, []
-        ends = batch["window_end"]
+    def _hold_batch(self, batch: dict[str, Any], origin: str) -> int:
+        """Buffer the watched rows until the watermark passes them; returns the newest end."""
+        watched, ends = self.kpis.by_kpi, batch["window_end"]
         self.stats.kpi_rows += len(ends)
         for i, kpi in enumerate(batch["kpi"]):
             if kpi not in watched:
@@ -162,16 +176,46 @@ class AlertsProcessor:
                 kpi, batch["scope"][i], batch["entity_id"][i], batch["window_start"][i],
                 ends[i], batch["value"][i], batch["samples"][i], batch["revision"][i],
             )  # fmt: skip
-            try:
-                alerts += self.kpis.add(window)
-            except InvalidEvent as exc:
+            if not math.isfinite(window.value):
                 self.stats.invalid += 1
-                row = orjson.dumps(window)
-                self._reject(row, "invalid_row", str(exc), f"{origin}#{i}")
-        return alerts, max(ends, default=0)
+                detail = f"{kpi} value {window.value} is not a finite number"
+                self._reject(orjson.dumps(window), "invalid_row", detail, f"{origin}#{i}")
+            else:
+                self.reorder.push(window)
+        return max(ends, default=0)
+
+    def _judge_due(self, assigned: set[int]) -> list[Alert]:
+        self.kpi_watermark = self._watermark(assigned)
+        alerts = []
+        for window in self.reorder.pop_until(self.kpi_watermark):
+            alerts += self.kpis.add(window)
+        return alerts
+
+    def _watermark(self, assigned: set[int]) -> int:
+        """The smallest newest window end over the partitions still delivering.
+
+        A partition silent for the idle timeout (or never heard from that long after the
+        first KPI arrived) no longer holds the others back; when all are silent, every held
+        window is judged. The watermark never goes back.
+        """
+        now, idle = time.monotonic(), self.settings.idle_timeout_s
+        marks = []
+        for partition in assigned:
+            seen = self._kpi_seen.get(partition)
+            if seen is None:
+                if self._kpi_started and now - self._kpi_started < idle:
+                    marks.append(self.kpi_watermark)
+            elif now - seen[1] < idle:
+                marks.append(seen[0])
+        mark = min(marks) if marks else self.kpi_stream_time
+        return max(self.kpi_watermark, mark)
 
     def _release_kpis(self, pending: deque[tuple[Any, int]]) -> list[Any]:
-        return release(pending, lambda newest: newest + RETAIN_MS <= self.kpi_stream_time)
+        return release(pending, lambda newest: newest + RETAIN_MS <= self.kpi_watermark)
+
+    def release_kpis(self) -> list[Any]:
+        """Acks that became possible when the watermark moved without new input."""
+        return [e for pending in self.kpi_pending.values() for e in self._release_kpis(pending)]
 
     # --- service request input -----------------------------------------------------------
 
@@ -215,13 +259,19 @@ class AlertsProcessor:
 
     # --- timer -------------------------------------------------------------------------
 
-    async def on_tick(self) -> None:
-        """Requests waiting for their category; districts of segments that appeared since."""
-        alerts = await self._refresh_categories() if self.sla.waiting else []
+    async def on_tick(self, assigned: set[int]) -> list[Any]:
+        """Judge windows of partitions gone idle, retry requests waiting for their category.
+
+        Returns the KPI input events that may now be acked.
+        """
+        alerts = self._judge_due(assigned)
+        if self.sla.waiting:
+            alerts += await self._refresh_categories()
         await self._publish(alerts)
         if time.monotonic() - self._last_segment_refresh >= 60.0:
             self._last_segment_refresh = time.monotonic()
             await asyncio.get_running_loop().run_in_executor(None, self.segments.refresh)
+        return self.release_kpis()
 
     # --- output ------------------------------------------------------------------------
 
@@ -282,6 +332,8 @@ class AlertsProcessor:
             "active": active,
             "restored": s.restored,
             "kpi_stream_time": self.kpi_stream_time,
+            "kpi_watermark": self.kpi_watermark,
+            "kpi_windows_held": len(self.reorder),
             "idle_seconds": round(time.monotonic() - s.last_input_monotonic, 3),
         }
 

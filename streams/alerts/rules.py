@@ -289,6 +289,36 @@ class KpiAlerts:
         )
 
 
+class ReorderBuffer:
+    """Holds KPI windows until the input's watermark passes them, then yields them in order.
+
+    KPI batches carry no key, so one entity's windows land on different partitions and a
+    consumer reading a backlog may see window 5 before window 4. Judging windows in
+    ``window_start`` order once every partition has passed them makes the alerts the same
+    as if the windows had come in order.
+    """
+
+    def __init__(self) -> None:
+        self._heap: list[tuple[int, int, int, int, KpiWindow]] = []
+        self._seq = 0
+
+    def __len__(self) -> int:
+        return len(self._heap)
+
+    def push(self, window: KpiWindow) -> None:
+        self._seq += 1
+        heapq.heappush(
+            self._heap, (window.window_end, window.samples, window.revision, self._seq, window)
+        )
+
+    def pop_until(self, watermark: int) -> list[KpiWindow]:
+        """Every held window ending at or before ``watermark``, oldest first."""
+        out = []
+        while self._heap and self._heap[0][0] <= watermark:
+            out.append(heapq.heappop(self._heap)[-1])
+        return out
+
+
 def _run(rule: KpiRule, windows: dict[int, KpiWindow], latest: KpiWindow) -> list[KpiWindow]:
     """The windows meeting the rule that end at ``latest`` with no gap, oldest first."""
     run: list[KpiWindow] = []
