@@ -97,6 +97,9 @@ class AlertsProcessor:
         self._last_category_refresh = 0.0
         self._last_segment_refresh = 0.0
         self._unflushed = False
+        # The agents and the timer take turns: nothing is acked while another turn's
+        # alerts are still on their way to Kafka.
+        self._turn = asyncio.Lock()
 
     def setup(self) -> None:
         """Registry, producer, reference data and alert state; run before the worker starts."""
@@ -139,7 +142,7 @@ class AlertsProcessor:
 
     # --- KPI input ---------------------------------------------------------------------
 
-    async def on_kpi_batch(
+    async def _on_kpi_batch(
         self,
         partition: int,
         value: dict[str, Any] | Undecodable,
@@ -147,7 +150,6 @@ class AlertsProcessor:
         assigned: set[int],
         event: Any = None,
     ) -> list[Any]:
-        """Judge one KPI batch message; returns the input events that may now be acked."""
         now = time.monotonic()
         self.stats.last_input_monotonic = now
         self._kpi_started = self._kpi_started or now
@@ -164,6 +166,18 @@ class AlertsProcessor:
         await self._publish(self._judge_due(assigned))
         pending.append((event, newest))
         return self._release_kpis(pending)
+
+    async def on_kpi_batch(
+        self,
+        partition: int,
+        value: dict[str, Any] | Undecodable,
+        origin: str,
+        assigned: set[int],
+        event: Any = None,
+    ) -> list[Any]:
+        """Judge one KPI batch message; returns the input events that may now be acked."""
+        async with self._turn:
+            return await self._on_kpi_batch(partition, value, origin, assigned, event)
 
     def _hold_batch(self, batch: dict[str, Any], origin: str) -> int:
         """Buffer the watched rows until the watermark passes them; returns the newest end."""
@@ -219,7 +233,7 @@ class AlertsProcessor:
 
     # --- service request input -----------------------------------------------------------
 
-    async def on_request(
+    async def _on_request(
         self,
         partition: int,
         offset: int,
@@ -227,7 +241,6 @@ class AlertsProcessor:
         origin: str,
         event: Any = None,
     ) -> list[Any]:
-        """Apply one request event; returns the input events that may now be acked."""
         self.stats.last_input_monotonic = time.monotonic()
         pending = self.request_pending.setdefault(partition, deque())
         alerts: list[Alert] = []
@@ -248,6 +261,18 @@ class AlertsProcessor:
         pending.append((event, (offset, request_id)))
         return release(pending, lambda pin: not self.sla.pins(partition, *pin))
 
+    async def on_request(
+        self,
+        partition: int,
+        offset: int,
+        value: dict[str, Any] | Undecodable,
+        origin: str,
+        event: Any = None,
+    ) -> list[Any]:
+        """Apply one request event; returns the input events that may now be acked."""
+        async with self._turn:
+            return await self._on_request(partition, offset, value, origin, event)
+
     async def _refresh_categories(self) -> list[Alert]:
         """Requests of an unknown category re-read the categories, at most once a second."""
         if time.monotonic() - self._last_category_refresh < REFERENCE_REFRESH_S:
@@ -259,11 +284,7 @@ class AlertsProcessor:
 
     # --- timer -------------------------------------------------------------------------
 
-    async def on_tick(self, assigned: set[int]) -> list[Any]:
-        """Judge windows of partitions gone idle, retry requests waiting for their category.
-
-        Returns the KPI input events that may now be acked.
-        """
+    async def _on_tick(self, assigned: set[int]) -> list[Any]:
         alerts = self._judge_due(assigned)
         if self.sla.waiting:
             alerts += await self._refresh_categories()
@@ -272,6 +293,14 @@ class AlertsProcessor:
             self._last_segment_refresh = time.monotonic()
             await asyncio.get_running_loop().run_in_executor(None, self.segments.refresh)
         return self.release_kpis()
+
+    async def on_tick(self, assigned: set[int]) -> list[Any]:
+        """Judge windows of partitions gone idle, retry requests waiting for their category.
+
+        Returns the KPI input events that may now be acked.
+        """
+        async with self._turn:
+            return await self._on_tick(assigned)
 
     # --- output ------------------------------------------------------------------------
 
