@@ -152,7 +152,6 @@ class AlertsProcessor:
     ) -> list[Any]:
         now = time.monotonic()
         self.stats.last_input_monotonic = now
-        self._kpi_started = self._kpi_started or now
         pending = self.kpi_pending.setdefault(partition, deque())
         newest = 0
         if isinstance(value, Undecodable):
@@ -160,9 +159,7 @@ class AlertsProcessor:
         else:
             self.stats.kpi_batches += 1
             newest = self._hold_batch(value, origin)
-        seen_end, _ = self._kpi_seen.get(partition, (0, now))
-        self._kpi_seen[partition] = (max(seen_end, newest), now)
-        self.kpi_stream_time = max(self.kpi_stream_time, newest)
+        self.saw_kpis(partition, newest, now)
         await self._publish(self._judge_due(assigned))
         pending.append((event, newest))
         return self._release_kpis(pending)
@@ -198,6 +195,14 @@ class AlertsProcessor:
                 self.reorder.push(window)
         return max(ends, default=0)
 
+    def saw_kpis(self, partition: int, newest_end: int, now: float) -> None:
+        """A partition delivered windows up to ``newest_end`` (0: nothing decodable)."""
+        self._kpi_started = self._kpi_started or now
+        if newest_end:
+            seen_end, _ = self._kpi_seen.get(partition, (0, now))
+            self._kpi_seen[partition] = (max(seen_end, newest_end), now)
+            self.kpi_stream_time = max(self.kpi_stream_time, newest_end)
+
     def _judge_due(self, assigned: set[int]) -> list[Alert]:
         self.kpi_watermark = self._watermark(assigned)
         alerts = []
@@ -205,14 +210,15 @@ class AlertsProcessor:
             alerts += self.kpis.add(window)
         return alerts
 
-    def _watermark(self, assigned: set[int]) -> int:
+    def _watermark(self, assigned: set[int], now: float | None = None) -> int:
         """The smallest newest window end over the partitions still delivering.
 
         A partition silent for the idle timeout (or never heard from that long after the
         first KPI arrived) no longer holds the others back; when all are silent, every held
         window is judged. The watermark never goes back.
         """
-        now, idle = time.monotonic(), self.settings.idle_timeout_s
+        now = time.monotonic() if now is None else now
+        idle = self.settings.idle_timeout_s
         marks = []
         for partition in assigned:
             seen = self._kpi_seen.get(partition)
