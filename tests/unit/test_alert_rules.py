@@ -413,3 +413,11 @@ def test_reorder_buffer_puts_a_revision_after_the_window_it_revises() -> None:
     buffer.push(cong(1, 0.75, samples=4, revision=1))
     buffer.push(cong(1, 0.7))
     assert [x.revision for x in buffer.pop_until(T0 + 2 * M15)] == [0, 1]
+
+
+def test_every_rule_watches_a_catalogued_kpi_at_one_of_its_scopes() -> None:
+    from streams.kpis import KPIS
+
+    for rule in default_rules(100.0):
+        assert rule.kpi in KPIS, rule.kpi
+        assert set(rule.scopes) <= set(KPIS[rule.kpi].scopes), (rule.type, rule.scopes)
