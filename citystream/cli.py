@@ -205,13 +205,13 @@ def cmd_process(args: argparse.Namespace) -> int:
 
 def _process_alerts(args: argparse.Namespace) -> int:
     from citystream.kafka import ensure_topics
-    from streams import worker
+    from streams.alerts import agents
 
     settings = build_settings(args, alerts_web_port=args.processor_web_port)
     wait_for_services(settings)
     ensure_topics(settings)  # city.alerts.v1 is read back before anything is produced
     sys.argv = [sys.argv[0], "worker"]
-    worker.run_alerts(settings, loglevel=args.log_level)
+    agents.run(settings, loglevel=args.log_level)
     return 0
 
 

@@ -26,8 +26,27 @@ from typing import Any
 
 import faust
 
+from citystream.settings import Settings
 from schemas.faust_codec import AvroCodec
 from streams.alerts.processor import AlertsProcessor
+from streams.app import create_app
+
+
+def run(settings: Settings, loglevel: str = "INFO") -> None:
+    """The alerts worker: its own Faust app id (consumer group) and web port."""
+    processor = AlertsProcessor(settings)
+    processor.setup()
+    own = {
+        "processor_id": settings.alerts_processor_id,
+        "processor_web_port": settings.alerts_web_port,
+    }
+    app = create_app(settings.model_copy(update=own))
+    register(app, processor)
+    worker = faust.Worker(app, loglevel=loglevel, quiet=True)
+    try:
+        worker.execute_from_commandline()
+    finally:
+        processor.close()
 
 
 def _origin(event: Any) -> str:

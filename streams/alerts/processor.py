@@ -42,6 +42,7 @@ from streams.alerts.rules import (
     ReorderBuffer,
     SlaAlerts,
     default_rules,
+    district_of,
 )
 from streams.reference import CompactedTable
 
@@ -58,7 +59,6 @@ TOPICS = (
 # KPI input is held (not committed) until the KPI stream time is this far past its windows:
 # two of the longest windows (hourly uptime) cover every window a rule looks back at.
 RETAIN_MS = 2 * 3_600_000
-DISTRICT_SCOPES = ("segment", "sensor")  # entities whose district is a road segment's
 REFERENCE_REFRESH_S = 1.0
 
 T = TypeVar("T")
@@ -311,12 +311,7 @@ class AlertsProcessor:
     # --- output ------------------------------------------------------------------------
 
     def _district_of(self, scope: str, entity_id: str) -> str | None:
-        if scope == "district":
-            return entity_id
-        if scope in DISTRICT_SCOPES:
-            district: str | None = self.segments.data.get(entity_id)
-            return district
-        return None
+        return district_of(scope, entity_id, self.segments.data)
 
     def _reject_undecodable(self, value: Undecodable, origin: str) -> None:
         self.stats.undecodable += 1

@@ -119,6 +119,20 @@ class Alert:
         )  # fmt: skip
 
 
+def district_of(scope: str, entity_id: str, segment_districts: Mapping[str, str]) -> str | None:
+    """A district itself; a segment's or a sensor's from the road segments; else unknown.
+
+    Sensor ids are ``<kind>:<segment id>`` (``traffic:158895``, ``air:158895``).
+    """
+    if scope == "district":
+        return entity_id
+    if scope == "segment":
+        return segment_districts.get(entity_id)
+    if scope == "sensor":
+        return segment_districts.get(entity_id.rsplit(":", 1)[-1])
+    return None
+
+
 # --- KPI rules ----------------------------------------------------------------------------
 
 

@@ -139,7 +139,7 @@ def test_alerts_raise_and_clear_once_and_a_restart_raises_nothing_again(
         congestion(0, 0.6, entity="200000"),
         kpi("air.aqi", "district", "8000", 0, 90.0),
         kpi("parking.occupancy_pct", "car_park", "BRUUNS", 0, 96.0),
-        kpi("devices.uptime_pct", "sensor", "158895", 0, 100.0, size=H1),
+        kpi("devices.uptime_pct", "sensor", "traffic:158895", 0, 100.0, size=H1),
         kpi("traffic.vehicle_count", "segment", "158895", 0, 40.0),
     )
     p.kpis(0, congestion(2, 0.8), congestion(3, 0.3), congestion(2, 0.7, entity="200000"))
@@ -148,7 +148,7 @@ def test_alerts_raise_and_clear_once_and_a_restart_raises_nothing_again(
         2,
         congestion(1, 0.75, samples=4, revision=1),  # a revision: no second raise
         kpi("parking.occupancy_pct", "car_park", "BRUUNS", 1, 97.0),
-        kpi("devices.uptime_pct", "sensor", "158895", 1, 0.0, size=H1, samples=0),
+        kpi("devices.uptime_pct", "sensor", "traffic:158895", 1, 0.0, size=H1, samples=0),
         congestion(3, float("nan"), entity="300000"),  # invalid row: dead-lettered
     )
     p.raw("city.kpi.batches.v1", b"not avro at all", 3)
@@ -173,7 +173,7 @@ def test_alerts_raise_and_clear_once_and_a_restart_raises_nothing_again(
             "congestion|158895": ["raised", "cleared"],
             "air_quality|8000": ["raised", "cleared"],
             "parking_full|BRUUNS": ["raised"],
-            "sensor_silent|158895": ["raised"],
+            "sensor_silent|traffic:158895": ["raised"],
             "service_sla|r1": ["raised", "cleared"],
             "service_sla|r4": ["raised"],
         }
@@ -188,7 +188,7 @@ def test_alerts_raise_and_clear_once_and_a_restart_raises_nothing_again(
             "traffic.congestion_index@2014-08-02T06:00:00Z": 0.6,
             "traffic.congestion_index@2014-08-02T06:15:00Z": 0.7,
         }
-        silent = by_state[("sensor_silent|158895", "raised")]
+        silent = by_state[("sensor_silent|traffic:158895", "raised")]
         assert silent["since"].timestamp() * 1000 == T0 + H1 and silent["district"] == "8000"
         sla = by_state[("service_sla|r1", "raised")]
         assert sla["since"].timestamp() * 1000 == T0 + 120 * MIN
@@ -224,6 +224,6 @@ def test_alerts_raise_and_clear_once_and_a_restart_raises_nothing_again(
         stats = pipeline.alerts_stats()
         assert stats["restored"] == 6
         assert stats["kpi_batches"] >= 6  # the held batches were read again
-        assert stats["active"] == 2  # sensor_silent|158895 and the new congestion
+        assert stats["active"] == 2  # sensor_silent|traffic:158895 and the new congestion
     finally:
         pipeline.stop()

@@ -16,6 +16,7 @@ from streams.alerts.rules import (
     ReorderBuffer,
     SlaAlerts,
     default_rules,
+    district_of,
 )
 
 T0 = 1406959200000  # 2014-08-02T06:00:00Z
@@ -421,3 +422,13 @@ def test_every_rule_watches_a_catalogued_kpi_at_one_of_its_scopes() -> None:
     for rule in default_rules(100.0):
         assert rule.kpi in KPIS, rule.kpi
         assert set(rule.scopes) <= set(KPIS[rule.kpi].scopes), (rule.type, rule.scopes)
+
+
+def test_districts_of_segments_sensors_and_districts() -> None:
+    segments = {"158895": "8000"}
+    assert district_of("segment", "158895", segments) == "8000"
+    assert district_of("sensor", "traffic:158895", segments) == "8000"
+    assert district_of("sensor", "158895", segments) == "8000"
+    assert district_of("district", "8200", segments) == "8200"
+    assert district_of("segment", "999999", segments) is None
+    assert district_of("car_park", "BRUUNS", segments) is None
