@@ -64,11 +64,7 @@ def parser() -> argparse.ArgumentParser:
 
     process = sub.add_parser("process", help="run the Faust stream processors")
     process.add_argument(
-        "processor",
-        nargs="?",
-        choices=["alerts"],
-        help="alerts: the alerts processor (own consumer group and web port); "
-        "default: the KPI processors",
+        "processors", nargs="*", metavar="NAME", help="processors to run (default: all)"
     )
     process.add_argument("--web-port", type=int, dest="processor_web_port")
     _add_common(process)
@@ -193,7 +189,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
 def cmd_process(args: argparse.Namespace) -> int:
     from streams import worker
 
-    if args.processor == "alerts":
+    if "alerts" in args.processors:
         return _process_alerts(args)
     settings = build_settings(args, processor_web_port=args.processor_web_port)
     wait_for_services(settings)
@@ -204,9 +200,13 @@ def cmd_process(args: argparse.Namespace) -> int:
 
 
 def _process_alerts(args: argparse.Namespace) -> int:
+    """The alerts processor runs alone: its own Faust app, consumer group and web port."""
     from citystream.kafka import ensure_topics
     from streams.alerts import agents
 
+    if args.processors != ["alerts"]:
+        print("error: alerts runs alone: citystream process alerts", file=sys.stderr)
+        return 2
     settings = build_settings(args, alerts_web_port=args.processor_web_port)
     wait_for_services(settings)
     ensure_topics(settings)  # city.alerts.v1 is read back before anything is produced
