@@ -432,3 +432,44 @@ def test_districts_of_segments_sensors_and_districts() -> None:
     assert district_of("district", "8200", segments) == "8200"
     assert district_of("segment", "999999", segments) is None
     assert district_of("car_park", "BRUUNS", segments) is None
+
+
+# --- every KPI rule: raise once, revisions, redeliveries, clear once ------------------------
+
+RULE_CASES = [
+    # type, kpi, scope, size, (value that meets the rule, one that does not), windows to raise
+    ("congestion", "traffic.congestion_index", "segment", M15, (0.7, 0.2), 2),
+    ("air_quality", "air.aqi", "segment", M15, (120.0, 40.0), 1),
+    ("air_quality", "air.aqi", "district", M15, (120.0, 40.0), 1),
+    ("parking_full", "parking.occupancy_pct", "car_park", M15, (99.0, 50.0), 1),
+    ("sensor_silent", "devices.uptime_pct", "sensor", H1, (0.0, 50.0), 1),
+]
+
+
+@pytest.mark.parametrize(("kind", "kpi", "scope", "size", "values", "needed"), RULE_CASES)
+def test_every_rule_raises_once_ignores_redeliveries_and_clears_once(
+    kind: str, kpi: str, scope: str, size: int, values: tuple[float, float], needed: int
+) -> None:
+    bad, good = values
+    a = engine()
+
+    def win(i: int, v: float, rev: int = 0) -> KpiWindow:
+        return w(kpi, "e1", i, v, scope=scope, size=size, samples=3 + rev, revision=rev)
+
+    raising = [win(i, bad) for i in range(needed)]
+    assert feed(a, *raising[:-1]) == []
+    (raised,) = feed(a, raising[-1])
+    assert (raised.type, raised.state, raised.since) == (kind, RAISED, T0)
+    assert feed(a, raising[-1]) == []  # redelivered
+    assert feed(a, win(needed - 1, bad, rev=1)) == []  # revised, still meets the rule
+    assert feed(a, win(needed, bad)) == []  # the condition goes on
+    (cleared,) = feed(a, win(needed, good, rev=1))  # a revision ends it
+    assert (cleared.state, cleared.alert_id) == (CLEARED, raised.alert_id)
+    assert feed(a, win(needed, good, rev=1), win(needed + 1, good)) == []  # no second clear
+
+
+def test_redelivered_request_events_neither_raise_nor_clear_twice() -> None:
+    s = SlaAlerts()
+    events = [ev("r1", "opened", 0), ev("r2", "opened", 125, opened=125), ev("r1", "closed", 130)]
+    out = run_sla(s, *events, *events)  # the whole sequence delivered twice
+    assert [(x.entity_id, x.state) for x in out] == [("r1", RAISED), ("r1", CLEARED)]
