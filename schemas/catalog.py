@@ -155,6 +155,27 @@ TOPICS: dict[str, TopicSpec] = {
             internal=True,
         ),
         TopicSpec(
+            "city.service_requests.v1",
+            "service_request_event.avsc",
+            key="request_id",
+            doc="Service request lifecycle events (opened, assigned, closed), one per message",
+        ),
+        TopicSpec(
+            "city.service_categories.v1",
+            "service_category.avsc",
+            key="category",
+            doc="Service request categories with their SLA, latest value per category",
+            compacted=True,
+        ),
+        TopicSpec(
+            "city.alerts.v1",
+            "alert.avsc",
+            key="type|entity_id",
+            doc="Alerts for downstream services: one message per raise or clear; compacted, "
+            "so the latest transition per type and entity is the current alert state",
+            compacted=True,
+        ),
+        TopicSpec(
             "city.dlq.v1",
             "dead_letter.avsc",
             key="reason",
