@@ -97,7 +97,8 @@ class Stats:
 
 
 class _NoReference(dict[str, Any]):
-    def refresh(self) -> None: ...
+    def refresh(self) -> int:
+        return 0
 
     def close(self) -> None: ...
 
@@ -271,7 +272,8 @@ class WindowedProcessor:
         if time.monotonic() - self._last_reference_refresh < 1.0:
             return
         self._last_reference_refresh = time.monotonic()
-        await asyncio.get_running_loop().run_in_executor(None, self.reference.refresh)
+        changed = await asyncio.get_running_loop().run_in_executor(None, self.reference.refresh)
+        log.info("%s: reference refreshed: %d changed, %d known", self.name, changed, len(known))
 
     def _dead_letter_late(self, emission: Emission, batch: dict[str, Any]) -> None:
         for late in emission.late:
