@@ -38,6 +38,7 @@ __all__ = [
     "main",
     "reset",
     "status",
+    "stop_service",
     "up",
 ]
 
@@ -220,6 +221,25 @@ def down(cfg: StackConfig, progress: Progress = print) -> None:
             else:
                 progress(f"{svc.name}: not running (removed stale pid file, pid {pid})")
                 _proc.remove_pid(svc.pid_file)
+
+
+def stop_service(cfg: StackConfig, name: str, progress: Progress = print) -> bool:
+    """Stop one service of the stack (e.g. ``"kafka"`` for a broker-outage drill).
+
+    Its data stays in ``cfg.data_dir``; a later :func:`up` with the same config starts it
+    again on the same data. Returns False when it was not running.
+    """
+    by_name = {svc.name: svc for svc in _services(cfg)}
+    if name not in by_name:
+        raise StackError(f"no service {name!r} in the stack (have: {', '.join(by_name)})")
+    svc = by_name[name]
+    with _proc.locked(cfg.data_dir / ".lock"):
+        pid = _proc.running_pid(svc.pid_file, svc.markers)
+        if pid is None:
+            progress(f"{svc.name}: not running")
+            return False
+        _stop_service(svc, pid, progress)
+        return True
 
 
 def status(cfg: StackConfig) -> dict[str, ServiceStatus]:
