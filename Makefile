@@ -33,6 +33,10 @@ mosquitto: ## install Debian's mosquitto (the MQTT broker of the stack and tests
 demo: $(STAMP) ## the whole pipeline on one day of real Aarhus traffic, KPIs printed
 	$(CITYSTREAM) demo
 
+# The test stack also opens its SCRAM and SCRAM-over-TLS listeners (tests/integration/
+# test_kafka_security.py); other targets leave them off.
+test: export CITYSTREAM_KAFKA_SCRAM_PORT ?= 9094
+test: export CITYSTREAM_KAFKA_TLS_PORT ?= 9095
 test: $(STAMP) mosquitto ## lint, then every test on the real stack (started and stopped here)
 	$(BIN)/ruff check .
 	$(BIN)/mypy citystream schemas streams connectors infra

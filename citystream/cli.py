@@ -144,6 +144,8 @@ def stack_config(settings: Settings) -> Any:
         registry_port=settings.registry_port,
         registry_version=registry_version_for(None),
         mosquitto_port=settings.mqtt_port,
+        scram_port=settings.kafka_scram_port,
+        tls_port=settings.kafka_tls_port,
     )
 
 

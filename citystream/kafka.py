@@ -21,7 +21,7 @@ class DeliveryError(RuntimeError):
 
 
 def topic_config(spec: TopicSpec, settings: Settings) -> dict[str, str]:
-    conf = {"min.insync.replicas": str(min(2, settings.replication_factor))}
+    conf = {"min.insync.replicas": str(settings.topic_min_insync_replicas)}
     if spec.compacted:
         conf.update({"cleanup.policy": "compact", "min.cleanable.dirty.ratio": "0.1"})
     if spec.retention_ms is not None:

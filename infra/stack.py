@@ -24,7 +24,7 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from infra import _java, _proc, kafka_service, mosquitto_service, registry_service
+from infra import _java, _proc, kafka_security, kafka_service, mosquitto_service, registry_service
 from infra._service import Progress, Service
 from infra.config import StackConfig, default_cache_dir
 from infra.errors import StackError
@@ -184,6 +184,9 @@ def up(cfg: StackConfig, progress: Progress = print, timeout_s: float = 180) -> 
             for svc in services:
                 since = launched if svc.name in started else None
                 _wait_ready(svc, pids[svc.name], since, deadline, progress)
+            if kafka_security.enabled(cfg):
+                kafka_security.ensure_user(cfg)
+                progress(f"kafka: SCRAM user {kafka_security.credentials(cfg)[0]!r} ready")
         except BaseException:
             for svc in reversed(services):
                 pid = started.get(svc.name)
@@ -311,6 +314,16 @@ def _parser() -> argparse.ArgumentParser:
             default=_env_int(var, default),
             help=f"{what} (env {var}; default {default})",
         )
+    for flag, var, what in (
+        ("--scram-port", "CITYSTREAM_KAFKA_SCRAM_PORT", "extra SCRAM-SHA-512 listener"),
+        ("--tls-port", "CITYSTREAM_KAFKA_TLS_PORT", "extra SCRAM-over-TLS listener"),
+    ):
+        common.add_argument(
+            flag,
+            type=int,
+            default=_env_int(var, 0) or None,
+            help=f"{what} (env {var}; default: none)",
+        )
     common.add_argument("--kafka-version", default=StackConfig.kafka_version)
     common.add_argument("--registry-version", default=StackConfig.registry_version)
     common.add_argument(
@@ -368,6 +381,8 @@ def _config(args: argparse.Namespace) -> StackConfig:
         java_home=args.java_home,
         registry_storage=args.registry_storage,
         mosquitto_port=args.mosquitto_port,
+        scram_port=args.scram_port,
+        tls_port=args.tls_port,
     )
 
 
