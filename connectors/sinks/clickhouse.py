@@ -142,15 +142,25 @@ def connect(settings: Settings, *, readonly: bool = False) -> Client:
     return client
 
 
+def _applied(client: Client, db: str) -> set[int]:
+    if str(client.command(f"EXISTS TABLE {db}.schema_migrations", use_database=False)) != "1":
+        return set()
+    rows = client.query(f"SELECT version FROM {db}.schema_migrations FINAL").result_rows
+    return {int(row[0]) for row in rows}
+
+
 def migrate(client: Client, database: str) -> list[int]:
-    """Create the database and apply pending migrations; returns the versions applied now."""
+    """Create the database and apply pending migrations; returns the versions applied now.
+
+    When every migration is applied it runs no DDL at all, so the sink can start as a user
+    that may only insert KPIs (infra/clickhouse/users.sql).
+    """
     db = quote_identifier(database)
+    if {m.version for m in MIGRATIONS} <= _applied(client, db):
+        return []
     client.command(f"CREATE DATABASE IF NOT EXISTS {db}", use_database=False)
     client.command(_MIGRATIONS_DDL.format(db=db), use_database=False)
-    done = {
-        int(row[0])
-        for row in client.query(f"SELECT version FROM {db}.schema_migrations FINAL").result_rows
-    }
+    done = _applied(client, db)
     applied = []
     for migration in MIGRATIONS:
         if migration.version in done:
