@@ -90,8 +90,14 @@ def parser() -> argparse.ArgumentParser:
     ingest.add_argument("--port", type=int, dest="ingest_http_port", help="HTTP port (http)")
     _add_common(ingest)
 
-    verify = sub.add_parser("verify", help="recompute KPIs from the source files, compare")
-    verify.add_argument("dataset", choices=["aarhus"])
+    verify = sub.add_parser(
+        "verify", help="recompute KPIs from the source files or the raw topics, compare"
+    )
+    verify.add_argument("dataset", choices=["aarhus", "topics"])
+    verify.add_argument(
+        "--from", dest="since", help="topics: only windows starting at or after (ISO; UTC)"
+    )
+    verify.add_argument("--to", dest="until", help="topics: only windows starting before (ISO)")
     verify.add_argument("--traffic", type=Path, default=DATA_DIR / "traffic_2014-08-02.csv.gz")
     verify.add_argument("--metadata", type=Path, default=DATA_DIR / "traffic_metadata.csv")
     _add_common(verify)
@@ -235,8 +241,10 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
-    from citystream.verify import run_verify
+    from citystream.verify import run_verify, run_verify_topics
 
+    if args.dataset == "topics":
+        return run_verify_topics(build_settings(args), args.since, args.until)
     return run_verify(build_settings(args), args.traffic, args.metadata)
 
 
