@@ -239,7 +239,7 @@ def _topic_values(settings: Settings, topic: str) -> Iterator[tuple[Any, Any]]:
                 for msg in batch:
                     if msg.error() is not None:
                         raise RuntimeError(f"reading {topic}: {msg.error()}")
-                    position = msg.offset() + 1
+                    position = (msg.offset() or 0) + 1
                     if msg.value() is None:
                         yield msg.key(), None  # a tombstone
                         continue
