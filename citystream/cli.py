@@ -102,6 +102,17 @@ def parser() -> argparse.ArgumentParser:
     verify.add_argument("--metadata", type=Path, default=DATA_DIR / "traffic_metadata.csv")
     _add_common(verify)
 
+    soak = sub.add_parser("soak", help="looped real traffic, faults every M s, then verify")
+    soak.add_argument("--minutes", type=float, default=10.0)
+    soak.add_argument("--fault-every", type=float, default=30.0, help="seconds between faults")
+    soak.add_argument("--rate", type=float, default=5000.0, help="readings per second")
+    soak.add_argument("--seed", type=int, default=20140802)
+    soak.add_argument(
+        "--traffic", type=Path, default=None, help="default: the 7-day file, else the shipped day"
+    )
+    soak.add_argument("--metadata", type=Path, default=DATA_DIR / "traffic_metadata.csv")
+    _add_common(soak)
+
     bench = sub.add_parser("bench", help="throughput and latency on the real stack")
     bench.add_argument("--traffic", type=Path, help="default: the 7-day Aarhus file")
     bench.add_argument("--metadata", type=Path, default=DATA_DIR / "traffic_metadata.csv")
@@ -248,6 +259,19 @@ def cmd_verify(args: argparse.Namespace) -> int:
     return run_verify(build_settings(args), args.traffic, args.metadata)
 
 
+def cmd_soak(args: argparse.Namespace) -> int:
+    from citystream.soak import AarhusLoop, run_soak
+
+    settings = build_settings(args)
+    week = settings.aarhus_dir / "traffic_2014-08-01_07.csv.gz"
+    traffic = args.traffic or (week if week.is_file() else DATA_DIR / "traffic_2014-08-02.csv.gz")
+    source = AarhusLoop(traffic, args.metadata)
+    return run_soak(
+        settings, source, args.minutes, args.fault_every, args.rate, args.seed,
+        stack_config(settings),
+    )  # fmt: skip
+
+
 def cmd_bench(args: argparse.Namespace) -> int:
     from citystream.bench import run_bench
 
@@ -317,6 +341,7 @@ COMMANDS = {
     "query": cmd_query,
     "demo": cmd_demo,
     "verify": cmd_verify,
+    "soak": cmd_soak,
     "bench": cmd_bench,
     "ingest": cmd_ingest,
 }

@@ -300,11 +300,11 @@ def parse_instant(text: str) -> int:
     return _epoch_ms(moment)
 
 
-def run_verify_topics(settings: Settings, since: str | None, until: str | None) -> int:
+def verify_topics(
+    settings: Settings, since_ms: int | None = None, until_ms: int | None = None
+) -> tuple[TopicInput, Comparison]:
     """Recompute from the whole per-reading topic (dedup and lateness depend on what came
     before a window), then compare the windows that start in [since, until)."""
-    since_ms = parse_instant(since) if since else None
-    until_ms = parse_instant(until) if until else None
     data = read_topics(settings)
     expected = aggregate(
         data.readings,
@@ -317,6 +317,13 @@ def run_verify_topics(settings: Settings, since: str | None, until: str | None) 
         in_range(expected, since_ms, until_ms),
         stored_kpis(settings, since_ms=since_ms, until_ms=until_ms),
     )
+    return data, result
+
+
+def run_verify_topics(settings: Settings, since: str | None, until: str | None) -> int:
+    since_ms = parse_instant(since) if since else None
+    until_ms = parse_instant(until) if until else None
+    data, result = verify_topics(settings, since_ms, until_ms)
     print(
         f"read {len(data.readings):,} readings from {settings.topic('city.traffic.v1')} "
         f"({data.undecodable:,} undecodable, skipped), {len(data.segments):,} road segments"
