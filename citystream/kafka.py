@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
@@ -136,16 +137,28 @@ def partition_for(key: bytes, partitions: int) -> int:
     return (murmur2(key) & 0x7FFFFFFF) % partitions
 
 
+_MOVED = (KafkaError.NOT_LEADER_FOR_PARTITION, KafkaError.LEADER_NOT_AVAILABLE)
+
+
 def end_offsets(settings: Settings, topic: str, timeout: float = 10.0) -> dict[int, int]:
-    consumer = Consumer(settings.kafka_config(**{"group.id": "citystream-offsets"}))
-    try:
-        meta = consumer.list_topics(topic, timeout=timeout).topics[topic]
-        return {
-            p: consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=timeout)[1]
-            for p in meta.partitions
-        }
-    finally:
-        consumer.close()
+    """Log end offset per partition. Retries while leadership moves (a broker restarting)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        consumer = Consumer(settings.kafka_config(**{"group.id": "citystream-offsets"}))
+        try:
+            meta = consumer.list_topics(topic, timeout=timeout).topics[topic]
+            return {
+                p: consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=timeout)[1]
+                for p in meta.partitions
+            }
+        except KafkaException as exc:
+            error = exc.args[0]
+            if time.monotonic() > deadline or not (error.retriable() or error.code() in _MOVED):
+                raise
+            log.info("end offsets of %s: %s; retrying", topic, error.str())
+        finally:
+            consumer.close()
+        time.sleep(0.5)
 
 
 def committed_offsets(
