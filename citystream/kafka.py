@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
@@ -138,12 +139,28 @@ def partition_for(key: bytes, partitions: int) -> int:
 
 
 _MOVED = (KafkaError.NOT_LEADER_FOR_PARTITION, KafkaError.LEADER_NOT_AVAILABLE)
+T = TypeVar("T")
+
+
+def _retrying(what: str, timeout: float, call: Callable[[], T]) -> T:
+    """``call()``, again while the error is transient (a broker restarting moves leaders
+    and the group coordinator), until ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            return call()
+        except KafkaException as exc:
+            error = exc.args[0]
+            if time.monotonic() > deadline or not (error.retriable() or error.code() in _MOVED):
+                raise
+            log.info("%s: %s; retrying", what, error.str())
+        time.sleep(0.5)
 
 
 def end_offsets(settings: Settings, topic: str, timeout: float = 10.0) -> dict[int, int]:
-    """Log end offset per partition. Retries while leadership moves (a broker restarting)."""
-    deadline = time.monotonic() + timeout
-    while True:
+    """Log end offset per partition."""
+
+    def read() -> dict[int, int]:
         consumer = Consumer(settings.kafka_config(**{"group.id": "citystream-offsets"}))
         try:
             meta = consumer.list_topics(topic, timeout=timeout).topics[topic]
@@ -151,25 +168,26 @@ def end_offsets(settings: Settings, topic: str, timeout: float = 10.0) -> dict[i
                 p: consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=timeout)[1]
                 for p in meta.partitions
             }
-        except KafkaException as exc:
-            error = exc.args[0]
-            if time.monotonic() > deadline or not (error.retriable() or error.code() in _MOVED):
-                raise
-            log.info("end offsets of %s: %s; retrying", topic, error.str())
         finally:
             consumer.close()
-        time.sleep(0.5)
+
+    return _retrying(f"end offsets of {topic}", timeout, read)
 
 
 def committed_offsets(
     settings: Settings, group: str, topic: str, partitions: Iterable[int], timeout: float = 10.0
 ) -> dict[int, int]:
-    consumer = Consumer(settings.kafka_config(**{"group.id": group, "enable.auto.commit": False}))
-    try:
-        wanted = [TopicPartition(topic, p) for p in partitions]
-        return {tp.partition: max(tp.offset, 0) for tp in consumer.committed(wanted, timeout)}
-    finally:
-        consumer.close()
+    wanted = [TopicPartition(topic, p) for p in partitions]
+
+    def read() -> dict[int, int]:
+        conf = settings.kafka_config(**{"group.id": group, "enable.auto.commit": False})
+        consumer = Consumer(conf)
+        try:
+            return {tp.partition: max(tp.offset, 0) for tp in consumer.committed(wanted, timeout)}
+        finally:
+            consumer.close()
+
+    return _retrying(f"committed offsets of {group}", timeout, read)
 
 
 def group_lag(settings: Settings, group: str, topic: str) -> int:
