@@ -129,8 +129,14 @@ def parser() -> argparse.ArgumentParser:
     ingest.add_argument("--port", type=int, dest="ingest_http_port", help="HTTP port (http)")
     _add_common(ingest)
 
-    verify = sub.add_parser("verify", help="recompute KPIs from the source files, compare")
-    verify.add_argument("dataset", choices=["aarhus"])
+    verify = sub.add_parser(
+        "verify", help="recompute KPIs from the source files or the raw topics, compare"
+    )
+    verify.add_argument("dataset", choices=["aarhus", "topics"])
+    verify.add_argument(
+        "--from", dest="since", help="topics: only windows starting at or after (ISO; UTC)"
+    )
+    verify.add_argument("--to", dest="until", help="topics: only windows starting before (ISO)")
     verify.add_argument("--traffic", type=Path, default=DATA_DIR / "traffic_2014-08-02.csv.gz")
     verify.add_argument("--metadata", type=Path, default=DATA_DIR / "traffic_metadata.csv")
     _add_common(verify)
@@ -147,6 +153,16 @@ def parser() -> argparse.ArgumentParser:
         type=Path,
         help="asyncapi: where to write (default docs/asyncapi.yaml; '-' prints it)",
     )
+    soak = sub.add_parser("soak", help="looped real traffic, faults every M s, then verify")
+    soak.add_argument("--minutes", type=float, default=10.0)
+    soak.add_argument("--fault-every", type=float, default=30.0, help="seconds between faults")
+    soak.add_argument("--rate", type=float, default=5000.0, help="readings per second")
+    soak.add_argument("--seed", type=int, default=20140802)
+    soak.add_argument(
+        "--traffic", type=Path, default=None, help="default: the 7-day file, else the shipped day"
+    )
+    soak.add_argument("--metadata", type=Path, default=DATA_DIR / "traffic_metadata.csv")
+    _add_common(soak)
 
     bench = sub.add_parser("bench", help="throughput and latency on the real stack")
     bench.add_argument("--traffic", type=Path, help="default: the 7-day Aarhus file")
@@ -196,6 +212,8 @@ def stack_config(settings: Settings) -> Any:
         registry_port=settings.registry_port,
         registry_version=registry_version_for(None),
         mosquitto_port=settings.mqtt_port,
+        scram_port=settings.kafka_scram_port,
+        tls_port=settings.kafka_tls_port,
     )
 
 
@@ -318,8 +336,10 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
-    from citystream.verify import run_verify
+    from citystream.verify import run_verify, run_verify_topics
 
+    if args.dataset == "topics":
+        return run_verify_topics(build_settings(args), args.since, args.until)
     return run_verify(build_settings(args), args.traffic, args.metadata)
 
 
@@ -342,6 +362,19 @@ def cmd_catalog(args: argparse.Namespace) -> int:
     output.write_text(text)
     print(f"{output}: {len(catalog.public_topics())} topics")
     return 0
+
+
+def cmd_soak(args: argparse.Namespace) -> int:
+    from citystream.soak import AarhusLoop, run_soak
+
+    settings = build_settings(args)
+    week = settings.aarhus_dir / "traffic_2014-08-01_07.csv.gz"
+    traffic = args.traffic or (week if week.is_file() else DATA_DIR / "traffic_2014-08-02.csv.gz")
+    source = AarhusLoop(traffic, args.metadata)
+    return run_soak(
+        settings, source, args.minutes, args.fault_every, args.rate, args.seed,
+        stack_config(settings),
+    )  # fmt: skip
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
@@ -413,6 +446,7 @@ COMMANDS = {
     "query": cmd_query,
     "demo": cmd_demo,
     "verify": cmd_verify,
+    "soak": cmd_soak,
     "bench": cmd_bench,
     "catalog": cmd_catalog,
     "ingest": cmd_ingest,

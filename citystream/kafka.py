@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable
+import time
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
@@ -21,7 +23,7 @@ class DeliveryError(RuntimeError):
 
 
 def topic_config(spec: TopicSpec, settings: Settings) -> dict[str, str]:
-    conf = {"min.insync.replicas": str(min(2, settings.replication_factor))}
+    conf = {"min.insync.replicas": str(settings.topic_min_insync_replicas)}
     if spec.compacted:
         conf.update({"cleanup.policy": "compact", "min.cleanable.dirty.ratio": "0.1"})
     if spec.retention_ms is not None:
@@ -136,27 +138,56 @@ def partition_for(key: bytes, partitions: int) -> int:
     return (murmur2(key) & 0x7FFFFFFF) % partitions
 
 
+_MOVED = (KafkaError.NOT_LEADER_FOR_PARTITION, KafkaError.LEADER_NOT_AVAILABLE)
+T = TypeVar("T")
+
+
+def _retrying(what: str, timeout: float, call: Callable[[], T]) -> T:
+    """``call()``, again while the error is transient (a broker restarting moves leaders
+    and the group coordinator), until ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            return call()
+        except KafkaException as exc:
+            error = exc.args[0]
+            if time.monotonic() > deadline or not (error.retriable() or error.code() in _MOVED):
+                raise
+            log.info("%s: %s; retrying", what, error.str())
+        time.sleep(0.5)
+
+
 def end_offsets(settings: Settings, topic: str, timeout: float = 10.0) -> dict[int, int]:
-    consumer = Consumer(settings.kafka_config(**{"group.id": "citystream-offsets"}))
-    try:
-        meta = consumer.list_topics(topic, timeout=timeout).topics[topic]
-        return {
-            p: consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=timeout)[1]
-            for p in meta.partitions
-        }
-    finally:
-        consumer.close()
+    """Log end offset per partition."""
+
+    def read() -> dict[int, int]:
+        consumer = Consumer(settings.kafka_config(**{"group.id": "citystream-offsets"}))
+        try:
+            meta = consumer.list_topics(topic, timeout=timeout).topics[topic]
+            return {
+                p: consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=timeout)[1]
+                for p in meta.partitions
+            }
+        finally:
+            consumer.close()
+
+    return _retrying(f"end offsets of {topic}", timeout, read)
 
 
 def committed_offsets(
     settings: Settings, group: str, topic: str, partitions: Iterable[int], timeout: float = 10.0
 ) -> dict[int, int]:
-    consumer = Consumer(settings.kafka_config(**{"group.id": group, "enable.auto.commit": False}))
-    try:
-        wanted = [TopicPartition(topic, p) for p in partitions]
-        return {tp.partition: max(tp.offset, 0) for tp in consumer.committed(wanted, timeout)}
-    finally:
-        consumer.close()
+    wanted = [TopicPartition(topic, p) for p in partitions]
+
+    def read() -> dict[int, int]:
+        conf = settings.kafka_config(**{"group.id": group, "enable.auto.commit": False})
+        consumer = Consumer(conf)
+        try:
+            return {tp.partition: max(tp.offset, 0) for tp in consumer.committed(wanted, timeout)}
+        finally:
+            consumer.close()
+
+    return _retrying(f"committed offsets of {group}", timeout, read)
 
 
 def group_lag(settings: Settings, group: str, topic: str) -> int:

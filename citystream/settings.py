@@ -34,12 +34,20 @@ class Settings(BaseSettings):
     kafka_sasl_mechanism: str | None = Field(None, description="sasl.mechanism")
     kafka_sasl_username: str | None = Field(None, description="sasl.username")
     kafka_sasl_password: SecretStr | None = Field(None, description="sasl.password")
+    kafka_ssl_ca_file: Path | None = Field(
+        None, description="CA bundle that signs the brokers' TLS certificates (ssl.ca.location)"
+    )
     kafka_extra: dict[str, str] = Field(
         default_factory=dict, description="Extra librdkafka settings (JSON object)"
     )
     topic_prefix: str = Field("", description="Prepended to every topic and group name")
     partitions: int = Field(6, ge=1, description="Partitions of the per-reading topics")
     replication_factor: int = Field(1, ge=1, description="Replication factor of new topics")
+    min_insync_replicas: int | None = Field(
+        None,
+        ge=1,
+        description="min.insync.replicas of new topics (default: min(2, replication factor))",
+    )
 
     # --- schema registry ---------------------------------------------------------------
     schema_registry_url: str = Field(
@@ -55,6 +63,12 @@ class Settings(BaseSettings):
     kafka_port: int = Field(9092, description="Broker port of the local stack")
     controller_port: int = Field(9093, description="KRaft controller port of the local stack")
     registry_port: int = Field(8081, description="Registry port of the local stack")
+    kafka_scram_port: int | None = Field(
+        None, description="Extra SCRAM-SHA-512 listener of the local stack (off when unset)"
+    )
+    kafka_tls_port: int | None = Field(
+        None, description="Extra SCRAM-over-TLS listener of the local stack (off when unset)"
+    )
 
     # --- processing ---------------------------------------------------------------------
     window_minutes: int = Field(15, ge=1, description="Tumbling window length")
@@ -136,6 +150,11 @@ class Settings(BaseSettings):
     mqtt_username: str | None = Field(None, description="MQTT user of the MQTT ingest")
     mqtt_password: SecretStr | None = Field(None, description="MQTT password (secret)")
 
+    @property
+    def topic_min_insync_replicas(self) -> int:
+        """With acks=all, a write needs this many in-sync copies (2 of 3 in production)."""
+        return self.min_insync_replicas or min(2, self.replication_factor)
+
     def topic(self, name: str) -> str:
         return f"{self.topic_prefix}{name}"
 
@@ -164,6 +183,8 @@ class Settings(BaseSettings):
             conf["sasl.username"] = self.kafka_sasl_username
         if self.kafka_sasl_password:
             conf["sasl.password"] = self.kafka_sasl_password.get_secret_value()
+        if self.kafka_ssl_ca_file:
+            conf["ssl.ca.location"] = str(self.kafka_ssl_ca_file)
         conf.update(self.kafka_extra)
         conf.update(overrides)
         return conf

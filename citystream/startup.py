@@ -12,6 +12,7 @@ import time
 import urllib.request
 from collections.abc import Callable
 
+from confluent_kafka import KafkaError, KafkaException
 from confluent_kafka.admin import AdminClient
 
 from citystream.settings import Settings
@@ -23,8 +24,30 @@ class ServiceUnavailable(RuntimeError):
     pass
 
 
+class CredentialsRejected(ServiceUnavailable):
+    """The service answered and refused our credentials: waiting will not help."""
+
+
 def _kafka_reachable(settings: Settings) -> None:
-    AdminClient(settings.kafka_config()).list_topics(timeout=5)
+    refused: list[KafkaError] = []
+
+    def on_error(error: KafkaError) -> None:
+        if error.code() == KafkaError._AUTHENTICATION:
+            refused.append(error)
+
+    admin = AdminClient(settings.kafka_config(error_cb=on_error, log_level=0))
+    try:
+        admin.list_topics(timeout=5)
+    except KafkaException:
+        admin.poll(0)  # serves the error callbacks
+        if refused:
+            raise CredentialsRejected(
+                f"Kafka at {settings.kafka_bootstrap_servers} refused the "
+                f"{settings.kafka_sasl_mechanism or 'SASL'} login of user "
+                f"{settings.kafka_sasl_username!r} ({refused[0].str()}). Check "
+                "CITYSTREAM_KAFKA_SASL_USERNAME / CITYSTREAM_KAFKA_SASL_PASSWORD."
+            ) from None
+        raise
 
 
 def _registry_reachable(settings: Settings) -> None:
@@ -44,6 +67,8 @@ def _wait(name: str, where: str, probe: Callable[[], None], deadline: float) -> 
         try:
             probe()
             return
+        except CredentialsRejected:
+            raise
         except Exception as exc:  # any failure to reach it means: not there yet
             left = deadline - time.monotonic()
             if left <= 0:

@@ -1,9 +1,13 @@
-"""`citystream verify`: recompute the traffic KPIs from the source files, compare with ClickHouse.
+"""`citystream verify`: recompute the traffic KPIs independently, compare with ClickHouse.
+
+Two inputs: the source files (`verify aarhus`), or the raw per-reading topic
+`city.traffic.v1` plus `city.road_segments.v1` as any subscriber sees them
+(`verify topics`, optionally for windows in a time range).
 
 For auditors, and the oracle of the tests and the benchmark. It deliberately shares no
 parsing or aggregation code with the source or the processors: it is the README's KPI
 contract written a second time, as plainly as possible, so a bug in either side shows
-up as a difference.
+up as a difference. Topics are decoded with confluent-kafka's stock Avro deserializer.
 """
 
 from __future__ import annotations
@@ -15,8 +19,9 @@ import math
 from collections import defaultdict
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 from zoneinfo import ZoneInfo
 
 from citystream.kafka import partition_for
@@ -137,11 +142,22 @@ def _kpis(
     return out
 
 
-def stored_kpis(settings: Settings, kpi_prefix: str = "traffic.") -> dict[Key, Value]:
+def stored_kpis(
+    settings: Settings,
+    kpi_prefix: str = "traffic.",
+    since_ms: int | None = None,
+    until_ms: int | None = None,
+) -> dict[Key, Value]:
+    """KPI rows in ClickHouse; with a range, those whose window starts in [since, until)."""
+    where = f"startsWith(kpi, '{kpi_prefix}')"
+    if since_ms is not None:
+        where += f" AND window_start >= fromUnixTimestamp64Milli(toInt64({int(since_ms)}))"
+    if until_ms is not None:
+        where += f" AND window_start < fromUnixTimestamp64Milli(toInt64({int(until_ms)}))"
     _, rows = run_query(
         settings,
         "SELECT kpi, scope, entity_id, toUnixTimestamp64Milli(window_start), value, samples "
-        f"FROM kpi FINAL WHERE startsWith(kpi, '{kpi_prefix}')",
+        f"FROM kpi FINAL WHERE {where}",
     )
     return {(r[0], r[1], r[2], int(r[3])): (float(r[4]), int(r[5])) for r in rows}
 
@@ -187,6 +203,140 @@ def run_verify(settings: Settings, traffic: Path, metadata: Path) -> int:
         traffic, metadata, settings.partitions, settings.window_minutes, settings.grace_minutes
     )
     result = compare(expected, stored_kpis(settings))
+    print(result.summary())
+    print("verify: OK" if result.ok else "verify: DIFFERENCES FOUND")
+    return 0 if result.ok else 1
+
+
+# --- from the raw topics --------------------------------------------------------------------
+
+
+@dataclass
+class TopicInput:
+    readings: list[tuple[str, int, int, float]] = field(default_factory=list)
+    segments: dict[str, dict[str, str | None]] = field(default_factory=dict)
+    undecodable: int = 0
+
+
+UNDECODABLE = object()
+
+
+def _topic_values(settings: Settings, topic: str) -> Iterator[tuple[Any, Any]]:
+    """Every (key, decoded value) of ``topic`` up to its current end, partition by partition.
+
+    Per-partition order is what the contract's duplicate and late rules depend on.
+    """
+    from confluent_kafka import Consumer, TopicPartition
+    from confluent_kafka.schema_registry import SchemaRegistryClient
+    from confluent_kafka.schema_registry.avro import AvroDeserializer
+    from confluent_kafka.serialization import MessageField, SerializationContext
+
+    from citystream.kafka import end_offsets
+
+    decode = AvroDeserializer(SchemaRegistryClient(settings.registry_config()))
+    context = SerializationContext(topic, MessageField.VALUE)
+    conf = {"group.id": settings.group("citystream-verify"), "enable.auto.commit": False}
+    consumer = Consumer(settings.kafka_config(**conf, **{"isolation.level": "read_committed"}))
+    try:
+        for partition, end in sorted(end_offsets(settings, topic).items()):
+            consumer.assign([TopicPartition(topic, partition, 0)])
+            position = 0
+            while position < end:
+                batch = consumer.consume(5000, timeout=1.0)
+                if not batch:  # compaction may have removed the last offsets
+                    position = consumer.position([TopicPartition(topic, partition)])[0].offset
+                for msg in batch:
+                    if msg.error() is not None:
+                        raise RuntimeError(f"reading {topic}: {msg.error()}")
+                    position = (msg.offset() or 0) + 1
+                    if msg.value() is None:
+                        yield msg.key(), None  # a tombstone
+                        continue
+                    try:
+                        yield msg.key(), decode(msg.value(), context)
+                    except Exception:  # counted and reported, never a KPI
+                        yield msg.key(), UNDECODABLE
+    finally:
+        consumer.close()
+
+
+def _epoch_ms(value: datetime | int) -> int:
+    if isinstance(value, int):
+        return value
+    return (value - datetime(1970, 1, 1, tzinfo=UTC)) // timedelta(milliseconds=1)
+
+
+def read_topics(settings: Settings) -> TopicInput:
+    """Readings of ``city.traffic.v1`` and the latest segment of ``city.road_segments.v1``."""
+    out = TopicInput()
+    for key, segment in _topic_values(settings, settings.topic("city.road_segments.v1")):
+        sid = key.decode() if isinstance(key, bytes) else str(key)
+        if segment is None:
+            out.segments.pop(sid, None)
+        elif isinstance(segment, dict):
+            out.segments[sid] = {
+                "POINT_1_POSTAL_CODE": segment["district"],
+                "NDT_IN_KMH": str(segment["free_flow_speed_kmh"]),
+            }
+    for _, reading in _topic_values(settings, settings.topic("city.traffic.v1")):
+        if reading is UNDECODABLE or not isinstance(reading, dict):
+            out.undecodable += 1
+            continue
+        out.readings.append(
+            (
+                reading["segment_id"],
+                _epoch_ms(reading["event_time"]),
+                int(reading["vehicle_count"]),
+                float(reading["avg_speed_kmh"]),
+            )
+        )
+    return out
+
+
+def in_range(
+    kpis: dict[Key, Value], since_ms: int | None, until_ms: int | None
+) -> dict[Key, Value]:
+    low = since_ms if since_ms is not None else -(2**63)
+    high = until_ms if until_ms is not None else 2**63
+    return {k: v for k, v in kpis.items() if low <= k[3] < high}
+
+
+def parse_instant(text: str) -> int:
+    """ISO 8601 to epoch ms; a time without an offset is UTC."""
+    moment = datetime.fromisoformat(text)
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return _epoch_ms(moment)
+
+
+def verify_topics(
+    settings: Settings, since_ms: int | None = None, until_ms: int | None = None
+) -> tuple[TopicInput, Comparison]:
+    """Recompute from the whole per-reading topic (dedup and lateness depend on what came
+    before a window), then compare the windows that start in [since, until)."""
+    data = read_topics(settings)
+    expected = aggregate(
+        data.readings,
+        data.segments,
+        settings.partitions,
+        settings.window_minutes,
+        settings.grace_minutes,
+    )
+    result = compare(
+        in_range(expected, since_ms, until_ms),
+        stored_kpis(settings, since_ms=since_ms, until_ms=until_ms),
+    )
+    return data, result
+
+
+def run_verify_topics(settings: Settings, since: str | None, until: str | None) -> int:
+    since_ms = parse_instant(since) if since else None
+    until_ms = parse_instant(until) if until else None
+    data, result = verify_topics(settings, since_ms, until_ms)
+    print(
+        f"read {len(data.readings):,} readings from {settings.topic('city.traffic.v1')} "
+        f"({data.undecodable:,} undecodable, skipped), {len(data.segments):,} road segments"
+    )
     print(result.summary())
     print("verify: OK" if result.ok else "verify: DIFFERENCES FOUND")
     return 0 if result.ok else 1

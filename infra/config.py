@@ -43,6 +43,10 @@ class StackConfig:
     registry_storage: str = "file"
     """Registry database: "memory" is emptied by every restart; "file" (H2 in data_dir)
     survives down/up like Kafka's data does, so old records' schema ids stay resolvable."""
+    scram_port: int | None = None
+    """Port of an extra SASL_PLAINTEXT (SCRAM-SHA-512) listener; None: no such listener."""
+    tls_port: int | None = None
+    """Port of an extra SASL_SSL (SCRAM over TLS) listener; None: no such listener."""
     mosquitto_port: int | None = None
     """MQTT port of the optional Mosquitto broker; None (the library default): no broker.
     The CLIs pass CITYSTREAM_MQTT_PORT (1883), see infra/mosquitto_service.py."""
@@ -60,10 +64,16 @@ class StackConfig:
         for name, port in ports.items():
             if not 0 < port < 65536:
                 raise ValueError(f"{name}={port} is not a TCP port number")
-        if self.mosquitto_port is not None:
-            ports["mosquitto_port"] = self.mosquitto_port
-            if not 0 < self.mosquitto_port < 65536:
-                raise ValueError(f"mosquitto_port={self.mosquitto_port} is not a TCP port number")
+        optional = {
+            "scram_port": self.scram_port,
+            "tls_port": self.tls_port,
+            "mosquitto_port": self.mosquitto_port,
+        }
+        for name, maybe in optional.items():
+            if maybe is not None:
+                ports[name] = maybe
+                if not 0 < maybe < 65536:
+                    raise ValueError(f"{name}={maybe} is not a TCP port number")
         if self.registry_storage not in ("memory", "file"):
             raise ValueError(
                 f"registry_storage must be 'memory' or 'file', not {self.registry_storage!r}"

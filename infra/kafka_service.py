@@ -15,7 +15,7 @@ import subprocess
 import uuid
 from pathlib import Path
 
-from infra import _java, _maven, _proc
+from infra import _java, _maven, _proc, kafka_security
 from infra._service import Progress, Service, markers
 from infra.config import StackConfig
 from infra.errors import StackError
@@ -88,11 +88,10 @@ def write_server_properties(cfg: StackConfig) -> Path:
     """Render server.properties from the template (every start: ports may change)."""
     template = string.Template((RESOURCES / "server.properties").read_text(encoding="utf-8"))
     text = template.substitute(
-        bind_host=cfg.bind_host,
         advertised_host=cfg.connect_host,
-        kafka_port=cfg.kafka_port,
         controller_port=cfg.controller_port,
         log_dir=log_dir(cfg),
+        **kafka_security.listener_properties(cfg),
     )
     path = state_dir(cfg) / "server.properties"
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -198,7 +197,12 @@ def service(cfg: StackConfig) -> Service:
         log=logs / "server.log",
         stdout_log=logs / "stdout.log",
         workdir=state_dir(cfg),
-        ports=(("kafka", cfg.kafka_port), ("kafka controller", cfg.controller_port)),
+        ports=(
+            ("kafka", cfg.kafka_port),
+            ("kafka controller", cfg.controller_port),
+            *((("kafka scram", cfg.scram_port),) if cfg.scram_port is not None else ()),
+            *((("kafka tls", cfg.tls_port),) if cfg.tls_port is not None else ()),
+        ),
         markers=markers(cfg, NAME),
         prepare=lambda progress: prepare(cfg, progress),
         is_ready=lambda: is_ready(cfg),

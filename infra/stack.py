@@ -24,7 +24,7 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from infra import _java, _proc, kafka_service, mosquitto_service, registry_service
+from infra import _java, _proc, kafka_security, kafka_service, mosquitto_service, registry_service
 from infra._service import Progress, Service
 from infra.config import StackConfig, default_cache_dir
 from infra.errors import StackError
@@ -38,6 +38,7 @@ __all__ = [
     "main",
     "reset",
     "status",
+    "stop_service",
     "up",
 ]
 
@@ -183,6 +184,9 @@ def up(cfg: StackConfig, progress: Progress = print, timeout_s: float = 180) -> 
             for svc in services:
                 since = launched if svc.name in started else None
                 _wait_ready(svc, pids[svc.name], since, deadline, progress)
+            if kafka_security.enabled(cfg):
+                kafka_security.ensure_user(cfg)
+                progress(f"kafka: SCRAM user {kafka_security.credentials(cfg)[0]!r} ready")
         except BaseException:
             for svc in reversed(services):
                 pid = started.get(svc.name)
@@ -220,6 +224,25 @@ def down(cfg: StackConfig, progress: Progress = print) -> None:
             else:
                 progress(f"{svc.name}: not running (removed stale pid file, pid {pid})")
                 _proc.remove_pid(svc.pid_file)
+
+
+def stop_service(cfg: StackConfig, name: str, progress: Progress = print) -> bool:
+    """Stop one service of the stack (e.g. ``"kafka"`` for a broker-outage drill).
+
+    Its data stays in ``cfg.data_dir``; a later :func:`up` with the same config starts it
+    again on the same data. Returns False when it was not running.
+    """
+    by_name = {svc.name: svc for svc in _services(cfg)}
+    if name not in by_name:
+        raise StackError(f"no service {name!r} in the stack (have: {', '.join(by_name)})")
+    svc = by_name[name]
+    with _proc.locked(cfg.data_dir / ".lock"):
+        pid = _proc.running_pid(svc.pid_file, svc.markers)
+        if pid is None:
+            progress(f"{svc.name}: not running")
+            return False
+        _stop_service(svc, pid, progress)
+        return True
 
 
 def status(cfg: StackConfig) -> dict[str, ServiceStatus]:
@@ -291,6 +314,16 @@ def _parser() -> argparse.ArgumentParser:
             default=_env_int(var, default),
             help=f"{what} (env {var}; default {default})",
         )
+    for flag, var, what in (
+        ("--scram-port", "CITYSTREAM_KAFKA_SCRAM_PORT", "extra SCRAM-SHA-512 listener"),
+        ("--tls-port", "CITYSTREAM_KAFKA_TLS_PORT", "extra SCRAM-over-TLS listener"),
+    ):
+        common.add_argument(
+            flag,
+            type=int,
+            default=_env_int(var, 0) or None,
+            help=f"{what} (env {var}; default: none)",
+        )
     common.add_argument("--kafka-version", default=StackConfig.kafka_version)
     common.add_argument("--registry-version", default=StackConfig.registry_version)
     common.add_argument(
@@ -348,6 +381,8 @@ def _config(args: argparse.Namespace) -> StackConfig:
         java_home=args.java_home,
         registry_storage=args.registry_storage,
         mosquitto_port=args.mosquitto_port,
+        scram_port=args.scram_port,
+        tls_port=args.tls_port,
     )
 
 

@@ -2,23 +2,36 @@
 
 from __future__ import annotations
 
+import ssl
+
 import faust
+from faust.types.auth import CredentialsT
 
 from citystream.settings import Settings
 
 
-def create_app(settings: Settings) -> faust.App:
-    credentials = None
+def kafka_credentials(settings: Settings) -> CredentialsT | None:
+    """The same SASL user and TLS trust as every librdkafka client gets from the settings.
+
+    Faust (aiokafka) speaks SASL_SSL when given an ssl context, SASL_PLAINTEXT without.
+    """
+    context = None
+    if settings.kafka_security_protocol.upper() in ("SSL", "SASL_SSL"):
+        ca = settings.kafka_ssl_ca_file
+        context = ssl.create_default_context(cafile=str(ca) if ca else None)
     if settings.kafka_sasl_mechanism:
-        credentials = faust.SASLCredentials(
+        password = settings.kafka_sasl_password
+        return faust.SASLCredentials(
             username=settings.kafka_sasl_username,
-            password=(
-                settings.kafka_sasl_password.get_secret_value()
-                if settings.kafka_sasl_password
-                else None
-            ),
+            password=password.get_secret_value() if password else None,
+            ssl_context=context,
             mechanism=settings.kafka_sasl_mechanism,
         )
+    return faust.SSLCredentials(context) if context else None
+
+
+def create_app(settings: Settings) -> faust.App:
+    credentials = kafka_credentials(settings)
     brokers = ";".join(f"kafka://{b}" for b in settings.kafka_bootstrap_servers.split(","))
     return faust.App(
         settings.group(settings.processor_id),

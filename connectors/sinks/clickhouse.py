@@ -268,6 +268,13 @@ def apply_retention(client: Client, database: str, retention: Retention) -> dict
     return changed
 
 
+def _applied(client: Client, db: str) -> set[int]:
+    if str(client.command(f"EXISTS TABLE {db}.schema_migrations", use_database=False)) != "1":
+        return set()
+    rows = client.query(f"SELECT version FROM {db}.schema_migrations FINAL").result_rows
+    return {int(row[0]) for row in rows}
+
+
 def migrate(
     client: Client,
     database: str,
@@ -275,14 +282,18 @@ def migrate(
     migrations: Sequence[Migration] = MIGRATIONS,
 ) -> list[int]:
     """Create the database, apply pending ``migrations`` and the retention; returns the
-    migration versions applied now. Tests pass a prefix of MIGRATIONS to stage upgrades."""
+    migration versions applied now. Tests pass a prefix of MIGRATIONS to stage upgrades.
+
+    When every migration is applied and the TTLs are as set, it runs no DDL at all, so the
+    sink can start as a user that may only insert KPIs (infra/clickhouse/users.sql).
+    """
     db = quote_identifier(database)
+    if {m.version for m in migrations} <= _applied(client, db):
+        apply_retention(client, database, retention)
+        return []
     client.command(f"CREATE DATABASE IF NOT EXISTS {db}", use_database=False)
     client.command(_MIGRATIONS_DDL.format(db=db), use_database=False)
-    done = {
-        int(row[0])
-        for row in client.query(f"SELECT version FROM {db}.schema_migrations FINAL").result_rows
-    }
+    done = _applied(client, db)
     applied = []
     for migration in migrations:
         if migration.version in done:

@@ -4,9 +4,11 @@ Aarhus data, settling, and `citystream verify` against ClickHouse at the end."""
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from citystream.kafka import ensure_topics, register_schemas
 from citystream.pipeline import Pipeline, wait_settled
@@ -25,26 +27,57 @@ class Run:
     thread: threading.Thread
     reports: list[ReplayReport] = field(default_factory=list)
 
-    def finish_and_verify(self, settings: Settings) -> int:
+    def finish_and_verify(self, settings: Settings, source: Path = FIXTURE) -> int:
         """Replay done, pipeline settled, every KPI equal to the recount; rows matched."""
         self.thread.join(120)
         assert self.reports, "the replay did not finish"
         wait_settled(self.pipeline, timeout=300)
-        result = compare(recompute(FIXTURE, METADATA, settings.partitions), stored_kpis(settings))
+        result = compare(recompute(source, METADATA, settings.partitions), stored_kpis(settings))
         assert result.ok, result.summary()
         assert result.matched > 10_000
         return result.matched
 
+    def reconcile(self, source: Path = FIXTURE) -> dict[str, int]:
+        """read = accepted + duplicates + late + dead-lettered, exactly, for a processor that
+        ran throughout; accepted also equals the independent recount's city-scope samples."""
+        report = self.reports[0]
+        stats = self.pipeline.processor_stats()
+        dead = sum(report.dead_lettered.values())
+        counted = stats["accepted"] + stats["duplicates"] + stats["late"] + dead
+        assert counted == report.rows_read, (report, stats)
+        expected = recompute(source, METADATA, 1)
+        accepted = sum(
+            n
+            for (kpi, scope, _, _), (_, n) in expected.items()
+            if kpi == "traffic.vehicle_count" and scope == "city"
+        )
+        assert stats["accepted"] == accepted, (stats, accepted)
+        return {
+            "read": report.rows_read,
+            "accepted": stats["accepted"],
+            "duplicates": stats["duplicates"],
+            "late": stats["late"],
+            "dead_lettered": dead,
+        }
+
+
+def wait_until_accepted(pipeline: Pipeline, at_least: int, timeout: float = 120) -> None:
+    """Until the running processor has accepted ``at_least`` readings since it started."""
+    deadline = time.monotonic() + timeout
+    while pipeline.processor_stats()["accepted"] < at_least:
+        assert time.monotonic() < deadline, "processor made no progress"
+        time.sleep(0.1)
+
 
 @contextmanager
-def paced_replay(settings: Settings, speed: float) -> Iterator[Run]:
+def paced_replay(settings: Settings, speed: float, source: Path = FIXTURE) -> Iterator[Run]:
     """Processor and sink running, the 3-hour fixture replayed at ``speed``× real time."""
     ensure_topics(settings)
     register_schemas(settings)
     pipeline = Pipeline(settings)
     try:
         pipeline.start()
-        source = AarhusReplaySource(settings, FIXTURE, METADATA, speed=speed)
+        source = AarhusReplaySource(settings, source, METADATA, speed=speed)
         source.setup()
         run = Run(pipeline, threading.Thread(target=lambda: run.reports.append(source.run())))
         run.thread.start()

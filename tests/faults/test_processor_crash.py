@@ -12,20 +12,11 @@ import time
 
 import pytest
 
-from citystream.pipeline import Pipeline
 from citystream.settings import Settings
-from tests.faults.harness import FIXTURE_ROWS, paced_replay
+from tests.faults.harness import FIXTURE_ROWS, paced_replay, wait_until_accepted
 
 pytestmark = pytest.mark.integration
 SEED = 20141026
-
-
-def wait_until_accepted(pipeline: Pipeline, at_least: int, timeout: float = 120) -> None:
-    """Until the running processor has accepted ``at_least`` readings since it started."""
-    deadline = time.monotonic() + timeout
-    while pipeline.processor_stats()["accepted"] < at_least:
-        assert time.monotonic() < deadline, "processor made no progress"
-        time.sleep(0.1)
 
 
 def test_processor_killed_mid_replay_loses_and_doubles_nothing(settings: Settings) -> None:

@@ -1,0 +1,51 @@
+-- Least-privilege ClickHouse access for citystream (run once, as an admin, on the server).
+-- Replace the three passwords (or use `IDENTIFIED WITH sha256_hash BY '<hex>'`), and keep
+-- them in Secrets: the chart reads CITYSTREAM_CLICKHOUSE_USERNAME/_PASSWORD from
+-- secrets.clickhouse. Database name: CITYSTREAM_CLICKHOUSE_DATABASE (default citystream).
+--
+--   migrator  runs `citystream migrate` (the helm migrate Job): creates the database,
+--             tables and view; nothing else.
+--   sink      `citystream sink clickhouse`: may only INSERT KPI rows and read which
+--             migrations are applied (its start-up check). It cannot create, alter, drop,
+--             delete or read the KPIs.
+--   analyst   read-only (readonly = 1) on the KPI table and view, with query limits.
+
+CREATE DATABASE IF NOT EXISTS citystream;
+
+-- --- roles ----------------------------------------------------------------------------
+CREATE ROLE IF NOT EXISTS citystream_migrator_role;
+GRANT CREATE DATABASE, CREATE TABLE, CREATE VIEW ON citystream.* TO citystream_migrator_role;
+GRANT SELECT, INSERT ON citystream.schema_migrations TO citystream_migrator_role;
+GRANT SELECT ON citystream.kpi TO citystream_migrator_role;  -- the view selects from it
+
+CREATE ROLE IF NOT EXISTS citystream_sink_role;
+GRANT INSERT ON citystream.kpi TO citystream_sink_role;
+GRANT SELECT ON citystream.schema_migrations TO citystream_sink_role;
+
+CREATE ROLE IF NOT EXISTS citystream_analyst_role;
+GRANT SELECT ON citystream.kpi TO citystream_analyst_role;
+GRANT SELECT ON citystream.kpi_latest TO citystream_analyst_role;
+
+-- --- analysts' limits: read-only whatever the client asks for -------------------------
+CREATE SETTINGS PROFILE IF NOT EXISTS citystream_analyst_profile SETTINGS
+    readonly = 1 CONST,
+    max_execution_time = 60,
+    max_memory_usage = 4000000000,
+    max_rows_to_read = 1000000000,
+    max_result_rows = 1000000,
+    result_overflow_mode = 'throw',
+    max_concurrent_queries_for_user = 4;
+
+-- --- users ------------------------------------------------------------------------------
+CREATE USER IF NOT EXISTS citystream_migrator
+    IDENTIFIED WITH sha256_password BY 'change-me-migrator';
+GRANT citystream_migrator_role TO citystream_migrator;
+
+CREATE USER IF NOT EXISTS citystream_sink
+    IDENTIFIED WITH sha256_password BY 'change-me-sink';
+GRANT citystream_sink_role TO citystream_sink;
+
+CREATE USER IF NOT EXISTS analyst
+    IDENTIFIED WITH sha256_password BY 'change-me-analyst'
+    SETTINGS PROFILE 'citystream_analyst_profile';
+GRANT citystream_analyst_role TO analyst;
