@@ -59,6 +59,6 @@ def kpis_in_clickhouse(settings: Settings) -> dict[tuple[str, str, str, int], tu
     _, rows = run_query(
         settings,
         "SELECT kpi, scope, entity_id, toUnixTimestamp64Milli(window_start), value, samples "
-        "FROM kpi FINAL",
+        "FROM kpi FINAL WHERE startsWith(kpi, 'traffic.')",
     )
     return {(r[0], r[1], r[2], int(r[3])): (float(r[4]), int(r[5])) for r in rows}
