@@ -231,3 +231,27 @@ class EventPublisher:
         """Everything published so far is acknowledged, or DeliveryError is raised."""
         self.send_batches()
         self.publisher.flush(timeout)
+
+
+# --- domain streams
+# A record given to EventPublisher.event carries its batch columns by name, so a
+# domain record holds ``event_time_ms`` (and ``opened_at_ms``) next to the Avro
+# timestamp fields: fastavro writes only the schema's fields to the per-event topic.
+ENERGY = EventStream(
+    "city.energy.v1",
+    "city.energy.batches.v1",
+    key="meter_id",
+    columns=("meter_id", "district", "event_time_ms", "kwh"),
+)
+WASTE = EventStream(
+    "city.waste.v1",
+    "city.waste.batches.v1",
+    key="bin_id",
+    columns=("bin_id", "district", "event_time_ms", "fill_pct"),
+)
+SERVICE = EventStream(
+    "city.service_requests.v1",
+    "city.service_requests.batches.v1",
+    key="request_id",
+    columns=("request_id", "status", "category", "district", "event_time_ms", "opened_at_ms"),
+)

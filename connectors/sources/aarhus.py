@@ -27,6 +27,7 @@ from zoneinfo import ZoneInfo
 
 from citystream.settings import Settings
 from connectors.publishing import EventPublisher, Reading, Rejected
+from connectors.sources.pacing import Pacer
 
 COMPONENT = "aarhus-replay"
 AARHUS_TZ = ZoneInfo("Europe/Copenhagen")
@@ -274,7 +275,7 @@ class AarhusReplaySource:
     def _publish_readings(
         self, report: ReplayReport, progress: Progress | None, started: float
     ) -> None:
-        pacer = _Pacer(self.speed) if self.speed else None
+        pacer = Pacer(self.speed) if self.speed else None
         next_progress = started
         size = max(1, self.traffic.stat().st_size)
         with self.traffic.open("rb") as raw:
@@ -289,7 +290,7 @@ class AarhusReplaySource:
                     next_progress = time.monotonic() + 0.5
         report.fraction_done = 1.0
 
-    def _handle(self, item: Reading | Rejected, report: ReplayReport, pacer: _Pacer | None) -> None:
+    def _handle(self, item: Reading | Rejected, report: ReplayReport, pacer: Pacer | None) -> None:
         report.rows_read += 1
         if isinstance(item, Rejected):
             self._reject(item, report)
@@ -299,23 +300,3 @@ class AarhusReplaySource:
             pacer.sleep(item.event_time_ms)
         self.events.reading(item)
         report.published += 1
-
-
-class _Pacer:
-    """Keeps event time and wall time in step at ``speed``× real time."""
-
-    def __init__(self, speed: float) -> None:
-        self.speed = speed
-        self.first_event_ms: int | None = None
-        self.first_wall = 0.0
-
-    def _due(self, event_ms: int) -> float:
-        if self.first_event_ms is None:
-            self.first_event_ms, self.first_wall = event_ms, time.monotonic()
-        return self.first_wall + (event_ms - self.first_event_ms) / 1000.0 / self.speed
-
-    def wait_needed(self, event_ms: int) -> bool:
-        return self._due(event_ms) > time.monotonic() + 0.01
-
-    def sleep(self, event_ms: int) -> None:
-        time.sleep(max(0.0, self._due(event_ms) - time.monotonic()))
