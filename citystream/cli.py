@@ -6,6 +6,7 @@ import argparse
 import logging
 import signal
 import sys
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -62,6 +63,12 @@ def parser() -> argparse.ArgumentParser:
     replay.add_argument("--speed", type=float, help="N× real time (default: as fast as possible)")
     _add_common(replay)
 
+    simulate = sub.add_parser(
+        "simulate", help="seeded city simulator (energy, waste, service requests) into Kafka"
+    )
+    _add_simulate_args(simulate)
+    _add_common(simulate)
+
     process = sub.add_parser("process", help="run the Faust stream processors")
     process.add_argument("--web-port", type=int, dest="processor_web_port")
     _add_common(process)
@@ -101,6 +108,42 @@ def parser() -> argparse.ArgumentParser:
     bench.add_argument("--metadata", type=Path, default=DATA_DIR / "traffic_metadata.csv")
     _add_common(bench)
     return root
+
+
+def _utc_ms(text: str) -> int:
+    """ISO 8601 time as epoch ms; a time without offset is UTC. ``now``: this minute."""
+    from datetime import UTC, datetime
+
+    if text == "now":  # the one wall-clock read: everything after follows from it
+        return int(time.time()) // 60 * 60_000
+    try:
+        moment = datetime.fromisoformat(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"not an ISO 8601 time: {text!r}") from exc
+    return int((moment if moment.tzinfo else moment.replace(tzinfo=UTC)).timestamp() * 1000)
+
+
+def _add_simulate_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--seed", type=int, dest="simulator_seed", help="same seed, same events")
+    p.add_argument(
+        "--start",
+        type=_utc_ms,
+        default=_utc_ms("2014-08-04T00:00:00+00:00"),
+        dest="start_ms",
+        help="simulated start, ISO 8601 (no offset = UTC) or now",
+    )
+    p.add_argument("--hours", type=float, default=24.0, help="simulated span")
+    p.add_argument("--meters", type=int, dest="simulator_meters")
+    p.add_argument("--bins", type=int, dest="simulator_bins")
+    p.add_argument("--requests-per-hour", type=float, dest="simulator_requests_per_hour")
+    p.add_argument("--interval-minutes", type=int, default=15, help="meter and bin readings")
+    pace = p.add_mutually_exclusive_group()
+    pace.add_argument("--speed", type=float, help="N× real time (default: as fast as possible)")
+    pace.add_argument("--max-rate", type=float, help="at most this many events/s (load test)")
+    faults = p.add_argument_group("injected faults (fractions of the events, default 0)")
+    faults.add_argument("--duplicates", type=float, default=0.0, help="sent twice")
+    faults.add_argument("--late", type=float, default=0.0, help="sent an hour late")
+    faults.add_argument("--malformed", type=float, default=0.0, help="followed by a bad copy")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -181,6 +224,51 @@ def cmd_replay(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGTERM, lambda *_: source.stop())
     report = source.run(print_replay_progress)
     return 0 if report.rows_read else 1
+
+
+def cmd_simulate(args: argparse.Namespace) -> int:
+    from citystream.kafka import ensure_topics
+    from citystream.progress import print_simulation_progress
+    from connectors.sources.simulator import (
+        CitySimulatorSource,
+        SimulationConfig,
+        SimulationConfigError,
+    )
+
+    settings = build_settings(
+        args,
+        simulator_seed=args.simulator_seed,
+        simulator_meters=args.simulator_meters,
+        simulator_bins=args.simulator_bins,
+        simulator_requests_per_hour=args.simulator_requests_per_hour,
+    )
+    try:
+        config = SimulationConfig(
+            seed=settings.simulator_seed,
+            start_ms=args.start_ms,
+            hours=args.hours,
+            meters=settings.simulator_meters,
+            bins=settings.simulator_bins,
+            requests_per_hour=settings.simulator_requests_per_hour,
+            interval_minutes=args.interval_minutes,
+            duplicate_fraction=args.duplicates,
+            late_fraction=args.late,
+            malformed_fraction=args.malformed,
+        )
+        source = CitySimulatorSource(settings, config, args.speed, args.max_rate)
+    except SimulationConfigError as exc:
+        print(f"citystream simulate: {exc}", file=sys.stderr)
+        return 2
+    wait_for_services(settings)
+    ensure_topics(settings)
+    source.setup()
+    signal.signal(signal.SIGTERM, lambda *_: source.stop())
+    report = source.run(print_simulation_progress)
+    print(
+        f"simulated {report.generated:,} events: published {dict(report.published)}, "
+        f"faults {dict(report.faults)}, dead-lettered {dict(report.dead_lettered)}"
+    )
+    return 0
 
 
 def cmd_process(args: argparse.Namespace) -> int:
@@ -302,6 +390,7 @@ COMMANDS = {
     "init": cmd_init,
     "migrate": cmd_migrate,
     "replay": cmd_replay,
+    "simulate": cmd_simulate,
     "process": cmd_process,
     "sink": cmd_sink,
     "query": cmd_query,

@@ -21,6 +21,21 @@ def print_replay_progress(report: Any, done: bool) -> None:
         f"{report.published:>9,} published  {dead:>5,} dead-lettered  "
         f"{report.rows_per_second:>8,.0f} rows/s"
     )
+    _show(text, done)
+
+
+def print_simulation_progress(report: Any, done: bool) -> None:
+    published = sum(report.published.values())
+    dead = sum(report.dead_lettered.values())
+    text = (
+        f"simulate {_bar(report.fraction_done)} {report.generated:>9,} events  "
+        f"{published:>9,} published  {dead:>5,} dead-lettered  "
+        f"{report.events_per_second:>8,.0f} events/s"
+    )
+    _show(text, done)
+
+
+def _show(text: str, done: bool) -> None:
     if sys.stderr.isatty():
         print(f"\r{text}", end="\n" if done else "", file=sys.stderr, flush=True)
     elif done or time.monotonic() - _last_line[0] >= 2.0:
