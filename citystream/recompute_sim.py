@@ -205,28 +205,31 @@ def simulated_events(config: SimulationConfig, reference: Reference) -> list[Eve
 
 def published_events(settings: Settings, timeout_s: float = 30.0) -> list[Event]:
     """Read the three domain topics back, each partition in order, up to its end offset."""
+    return [Event(name, r) for name in TOPIC_KEYS for r in read_topic(settings, name, timeout_s)]
+
+
+def read_topic(settings: Settings, name: str, timeout_s: float = 30.0) -> list[dict[str, Any]]:
+    """Every record of a catalogue topic up to its end offsets, partition by partition."""
     from confluent_kafka import Consumer, TopicPartition
 
     from schemas.registry import SchemaRegistry
 
-    registry = SchemaRegistry(settings.registry_config())
-    out: list[Event] = []
-    for name in TOPIC_KEYS:
-        topic = settings.topic(name)
-        serde = registry.serde(topic, name)
-        for partition, end in end_offsets(settings, topic).items():
-            consumer = Consumer(settings.kafka_config(**{"group.id": "recompute-sim"}))
-            consumer.assign([TopicPartition(topic, partition, 0)])
-            read, deadline = 0, time.monotonic() + timeout_s
-            try:
-                while read < end:
-                    if time.monotonic() > deadline:
-                        raise TimeoutError(f"{topic}/{partition}: read {read} of {end}")
-                    for msg in consumer.consume(1000, timeout=1.0):
-                        if msg.error() is not None:
-                            raise RuntimeError(f"{topic}/{partition}: {msg.error()}")
-                        out.append(Event(name, serde.decode(msg.value())))
-                        read += 1
-            finally:
-                consumer.close()
+    topic = settings.topic(name)
+    serde = SchemaRegistry(settings.registry_config()).serde(topic, name)
+    out: list[dict[str, Any]] = []
+    for partition, end in sorted(end_offsets(settings, topic).items()):
+        consumer = Consumer(settings.kafka_config(**{"group.id": "recompute-sim"}))
+        consumer.assign([TopicPartition(topic, partition, 0)])
+        read, deadline = 0, time.monotonic() + timeout_s
+        try:
+            while read < end:
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"{topic}/{partition}: read {read} of {end}")
+                for msg in consumer.consume(min(1000, end - read), timeout=1.0):
+                    if msg.error() is not None:
+                        raise RuntimeError(f"{topic}/{partition}: {msg.error()}")
+                    out.append(serde.decode(msg.value()))
+                    read += 1
+        finally:
+            consumer.close()
     return out
