@@ -33,7 +33,6 @@ import json
 import math
 import random
 import time
-import uuid
 from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field, replace
@@ -54,8 +53,6 @@ LOCAL_TZ = ZoneInfo("Europe/Copenhagen")
 STATUSES = ("opened", "assigned", "closed")
 HOUR_MS = 3_600_000
 MINUTE_MS = 60_000
-# Event ids are uuid5 of "domain|entity|event time[|status]" in this namespace.
-EVENT_ID_NAMESPACE = uuid.UUID("6f1c7d3e-2b8a-4c59-9e0f-5a7d1c3b9e21")
 
 # Relative load per local hour 0..23, interpolated between hours.
 ENERGY_WEEKDAY = (
@@ -284,7 +281,9 @@ class SimEvent:
 
 
 def event_id(*parts: object) -> str:
-    return str(uuid.uuid5(EVENT_ID_NAMESPACE, "|".join(map(str, parts))))
+    """Readable and unique: domain, entity, event time (and status), e.g.
+    ``energy:meter-00042:1407110400000``."""
+    return ":".join(map(str, parts))
 
 
 def _domain_rng(config: SimulationConfig, domain: str) -> random.Random:
@@ -505,11 +504,12 @@ def simulate(config: SimulationConfig, reference: Reference) -> Iterator[SimEven
     held: list[tuple[int, int, SimEvent]] = []
     holds = itertools.count()
     seq = 0
+    prefix = f"simulator:{config.seed}:"
 
     def numbered(event: SimEvent) -> SimEvent:
         nonlocal seq
         seq += 1
-        return replace(event, origin=f"simulator:{config.seed}:{seq}")
+        return SimEvent(event.topic, event.record, event.time_ms, event.fault, f"{prefix}{seq}")
 
     for event in merged:
         while held and held[0][0] <= event.time_ms:
