@@ -262,7 +262,8 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     wait_for_services(settings)
     ensure_topics(settings)
     source.setup()
-    signal.signal(signal.SIGTERM, lambda *_: source.stop())
+    for sig in (signal.SIGTERM, signal.SIGINT):  # stop, then flush what was generated
+        signal.signal(sig, lambda *_: source.stop())
     report = source.run(print_simulation_progress)
     print(
         f"simulated {report.generated:,} events: published {dict(report.published)}, "
