@@ -98,9 +98,11 @@ def parser() -> argparse.ArgumentParser:
     _add_common(ingest)
 
     verify = sub.add_parser("verify", help="recompute KPIs from the source files, compare")
-    verify.add_argument("dataset", choices=["aarhus"])
+    verify.add_argument("dataset", choices=["aarhus", "simulator"])
     verify.add_argument("--traffic", type=Path, default=DATA_DIR / "traffic_2014-08-02.csv.gz")
     verify.add_argument("--metadata", type=Path, default=DATA_DIR / "traffic_metadata.csv")
+    sim = verify.add_argument_group("simulator (the same flags as the simulate run)")
+    _add_simulation_args(sim)
     _add_common(verify)
 
     bench = sub.add_parser("bench", help="throughput and latency on the real stack")
@@ -124,6 +126,14 @@ def _utc_ms(text: str) -> int:
 
 
 def _add_simulate_args(p: argparse.ArgumentParser) -> None:
+    _add_simulation_args(p)
+    pace = p.add_mutually_exclusive_group()
+    pace.add_argument("--speed", type=float, help="N× real time (default: as fast as possible)")
+    pace.add_argument("--max-rate", type=float, help="at most this many events/s (load test)")
+
+
+def _add_simulation_args(p: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:
+    """What decides the simulated events: shared by simulate and verify simulator."""
     p.add_argument("--seed", type=int, dest="simulator_seed", help="same seed, same events")
     p.add_argument(
         "--start",
@@ -137,13 +147,9 @@ def _add_simulate_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--bins", type=int, dest="simulator_bins")
     p.add_argument("--requests-per-hour", type=float, dest="simulator_requests_per_hour")
     p.add_argument("--interval-minutes", type=int, default=15, help="meter and bin readings")
-    pace = p.add_mutually_exclusive_group()
-    pace.add_argument("--speed", type=float, help="N× real time (default: as fast as possible)")
-    pace.add_argument("--max-rate", type=float, help="at most this many events/s (load test)")
-    faults = p.add_argument_group("injected faults (fractions of the events, default 0)")
-    faults.add_argument("--duplicates", type=float, default=0.0, help="sent twice")
-    faults.add_argument("--late", type=float, default=0.0, help="sent an hour late")
-    faults.add_argument("--malformed", type=float, default=0.0, help="followed by a bad copy")
+    p.add_argument("--duplicates", type=float, default=0.0, help="fraction sent twice")
+    p.add_argument("--late", type=float, default=0.0, help="fraction sent an hour late")
+    p.add_argument("--malformed", type=float, default=0.0, help="fraction with a bad copy")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -226,14 +232,10 @@ def cmd_replay(args: argparse.Namespace) -> int:
     return 0 if report.rows_read else 1
 
 
-def cmd_simulate(args: argparse.Namespace) -> int:
-    from citystream.kafka import ensure_topics
-    from citystream.progress import print_simulation_progress
-    from connectors.sources.simulator import (
-        CitySimulatorSource,
-        SimulationConfig,
-        SimulationConfigError,
-    )
+def _simulation(args: argparse.Namespace) -> tuple[Settings, Any]:
+    """Settings with the simulator flags applied, and the SimulationConfig they describe
+    (SimulationConfigError if they describe none)."""
+    from connectors.sources.simulator import SimulationConfig
 
     settings = build_settings(
         args,
@@ -242,19 +244,28 @@ def cmd_simulate(args: argparse.Namespace) -> int:
         simulator_bins=args.simulator_bins,
         simulator_requests_per_hour=args.simulator_requests_per_hour,
     )
+    config = SimulationConfig(
+        seed=settings.simulator_seed,
+        start_ms=args.start_ms,
+        hours=args.hours,
+        meters=settings.simulator_meters,
+        bins=settings.simulator_bins,
+        requests_per_hour=settings.simulator_requests_per_hour,
+        interval_minutes=args.interval_minutes,
+        duplicate_fraction=args.duplicates,
+        late_fraction=args.late,
+        malformed_fraction=args.malformed,
+    )
+    return settings, config
+
+
+def cmd_simulate(args: argparse.Namespace) -> int:
+    from citystream.kafka import ensure_topics
+    from citystream.progress import print_simulation_progress
+    from connectors.sources.simulator import CitySimulatorSource, SimulationConfigError
+
     try:
-        config = SimulationConfig(
-            seed=settings.simulator_seed,
-            start_ms=args.start_ms,
-            hours=args.hours,
-            meters=settings.simulator_meters,
-            bins=settings.simulator_bins,
-            requests_per_hour=settings.simulator_requests_per_hour,
-            interval_minutes=args.interval_minutes,
-            duplicate_fraction=args.duplicates,
-            late_fraction=args.late,
-            malformed_fraction=args.malformed,
-        )
+        settings, config = _simulation(args)
         source = CitySimulatorSource(settings, config, args.speed, args.max_rate)
     except SimulationConfigError as exc:
         print(f"citystream simulate: {exc}", file=sys.stderr)
@@ -324,7 +335,21 @@ def cmd_demo(args: argparse.Namespace) -> int:
 def cmd_verify(args: argparse.Namespace) -> int:
     from citystream.verify import run_verify
 
+    if args.dataset == "simulator":
+        return _verify_simulation(args)
     return run_verify(build_settings(args), args.traffic, args.metadata)
+
+
+def _verify_simulation(args: argparse.Namespace) -> int:
+    from citystream.recompute_sim import run_verify_simulation
+    from connectors.sources.simulator import SimulationConfigError
+
+    try:
+        settings, config = _simulation(args)
+    except SimulationConfigError as exc:
+        print(f"citystream verify: {exc}", file=sys.stderr)
+        return 2
+    return run_verify_simulation(settings, config)
 
 
 def cmd_bench(args: argparse.Namespace) -> int:

@@ -192,6 +192,34 @@ def service_kpis(
     return out
 
 
+def expected_for_simulation(
+    config: SimulationConfig, reference: Reference, settings: Settings
+) -> dict[Key, Value]:
+    """What the processors should store for this simulation: late events left out."""
+    window_ms, grace_ms = settings.window_minutes * 60_000, settings.grace_minutes * 60_000
+    events = drop_late(
+        simulated_events(config, reference), settings.partitions, window_ms, grace_ms
+    )
+    factors, sla = reference.emission_factors(), reference.sla_minutes()
+    return recompute(events, factors, sla, window_ms)
+
+
+def run_verify_simulation(settings: Settings, config: SimulationConfig) -> int:
+    """`citystream verify simulator`: the simulation's KPIs against ClickHouse; 1 on any
+    difference."""
+    from citystream.verify import compare, stored_kpis
+    from connectors.sources.simulator import load_reference
+
+    expected = expected_for_simulation(config, load_reference(), settings)
+    stored: dict[Key, Value] = {}
+    for domain in ("energy.", "waste.", "service."):
+        stored.update(stored_kpis(settings, domain))
+    result = compare(expected, stored)
+    print(result.summary())
+    print("verify: OK" if result.ok else "verify: DIFFERENCES FOUND")
+    return 0 if result.ok else 1
+
+
 # --- where the events come from ------------------------------------------------------
 
 

@@ -14,6 +14,7 @@ import pytest
 from citystream.cli import main
 from citystream.kafka import end_offsets, ensure_topics, partition_for
 from citystream.recompute_sim import (
+    expected_for_simulation,
     millis,
     published_events,
     read_topic,
@@ -22,6 +23,7 @@ from citystream.recompute_sim import (
 )
 from citystream.settings import Settings
 from connectors.publishing import ENERGY, SERVICE, WASTE
+from connectors.sinks.clickhouse import ClickHouseSink
 from connectors.sources.simulator import (
     CATEGORIES_TOPIC,
     COMPONENT,
@@ -155,3 +157,32 @@ def test_simulate_command_caps_the_event_rate(
     assert "simulated 800 events" in capsys.readouterr().out  # 200 meters × 4 readings
     assert elapsed >= 0.75  # 800 events at <= 1,000/s
     assert sum(end_offsets(settings, settings.topic(ENERGY.topic)).values()) == 800
+
+
+def test_verify_simulator_compares_clickhouse_with_the_recomputation(
+    settings: Settings, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = SimulationConfig(seed=3, start_ms=START, hours=1, meters=5, bins=5,
+                              requests_per_hour=30, late_fraction=0.05)  # fmt: skip
+    expected = expected_for_simulation(config, load_reference(), settings)
+    window = settings.window_minutes * 60_000
+    rows = [
+        {"kpi": k, "scope": s, "entity_id": e, "window_start": w, "window_end": w + window,
+         "value": v, "samples": n, "revision": 0, "computed_at": w + window}
+        for (k, s, e, w), (v, n) in sorted(expected.items())
+    ]  # fmt: skip
+    rows[0] = {**rows[0], "value": rows[0]["value"] + 1}
+    args = ["verify", "simulator", "--seed", "3", "--start", "2014-08-04T06:00", "--hours", "1",
+            "--meters", "5", "--bins", "5", "--requests-per-hour", "30", "--late", "0.05",
+            "--data-dir", str(settings.data_dir)]  # fmt: skip
+    with ClickHouseSink(settings) as sink:
+        sink.setup()
+        sink.write(rows)
+    assert main(args) == 1
+    out = capsys.readouterr().out
+    assert f"matched {len(rows) - 1:,}" in out and "different 1" in out
+    with ClickHouseSink(settings) as sink:  # the corrected row as a later revision
+        sink.setup()
+        sink.write([{**rows[0], "value": rows[0]["value"] - 1, "revision": 1}])
+    assert main(args) == 0
+    assert f"matched {len(rows):,}  missing 0  extra 0  different 0" in capsys.readouterr().out
