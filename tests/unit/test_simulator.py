@@ -249,3 +249,17 @@ def test_records_carry_their_batch_columns() -> None:
         assert e.record["event_time_ms"] == e.record["event_time"] == e.time_ms
         if e.topic == SERVICE.topic:
             assert e.record["opened_at_ms"] == e.record["opened_at"]
+
+
+def test_rate_cap_spaces_events_at_the_rate() -> None:
+    import time
+
+    from connectors.sources.pacing import RateCap
+
+    cap = RateCap(per_second=200.0)
+    start = time.monotonic()
+    assert not cap.wait_needed()  # the first event starts the clock
+    waits = [cap.wait_needed() for _ in range(99)]
+    assert waits[-1]  # 100 events are due over 0.5 s, not at once
+    cap.sleep()
+    assert 0.45 <= time.monotonic() - start < 1.0
