@@ -70,6 +70,9 @@ def parser() -> argparse.ArgumentParser:
     _add_common(simulate)
 
     process = sub.add_parser("process", help="run the Faust stream processors")
+    process.add_argument(
+        "processors", nargs="*", metavar="NAME", help="processors to run (default: all)"
+    )
     process.add_argument("--web-port", type=int, dest="processor_web_port")
     _add_common(process)
 
@@ -287,10 +290,14 @@ def cmd_process(args: argparse.Namespace) -> int:
     from streams import worker
 
     settings = build_settings(args, processor_web_port=args.processor_web_port)
+    unknown = sorted(set(args.processors) - set(worker.PROCESSORS))
+    if unknown:
+        print(f"error: unknown processor(s) {unknown}; known: {sorted(worker.PROCESSORS)}")
+        return 2
     wait_for_services(settings)
     # Faust parses sys.argv itself; hand it a clean command line.
     sys.argv = [sys.argv[0], "worker"]
-    worker.run(settings, loglevel=args.log_level)
+    worker.run(settings, args.processors, loglevel=args.log_level)
     return 0
 
 

@@ -101,5 +101,5 @@ def print_reconciliation(report: ReplayReport, stats: dict[str, int]) -> int:
         f" + duplicates {stats['duplicates']:,} + late {stats['late']:,}"
         f" + dead-lettered {dead:,}  [{'OK' if ok else 'MISMATCH'}]"
     )
-    print(f"  (accepted readings on segments without reference data: {stats['unknown_segment']})")
+    print(f"  (accepted readings on segments without reference data: {stats['unknown_reference']})")
     return 0 if ok else 1

@@ -125,9 +125,10 @@ class Pipeline:
         suffix = name.removeprefix("processor")
         return self.settings.processor_web_port + (int(suffix) - 1 if suffix else 0)
 
-    def processor_stats(self, name: str = "processor") -> dict[str, Any]:
+    def processor_stats(self, name: str = "processor", domain: str = "traffic") -> dict[str, Any]:
+        """The reconciliation counters of one KPI family's processor in a worker."""
         url = f"http://127.0.0.1:{self.web_port(name)}/citystream/stats/"
-        result: dict[str, Any] = json.loads(http_get(url))
+        result: dict[str, Any] = json.loads(http_get(url))[domain]
         return result
 
     def check_alive(self) -> None:

@@ -93,7 +93,7 @@ def aggregate(
     size, grace = window_minutes * 60_000, grace_minutes * 60_000
     stream_time: dict[int, int] = defaultdict(lambda: -1)
     seen: set[tuple[str, int]] = set()
-    sums: dict[tuple[str, str, int], list[float]] = defaultdict(lambda: [0, 0, 0.0])
+    sums: dict[tuple[str, str, str, int], list[float]] = defaultdict(lambda: [0, 0, 0.0])
     for segment, ts, vehicles, speed in readings:
         window = ts - ts % size
         partition = partition_for(segment.encode(), partitions)
@@ -104,25 +104,34 @@ def aggregate(
             continue  # duplicate
         seen.add((segment, ts))
         district = str(meta[segment]["POINT_1_POSTAL_CODE"]) if segment in meta else "unknown"
-        for scope, entity in (("segment", segment), ("district", district), ("city", "aarhus")):
-            acc = sums[(scope, entity, window)]
-            acc[0] += 1
-            acc[1] += vehicles
-            acc[2] += speed * vehicles
+        for suffix, start in _windows_of(window, size):
+            for scope, entity in (("segment", segment), ("district", district), ("city", "aarhus")):
+                acc = sums[(suffix, scope, entity, start)]
+                acc[0] += 1
+                acc[1] += vehicles
+                acc[2] += speed * vehicles
     return _kpis(sums, meta)
 
 
+def _windows_of(window: int, size: int) -> list[tuple[str, int]]:
+    """The tumbling window, and every hourly trend window (suffix _1h) that holds it."""
+    hour = 3_600_000
+    trends = [("_1h", window - back) for back in range(0, hour, size)] if size < hour else []
+    return [("", window), *trends]
+
+
 def _kpis(
-    sums: dict[tuple[str, str, int], list[float]], meta: Mapping[str, Mapping[str, str | None]]
+    sums: dict[tuple[str, str, str, int], list[float]],
+    meta: Mapping[str, Mapping[str, str | None]],
 ) -> dict[Key, Value]:
     out: dict[Key, Value] = {}
-    for (scope, entity, window), (n, vehicles, weighted) in sums.items():
+    for (suffix, scope, entity, window), (n, vehicles, weighted) in sums.items():
         samples = int(n)
-        out[("traffic.vehicle_count", scope, entity, window)] = (float(vehicles), samples)
+        out[("traffic.vehicle_count" + suffix, scope, entity, window)] = (float(vehicles), samples)
         if vehicles > 0:
             speed = weighted / vehicles
-            out[("traffic.avg_speed_kmh", scope, entity, window)] = (speed, samples)
-            if scope == "segment" and entity in meta:
+            out[("traffic.avg_speed_kmh" + suffix, scope, entity, window)] = (speed, samples)
+            if scope == "segment" and entity in meta and not suffix:
                 congestion = max(0.0, 1 - speed / float(meta[entity]["NDT_IN_KMH"] or "nan"))
                 out[("traffic.congestion_index", scope, entity, window)] = (congestion, samples)
     return out

@@ -1,4 +1,4 @@
-"""Runs the Faust worker with every processor registered (the `citystream process` command)."""
+"""Runs the Faust worker with the chosen processors registered (`citystream process`)."""
 
 from __future__ import annotations
 
@@ -8,19 +8,27 @@ import faust
 
 from citystream.settings import Settings
 from streams.app import create_app
-from streams.traffic import agents as traffic_agents
-from streams.traffic.processor import TrafficProcessor
+from streams.engine import agents
+from streams.engine.processor import ProcessorSpec, WindowedProcessor
+from streams.traffic.processor import SPEC as TRAFFIC
 
 log = logging.getLogger(__name__)
 
+PROCESSORS: dict[str, ProcessorSpec] = {spec.name: spec for spec in (TRAFFIC,)}
 
-def run(settings: Settings, loglevel: str = "INFO") -> None:
-    processor = TrafficProcessor(settings)
-    processor.setup()
+
+def run(settings: Settings, names: list[str] | None = None, loglevel: str = "INFO") -> None:
+    """One worker process for ``names`` (default: every processor) in one consumer group."""
+    processors = [WindowedProcessor(settings, PROCESSORS[n]) for n in names or PROCESSORS]
+    for processor in processors:
+        processor.setup()
     app = create_app(settings)
-    traffic_agents.register(app, processor)
+    for processor in processors:
+        agents.register(app, processor)
+    agents.register_stats(app, processors)
     worker = faust.Worker(app, loglevel=loglevel, quiet=True)
     try:
         worker.execute_from_commandline()
     finally:
-        processor.close()
+        for processor in processors:
+            processor.close()

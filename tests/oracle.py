@@ -32,18 +32,21 @@ def expected_kpis(rows: list[list[str]]) -> dict[tuple[str, str, str, int], tupl
         epoch_ms = int(local.timestamp() * 1000)
         window = epoch_ms - epoch_ms % 900_000
         district = meta[rid]["POINT_1_POSTAL_CODE"] if rid in meta else "unknown"
-        for scope, entity in (("segment", rid), ("district", district), ("city", "aarhus")):
-            a = acc[(scope, entity, window)]
-            a[0] += 1
-            a[1] += int(count)
-            a[2] += float(speed) * int(count)
+        # the 15-minute window, and the four hourly trend windows (suffix _1h) holding it
+        windows = [("", window)] + [("_1h", window - back * 60_000) for back in (0, 15, 30, 45)]
+        for suffix, start in windows:
+            for scope, entity in (("segment", rid), ("district", district), ("city", "aarhus")):
+                a = acc[(suffix, scope, entity, start)]
+                a[0] += 1
+                a[1] += int(count)
+                a[2] += float(speed) * int(count)
     out: dict[tuple[str, str, str, int], tuple[float, int]] = {}
-    for (scope, entity, window), (n, vehicles, weighted) in acc.items():
-        out[("traffic.vehicle_count", scope, entity, window)] = (vehicles, n)
+    for (suffix, scope, entity, window), (n, vehicles, weighted) in acc.items():
+        out[("traffic.vehicle_count" + suffix, scope, entity, window)] = (vehicles, n)
         if vehicles > 0:
             speed = weighted / vehicles
-            out[("traffic.avg_speed_kmh", scope, entity, window)] = (speed, n)
-            if scope == "segment" and entity in meta:
+            out[("traffic.avg_speed_kmh" + suffix, scope, entity, window)] = (speed, n)
+            if scope == "segment" and entity in meta and not suffix:
                 ndt = float(meta[entity]["NDT_IN_KMH"])
                 out[("traffic.congestion_index", scope, entity, window)] = (
                     max(0.0, 1 - speed / ndt),

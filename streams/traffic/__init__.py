@@ -1,1 +1,1 @@
-"""Road traffic KPIs: vehicle counts, speeds and congestion per segment, district, city."""
+"""Traffic KPIs: segments, districts, the city."""

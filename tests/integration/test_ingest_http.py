@@ -277,7 +277,7 @@ def test_http_ingest_to_clickhouse_matches_independent_computation(
         pipeline.start()
         stats = pipeline.wait_caught_up(len(sent), timeout=300)
         assert stats["duplicates"] == half and stats["late"] == 0
-        assert stats["unknown_segment"] == 1
+        assert stats["unknown_reference"] == 1
         assert_kpis(settings, expected_kpis(sent))
     finally:
         pipeline.stop()

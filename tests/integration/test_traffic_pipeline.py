@@ -103,7 +103,7 @@ def test_replay_to_clickhouse_matches_independent_computation(
         # reconciliation: every row read is accepted, a duplicate, late or dead-lettered
         dead = sum(report.dead_lettered.values())
         assert report.rows_read == len(good_rows) + len(BAD_ROWS)
-        assert stats["duplicates"] == 1 and stats["late"] == 0 and stats["unknown_segment"] == 1
+        assert stats["duplicates"] == 1 and stats["late"] == 0 and stats["unknown_reference"] == 1
         assert stats["accepted"] + stats["duplicates"] + stats["late"] + dead == report.rows_read
 
         letters = read_dead_letters(settings)

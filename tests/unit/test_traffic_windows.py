@@ -2,16 +2,15 @@ from __future__ import annotations
 
 import pytest
 
-from streams.traffic.windows import (
+from streams.engine.windows import MergeWindows, PartitionWindows, window_start
+from streams.traffic.domain import (
     AVG_SPEED,
     CONGESTION,
     VEHICLE_COUNT,
-    CityWindows,
-    PartitionWindows,
     SegmentInfo,
     Sums,
+    Traffic,
     kpi_values,
-    window_start,
 )
 
 MIN = 60_000
@@ -21,14 +20,25 @@ REF = {"a": SegmentInfo("8000", 100.0), "b": SegmentInfo("8200", 60.0)}
 
 
 def add(pw: PartitionWindows, *readings: tuple[str, int, int, float], now: int = 0):
-    return pw.add(
-        [r[0] for r in readings],
-        [r[1] for r in readings],
-        [r[2] for r in readings],
-        [r[3] for r in readings],
-        REF,
-        now,
-    )
+    batch = {
+        "segment_id": [r[0] for r in readings],
+        "event_time_ms": [r[1] for r in readings],
+        "vehicle_count": [r[2] for r in readings],
+        "avg_speed_kmh": [r[3] for r in readings],
+    }
+    return pw.add(batch, REF, now)
+
+
+def windows() -> PartitionWindows:
+    return PartitionWindows(Traffic(), 0, 1, SIZE, GRACE)
+
+
+def merge(idle_ms: int, **kwargs: int) -> MergeWindows:
+    return MergeWindows(Traffic(), GRACE, idle_ms, size_ms=SIZE, **kwargs)
+
+
+def kpi_dict(sums: Sums, free_flow_kmh: float) -> dict[str, float]:
+    return {kpi: value for kpi, value, _ in kpi_values(sums, free_flow_kmh)}
 
 
 def by_key(kpis):
@@ -44,21 +54,21 @@ def test_kpi_formulas_on_hand_computed_values() -> None:
     sums = Sums()
     for vehicles, speed in [(10, 50.0), (30, 70.0), (0, 99.0)]:
         sums.add(vehicles, speed)
-    values = dict(kpi_values(sums, free_flow_kmh=100.0))
+    values = kpi_dict(sums, 100.0)
     assert values[VEHICLE_COUNT] == 40
     assert values[AVG_SPEED] == pytest.approx((10 * 50 + 30 * 70) / 40)  # 65
     assert values[CONGESTION] == pytest.approx(0.35)
-    assert dict(kpi_values(sums, free_flow_kmh=60.0))[CONGESTION] == 0.0  # faster than free flow
+    assert kpi_dict(sums, 60.0)[CONGESTION] == 0.0  # faster than free flow
 
 
 def test_no_speed_rows_when_no_vehicles() -> None:
     sums = Sums()
     sums.add(0, 50.0)
-    assert kpi_values(sums, 100.0) == [(VEHICLE_COUNT, 0.0)]
+    assert kpi_values(sums, 100.0) == [(VEHICLE_COUNT, 0.0, 1)]
 
 
 def test_segment_kpis_are_emitted_when_stream_time_passes_the_window_end() -> None:
-    pw = PartitionWindows(0, 1, SIZE, GRACE)
+    pw = windows()
     e = add(pw, ("a", T0 + 5 * MIN, 10, 50.0), ("a", T0 + 10 * MIN, 30, 70.0))
     assert e.kpis == []
     e = add(pw, ("a", T0 + 15 * MIN, 1, 10.0))  # first reading of the next window
@@ -72,7 +82,7 @@ def test_segment_kpis_are_emitted_when_stream_time_passes_the_window_end() -> No
 
 
 def test_duplicate_reading_counts_once() -> None:
-    pw = PartitionWindows(0, 1, SIZE, GRACE)
+    pw = windows()
     add(pw, ("a", T0 + 5 * MIN, 10, 50.0), ("a", T0 + 5 * MIN, 10, 50.0))
     e = add(pw, ("a", T0 + 5 * MIN, 10, 50.0), ("b", T0 + 20 * MIN, 0, 0.0))
     assert pw.counters.duplicates == 2 and pw.counters.accepted == 2
@@ -80,7 +90,7 @@ def test_duplicate_reading_counts_once() -> None:
 
 
 def test_reading_within_grace_revises_the_window() -> None:
-    pw = PartitionWindows(0, 1, SIZE, GRACE)
+    pw = windows()
     add(pw, ("a", T0 + 5 * MIN, 10, 50.0), ("a", T0 + 20 * MIN, 1, 50.0))
     e = add(pw, ("a", T0 + 10 * MIN, 5, 50.0))  # stream time 20 min: within end + grace
     rows = by_key(e.kpis)
@@ -90,7 +100,7 @@ def test_reading_within_grace_revises_the_window() -> None:
 
 
 def test_reading_after_end_plus_grace_is_late() -> None:
-    pw = PartitionWindows(0, 1, SIZE, GRACE)
+    pw = windows()
     add(pw, ("a", T0 + 5 * MIN, 10, 50.0), ("a", T0 + 30 * MIN + 1, 1, 50.0))
     e = add(pw, ("a", T0 + 10 * MIN, 5, 50.0), ("b", T0 + 31 * MIN, 2, 40.0))
     assert pw.counters.late == 1 and pw.counters.accepted == 3
@@ -99,28 +109,31 @@ def test_reading_after_end_plus_grace_is_late() -> None:
 
 
 def test_stream_time_exactly_at_end_plus_grace_is_not_late() -> None:
-    pw = PartitionWindows(0, 1, SIZE, GRACE)
+    pw = windows()
     add(pw, ("a", T0 + 30 * MIN, 1, 50.0))
     add(pw, ("a", T0 + 1 * MIN, 1, 50.0))
     assert pw.counters.late == 0
 
 
 def test_unknown_segment_counts_for_city_and_unknown_district() -> None:
-    pw = PartitionWindows(0, 1, SIZE, GRACE)
+    pw = windows()
     e = add(pw, ("zzz", T0, 4, 30.0), ("a", T0, 6, 60.0), ("a", T0 + 15 * MIN, 0, 0.0))
-    assert pw.counters.unknown_segment == 1
+    assert pw.counters.unknown_reference == 1
     seg = by_key(e.kpis)
     assert seg[(VEHICLE_COUNT, "segment", "zzz", T0)]["value"] == 4
     assert (CONGESTION, "segment", "zzz", T0) not in seg  # no free-flow speed known
     assert e.partial is not None
-    groups = {(g["scope"], g["entity_id"]): g for g in e.partial["windows"][0]["groups"]}
+    (tumbling,) = [
+        w for w in e.partial["windows"] if w["window_end_ms"] - w["window_start_ms"] == SIZE
+    ]
+    groups = {(g["scope"], g["entity_id"]): g["sums"] for g in tumbling["groups"]}
     assert groups[("district", "unknown")]["vehicles"] == 4
     assert groups[("district", "8000")]["vehicles"] == 6
     assert groups[("city", "aarhus")]["vehicles"] == 10
 
 
 def test_flush_emits_open_windows_without_new_input() -> None:
-    pw = PartitionWindows(0, 1, SIZE, GRACE)
+    pw = windows()
     add(pw, ("a", T0, 4, 30.0))
     e = pw.flush(REF, 0)
     assert by_key(e.kpis)[(VEHICLE_COUNT, "segment", "a", T0)]["value"] == 4
@@ -135,8 +148,15 @@ def partial(partition: int, watermark: int, groups: list[tuple[str, str, int, in
         "windows": [
             {
                 "window_start_ms": T0,
+                "window_end_ms": T0 + SIZE,
                 "groups": [
-                    {"scope": s, "entity_id": e, "samples": n, "vehicles": v, "speed_weighted": w}
+                    {
+                        "scope": s,
+                        "entity_id": e,
+                        "samples": n,
+                        "values": {},
+                        "sums": {"vehicles": v, "speed_weighted": w},
+                    }
                     for s, e, n, v, w in groups
                 ],
             }
@@ -145,7 +165,7 @@ def partial(partition: int, watermark: int, groups: list[tuple[str, str, int, in
 
 
 def test_city_stage_waits_for_every_partition_then_merges() -> None:
-    city = CityWindows(SIZE, GRACE, idle_ms=60_000)
+    city = merge(60_000)
     out = city.add(partial(0, T0 + SIZE, [("city", "aarhus", 2, 10, 500.0)]), now_ms=0)
     assert out == []  # partition 1 has not reported yet
     out = city.add(partial(1, T0 + SIZE, [("city", "aarhus", 3, 30, 2100.0)]), now_ms=1)
@@ -157,7 +177,7 @@ def test_city_stage_waits_for_every_partition_then_merges() -> None:
 
 
 def test_city_stage_emits_after_idle_time_and_revises_later() -> None:
-    city = CityWindows(SIZE, GRACE, idle_ms=1_000)
+    city = merge(1_000)
     assert city.add(partial(0, T0 + SIZE, [("city", "aarhus", 1, 10, 100.0)]), now_ms=0) == []
     early = by_key(city.emit_due(now_ms=1_000))
     assert early[(VEHICLE_COUNT, "city", "aarhus", T0)]["revision"] == 0
@@ -167,7 +187,7 @@ def test_city_stage_emits_after_idle_time_and_revises_later() -> None:
 
 
 def test_city_stage_keeps_a_window_until_every_partition_passed_its_grace() -> None:
-    city = CityWindows(SIZE, GRACE, idle_ms=1_000)
+    city = merge(1_000)
     far = T0 + 10 * SIZE  # partition 0 races ahead before partition 1 reports at all
     city.add(partial(0, far, [("city", "aarhus", 1, 10, 100.0)]), now_ms=0)
     city.emit_due(now_ms=5_000)  # idle: emitted early with partition 0 only
@@ -177,17 +197,17 @@ def test_city_stage_keeps_a_window_until_every_partition_passed_its_grace() -> N
 
 
 def test_city_stage_ignores_partials_for_forgotten_windows() -> None:
-    city = CityWindows(SIZE, GRACE, idle_ms=1_000)
+    city = merge(1_000)
     city.add(partial(0, T0 + 3 * SIZE, [("city", "aarhus", 1, 10, 100.0)]), now_ms=0)
     city.add({**partial(1, T0 + 3 * SIZE, []), "windows": []}, now_ms=0)
-    assert T0 not in city.windows  # both partitions passed end + grace
+    assert (T0, T0 + SIZE) not in city.windows  # both partitions passed end + grace
     assert city.add(partial(1, T0 + 3 * SIZE, [("city", "aarhus", 1, 1, 1.0)]), now_ms=1) == []
     assert city.ignored_partials == 1
 
 
 def test_city_stage_keeps_the_fuller_part_when_a_stale_one_arrives_late() -> None:
     """After a rebalance the old owner may still send a partial with fewer readings."""
-    city = CityWindows(SIZE, GRACE, idle_ms=60_000)
+    city = merge(60_000)
     city.add(partial(0, T0 + SIZE, [("city", "aarhus", 3, 30, 900.0)]), now_ms=0)
     city.add(partial(0, T0 + SIZE, [("city", "aarhus", 1, 10, 300.0)]), now_ms=1)  # stale
     rows = by_key(city.add(partial(1, T0 + SIZE, [("city", "aarhus", 1, 5, 50.0)]), now_ms=2))
@@ -196,7 +216,7 @@ def test_city_stage_keeps_the_fuller_part_when_a_stale_one_arrives_late() -> Non
 
 
 def test_city_stage_waits_for_a_lagging_partition_however_far_the_others_are() -> None:
-    city = CityWindows(SIZE, GRACE, idle_ms=1_000, retain_ms=4 * SIZE)
+    city = merge(1_000, retain_ms=4 * SIZE)
     city.add(partial(0, T0 + 100 * SIZE, [("city", "aarhus", 1, 10, 100.0)]), now_ms=0)
     city.add({**partial(1, T0 + SIZE // 2, []), "windows": []}, now_ms=0)  # far behind
     city.emit_due(now_ms=5_000)

@@ -1,0 +1,464 @@
+"""Event-time windows for every KPI family: pure state machines, no Kafka, unit-testable.
+
+Two stages, so workers can share partitions:
+
+1. :class:`PartitionWindows` (one per input partition) de-duplicates, drops late events,
+   keeps one accumulator per entity and window, and emits entity KPIs when stream time
+   passes a window's end. It hands on its group sums (district, city, category…) as a
+   *partial*, with its stream time as watermark.
+2. :class:`MergeWindows` (single partition) merges the partials of all input partitions
+   and emits group KPIs once every partition's watermark has passed the window's end, or
+   ``idle_ms`` after the first partial arrived (an idle or empty partition cannot hold
+   results back forever).
+
+What an event adds and which KPIs come out is a :class:`Domain`'s business; the rules on
+time are the same for every domain and live here only. A window is emitted first with
+revision 0; events that arrive within grace re-emit it with the next revision. Windows are
+forgotten once stream time passes end + grace, and an event for a forgotten window is
+*late*. A domain with ``trend`` also gets hopping windows (1 h, advancing one window size):
+every accepted event is added to each of them too, so their rules are the tumbling ones.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Generic, NamedTuple, TypeVar
+
+CITY = "aarhus"
+UNKNOWN = "unknown"
+HOUR_MS = 3_600_000
+TREND_SUFFIX = "_1h"
+
+Acc = TypeVar("Acc")
+Batch = Mapping[str, Sequence[Any]]  # column name -> values, as the batch topics carry them
+WindowKey = tuple[int, int]  # (start ms, end ms)
+KpiValue = tuple[str, float, int]  # kpi name, value, samples
+GroupKey = tuple[str, str]  # scope, entity_id
+
+
+def window_start(event_ms: int, size_ms: int) -> int:
+    """Windows are aligned to the UTC epoch."""
+    return event_ms - event_ms % size_ms
+
+
+@dataclass(slots=True)
+class Group:
+    """What one group (a district, the city…) adds up to in a window: merged across partitions."""
+
+    samples: int = 0
+    sums: dict[str, float] = field(default_factory=dict)
+    values: dict[str, list[float]] = field(default_factory=dict)
+
+    def add(self, name: str, amount: float) -> None:
+        self.sums[name] = self.sums.get(name, 0.0) + amount
+
+    def extend(self, name: str, values: Iterable[float]) -> None:
+        self.values.setdefault(name, []).extend(values)
+
+    def merge(self, other: Group) -> None:
+        self.samples += other.samples
+        for name, amount in other.sums.items():
+            self.add(name, amount)
+        for name, values in other.values.items():
+            self.extend(name, values)
+
+
+class Domain(ABC, Generic[Acc]):
+    """One KPI family's rules: what an event adds, which KPIs a window yields."""
+
+    name: str  # "traffic": the processor's name and its stats key
+    entity_column: str  # batch column naming the entity; also the message key
+    entity_scope: str  # scope of entity-level KPIs ("segment", "car_park"…)
+    reference_column: str | None = None  # events whose value here lacks reference data count
+    trend: bool = False  # also hopping 1 h windows
+    window_ms: int | None = None  # a fixed window size (devices: 1 h); None = the setting
+
+    @abstractmethod
+    def new(self) -> Acc: ...
+
+    @abstractmethod
+    def add(self, acc: Acc, batch: Batch, i: int) -> None:
+        """Account event ``i`` of ``batch`` (already de-duplicated and on time)."""
+
+    def dedup_key(self, batch: Batch, i: int) -> Any:
+        """Events with equal keys in one window count once (first wins)."""
+        return (batch[self.entity_column][i], batch["event_time_ms"][i])
+
+    def entity_kpis(
+        self, entity: str, acc: Acc, reference: Mapping[str, Any], trend: bool
+    ) -> list[KpiValue]:
+        return []
+
+    @abstractmethod
+    def contribute(
+        self, entity: str, acc: Acc, reference: Mapping[str, Any], groups: dict[GroupKey, Group]
+    ) -> None:
+        """Add the entity's window into the groups it belongs to (created as needed)."""
+
+    @abstractmethod
+    def group_kpis(self, scope: str, group: Group, trend: bool) -> list[KpiValue]: ...
+
+    def label(self, entity: str) -> str:
+        """The entity_id of the entity's KPIs (devices prefix the sensor kind)."""
+        return entity
+
+    def expected(self, partition: int, partition_count: int, reference: Mapping[str, Any]) -> Any:
+        """Entities that must report in every window of this partition (silence detection)."""
+        return ()
+
+
+def group(groups: dict[GroupKey, Group], scope: str, entity: str) -> Group:
+    found = groups.get((scope, entity))
+    if found is None:
+        found = groups[(scope, entity)] = Group()
+    return found
+
+
+def kpi_record(
+    kpi: str, scope: str, entity: str, key: WindowKey, value: float, samples: int,
+    revision: int, now_ms: int,
+) -> dict[str, Any]:  # fmt: skip
+    return {
+        "kpi": kpi,
+        "scope": scope,
+        "entity_id": entity,
+        "window_start": key[0],
+        "window_end": key[1],
+        "value": value,
+        "samples": samples,
+        "revision": revision,
+        "computed_at": now_ms,
+    }
+
+
+@dataclass
+class Counters:
+    """Reconciliation: every event read is exactly one of accepted, duplicate, late."""
+
+    accepted: int = 0
+    duplicates: int = 0
+    late: int = 0
+    unknown_reference: int = 0  # accepted events whose entity has no reference data
+
+    def merge(self, other: Counters) -> None:
+        self.accepted += other.accepted
+        self.duplicates += other.duplicates
+        self.late += other.late
+        self.unknown_reference += other.unknown_reference
+
+
+class LateEvent(NamedTuple):
+    position: int  # index in the batch, so the caller can dead-letter the original
+    event_ms: int
+    stream_time_ms: int
+
+
+@dataclass
+class Emission:
+    kpis: list[dict[str, Any]] = field(default_factory=list)
+    late: list[LateEvent] = field(default_factory=list)
+    partial: dict[str, Any] | None = None
+    touched: set[WindowKey] = field(default_factory=set)  # windows the input's events went to
+
+
+@dataclass
+class _Window(Generic[Acc]):
+    accs: dict[str, Acc] = field(default_factory=dict)
+    seen: set[Any] = field(default_factory=set)
+    dirty: set[str] = field(default_factory=set)
+    revision: int = -1
+
+
+class PartitionWindows(Generic[Acc]):
+    """Stage 1 state for one input partition."""
+
+    def __init__(
+        self,
+        domain: Domain[Acc],
+        partition: int,
+        partition_count: int,
+        size_ms: int,
+        grace_ms: int,
+        partial_id: int | None = None,
+        merge_count: int | None = None,
+    ) -> None:
+        self.domain = domain
+        self.partition = partition
+        self.partition_count = partition_count
+        # The merge stage waits for this many partials sources (all inputs' partitions).
+        self.partial_id = partition if partial_id is None else partial_id
+        self.merge_count = merge_count or partition_count
+        self.size_ms = domain.window_ms or size_ms
+        self.grace_ms = grace_ms
+        self.stream_time = -1
+        self.windows: dict[WindowKey, _Window[Acc]] = {}
+        self.counters = Counters()
+        self._reported_watermark_window = -1
+        self._filled_until = -1  # silence detection: windows exist up to here
+
+    def add(self, batch: Batch, reference: Mapping[str, Any], now_ms: int) -> Emission:
+        """Account one batch of events, then emit what stream time has closed."""
+        emission = Emission()
+        domain, size, grace, counters = self.domain, self.size_ms, self.grace_ms, self.counters
+        entities, times = batch[domain.entity_column], batch["event_time_ms"]
+        refs = batch[domain.reference_column] if domain.reference_column else None
+        hops = range(HOUR_MS - size, -1, -size) if domain.trend and size < HOUR_MS else ()
+        for i, entity in enumerate(entities):
+            ts = times[i]
+            start = ts - ts % size
+            if self.stream_time > start + size + grace:
+                counters.late += 1
+                emission.late.append(LateEvent(i, ts, self.stream_time))
+                continue
+            key = (start, start + size)
+            window = self.windows.get(key) or self._open(key, reference)
+            dedup = domain.dedup_key(batch, i)
+            if dedup in window.seen:
+                counters.duplicates += 1
+                continue
+            window.seen.add(dedup)
+            self._account(window, entity, batch, i)
+            emission.touched.add(key)
+            for back in hops:  # hopping windows [start - back, start - back + 1 h)
+                hop = (start - back, start - back + HOUR_MS)
+                self._account(self.windows.get(hop) or self._open(hop, reference), entity, batch, i)
+                emission.touched.add(hop)
+            counters.accepted += 1
+            if refs is not None and refs[i] not in reference:
+                counters.unknown_reference += 1
+            if ts > self.stream_time:
+                self.stream_time = ts
+        self._fill_silent_windows(reference)
+        self._emit(emission, reference, now_ms, lambda end: end <= self.stream_time)
+        return emission
+
+    def _account(self, window: _Window[Acc], entity: str, batch: Batch, i: int) -> None:
+        acc = window.accs.get(entity)
+        if acc is None:
+            acc = window.accs[entity] = self.domain.new()
+        self.domain.add(acc, batch, i)
+        window.dirty.add(entity)
+
+    def _open(self, key: WindowKey, reference: Mapping[str, Any]) -> _Window[Acc]:
+        """A new window; entities expected to report start in it with nothing."""
+        window: _Window[Acc] = _Window()
+        for entity in self.domain.expected(self.partition, self.partition_count, reference):
+            window.accs[entity] = self.domain.new()
+            window.dirty.add(entity)
+        self.windows[key] = window
+        return window
+
+    def _fill_silent_windows(self, reference: Mapping[str, Any]) -> None:
+        """With expected entities, every window up to stream time exists, even an empty one."""
+        if self.stream_time < 0 or not self.domain.expected(
+            self.partition, self.partition_count, reference
+        ):
+            return
+        last = window_start(self.stream_time, self.size_ms)
+        if self._filled_until >= 0:
+            first = self._filled_until + self.size_ms
+        else:
+            first = min((s for s, e in self.windows if e - s == self.size_ms), default=last)
+        for start in range(first, last + 1, self.size_ms):
+            key = (start, start + self.size_ms)
+            if key not in self.windows:
+                self._open(key, reference)  # emitted by _emit even if already past grace
+        self._filled_until = max(self._filled_until, last)
+
+    def restore(self, watermark_ms: int) -> None:
+        """Resume after a restart or rebalance at the stream time last published.
+
+        Input is re-read from the oldest open window's first message (the committed
+        offset); events of windows finalized before the watermark are then late, and
+        open windows are rebuilt exactly from their events.
+        """
+        self.stream_time = max(self.stream_time, watermark_ms)
+        self._reported_watermark_window = window_start(self.stream_time, self.size_ms)
+        self._filled_until = window_start(self.stream_time, self.size_ms) - self.size_ms
+
+    def open_windows(self) -> set[WindowKey]:
+        return set(self.windows)
+
+    def flush(self, reference: Mapping[str, Any], now_ms: int) -> Emission:
+        """Emit every window with unemitted events (no more input is coming for now)."""
+        emission = Emission()
+        self._emit(emission, reference, now_ms, lambda end: True)
+        return emission
+
+    def _emit(
+        self, emission: Emission, reference: Mapping[str, Any], now_ms: int, due: Any
+    ) -> None:
+        emitted: list[dict[str, Any]] = []
+        finalized = False
+        for key in sorted(self.windows, key=lambda k: (k[1], k[0])):
+            window = self.windows[key]
+            if window.dirty and due(key[1]):
+                window.revision += 1
+                emission.kpis.extend(self._entity_kpis(key, window, reference, now_ms))
+                emitted.append(self._partial_window(key, window, reference))
+                window.dirty.clear()
+            if self.stream_time > key[1] + self.grace_ms:
+                del self.windows[key]
+                finalized = True
+        watermark_window = window_start(self.stream_time, self.size_ms)
+        # The watermark is published whenever a window is finalized, so a restarted worker
+        # restoring it knows which windows are done (see restore()).
+        if emitted or finalized or watermark_window != self._reported_watermark_window:
+            self._reported_watermark_window = watermark_window
+            emission.partial = {
+                "source_partition": self.partial_id,
+                "partition_count": self.merge_count,
+                "watermark_ms": self.stream_time,
+                "windows": emitted,
+            }
+
+    def _entity_kpis(
+        self, key: WindowKey, window: _Window[Acc], reference: Mapping[str, Any], now_ms: int
+    ) -> Iterable[dict[str, Any]]:
+        trend, domain = key[1] - key[0] != self.size_ms, self.domain
+        for entity in sorted(window.dirty):
+            for kpi, value, samples in domain.entity_kpis(
+                entity, window.accs[entity], reference, trend
+            ):
+                label = domain.label(entity)
+                yield kpi_record(
+                    kpi, domain.entity_scope, label, key, value, samples, window.revision, now_ms
+                )
+
+    def _partial_window(
+        self, key: WindowKey, window: _Window[Acc], reference: Mapping[str, Any]
+    ) -> dict[str, Any]:
+        groups: dict[GroupKey, Group] = {}
+        for entity, acc in window.accs.items():
+            self.domain.contribute(entity, acc, reference, groups)
+        rows = [
+            {
+                "scope": scope,
+                "entity_id": entity,
+                "samples": g.samples,
+                "sums": g.sums,
+                "values": g.values,
+            }
+            for (scope, entity), g in sorted(groups.items())
+        ]
+        return {"window_start_ms": key[0], "window_end_ms": key[1], "groups": rows}
+
+
+@dataclass
+class _MergeWindow:
+    parts: dict[int, list[dict[str, Any]]] = field(default_factory=dict)
+    first_seen_ms: int = 0
+    dirty: bool = False
+    revision: int = -1
+
+
+class MergeWindows:
+    """Stage 2: merges partition partials into group KPIs (district, city, category…).
+
+    A window is forgotten once every partition's watermark has passed end + grace (no
+    partition can send more for it); to bound memory when a partition never reports at
+    all, also once every reporting one is ``retain_ms`` past it. Partials for a
+    forgotten window are ignored and counted, never merged into a fresh, incomplete one.
+    """
+
+    def __init__(
+        self,
+        domain: Domain[Any],
+        grace_ms: int,
+        idle_ms: int,
+        retain_ms: int = 24 * HOUR_MS,
+        size_ms: int = 0,
+    ) -> None:
+        self.domain = domain
+        self.size_ms = domain.window_ms or size_ms  # tumbling size: other sizes are trends
+        self.grace_ms = grace_ms
+        self.idle_ms = idle_ms
+        self.retain_ms = retain_ms
+        self.watermarks: dict[int, int] = {}
+        self.partition_count = 0
+        self.windows: dict[WindowKey, _MergeWindow] = {}
+        self.forgotten_before = -1
+        self.ignored_partials = 0
+        self.touched: set[WindowKey] = set()  # windows the last add() went to
+
+    def open_windows(self) -> set[WindowKey]:
+        return set(self.windows)
+
+    def add(self, partial: Mapping[str, Any], now_ms: int) -> list[dict[str, Any]]:
+        self.touched = set()
+        partition = int(partial["source_partition"])
+        self.partition_count = max(self.partition_count, int(partial["partition_count"]))
+        self.watermarks[partition] = max(
+            self.watermarks.get(partition, -1), int(partial["watermark_ms"])
+        )
+        for item in partial["windows"]:
+            key = (int(item["window_start_ms"]), int(item["window_end_ms"]))
+            if key[1] <= self.forgotten_before:
+                self.ignored_partials += 1
+                continue
+            self.touched.add(key)
+            window = self.windows.get(key)
+            if window is None:
+                window = self.windows[key] = _MergeWindow(first_seen_ms=now_ms)
+            groups = list(item["groups"])
+            # A partition's sums only grow; a smaller part is stale (from a worker that
+            # has since lost the partition) and must not replace a fuller one.
+            if _samples(groups) >= _samples(window.parts.get(partition, [])):
+                window.parts[partition] = groups
+                window.dirty = True
+        return self.emit_due(now_ms)
+
+    def _complete_until(self) -> int:
+        """Stream time every input partition has passed (-1 until all have reported)."""
+        if len(self.watermarks) < self.partition_count or not self.watermarks:
+            return -1
+        return min(self.watermarks.values())
+
+    def emit_due(self, now_ms: int) -> list[dict[str, Any]]:
+        """KPIs of windows all partitions have passed, or that waited ``idle_ms``."""
+        complete_until = self._complete_until()
+        # Memory bound for partitions that never report (no data at all): once every
+        # partition that does report is retain_ms past a window. A lagging partition
+        # that reports holds windows open, so its parts are never dropped.
+        silent = len(self.watermarks) < self.partition_count
+        reporting = min(self.watermarks.values(), default=-1)
+        out: list[dict[str, Any]] = []
+        for key in sorted(self.windows, key=lambda k: (k[1], k[0])):
+            window = self.windows[key]
+            end = key[1]
+            due = end <= complete_until or now_ms - window.first_seen_ms >= self.idle_ms
+            if window.dirty and due:
+                window.revision += 1
+                window.dirty = False
+                out.extend(self._merged_kpis(key, window, now_ms))
+            finished = complete_until > end + self.grace_ms
+            abandoned = silent and reporting > end + self.retain_ms
+            if not window.dirty and (finished or abandoned):
+                del self.windows[key]
+                if key[1] - key[0] == self.size_ms:
+                    self.forgotten_before = max(self.forgotten_before, end)
+        return out
+
+    def _merged_kpis(
+        self, key: WindowKey, window: _MergeWindow, now_ms: int
+    ) -> list[dict[str, Any]]:
+        merged: dict[GroupKey, Group] = {}
+        for groups in window.parts.values():
+            for g in groups:
+                part = Group(
+                    int(g["samples"]), dict(g["sums"]), {k: list(v) for k, v in g["values"].items()}
+                )
+                group(merged, g["scope"], g["entity_id"]).merge(part)
+        trend = key[1] - key[0] != self.size_ms
+        return [
+            kpi_record(kpi, scope, entity, key, value, samples, window.revision, now_ms)
+            for (scope, entity), g in sorted(merged.items())
+            for kpi, value, samples in self.domain.group_kpis(scope, g, trend)
+        ]
+
+
+def _samples(groups: list[dict[str, Any]]) -> int:
+    """A part's size: every event is in exactly one city group."""
+    return sum(int(g["samples"]) for g in groups if g["scope"] == "city")
