@@ -12,7 +12,7 @@ Rules, over 15-minute tumbling windows aligned to the UTC epoch, by event time:
 - ``energy.kwh`` = Σ kwh; ``energy.co2e_kg`` = Σ kwh × the district's grid emission factor
   (a reading of a district without a factor has no CO2e). Scopes meter, district, city.
 - ``waste.bins_over_80pct`` = bins whose last fill level in the window (latest event time;
-  on a tie the later event) is > 80. Scopes district, city; ``samples`` = bins reporting.
+  on a tie the later event) is > 80. Scopes district, city; ``samples`` = fill reports.
 - ``service.requests_opened`` = "opened" events. ``service.response_minutes_p50/_p90``
   = nearest-rank percentile (the value at rank ceil(p/100 × n) of the sorted list) of
   (closed.event_time − opened_at) in minutes over the requests closed in the window.
@@ -147,20 +147,22 @@ def energy_kpis(
 
 def waste_kpis(reports: Iterable[Mapping[str, Any]], window_ms: int) -> dict[Key, Value]:
     last: dict[tuple[str, int], tuple[int, float, str]] = {}  # (bin, window) -> latest
+    reports_of: dict[tuple[str, int], int] = defaultdict(int)
     for r in reports:
         ts = millis(r["event_time"])
         key = (r["bin_id"], window_of(ts, window_ms))
+        reports_of[key] += 1
         if key not in last or ts >= last[key][0]:
             last[key] = (ts, r["fill_pct"], r["district"])
     over: dict[tuple[str, str, int], int] = defaultdict(int)
-    bins: dict[tuple[str, str, int], int] = defaultdict(int)
-    for (_, start), (_, fill, district) in last.items():
+    samples: dict[tuple[str, str, int], int] = defaultdict(int)
+    for (bin_id, start), (_, fill, district) in last.items():
         for scope, entity in (("district", district), ("city", CITY)):
-            bins[(scope, entity, start)] += 1
+            samples[(scope, entity, start)] += reports_of[(bin_id, start)]
             over[(scope, entity, start)] += fill > 80
     return {
         ("waste.bins_over_80pct", scope, entity, start): (float(over[(scope, entity, start)]), n)
-        for (scope, entity, start), n in bins.items()
+        for (scope, entity, start), n in samples.items()
     }
 
 
