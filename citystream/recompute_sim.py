@@ -9,8 +9,9 @@ up as a difference (compare with :func:`citystream.verify.compare`).
 Rules, over 15-minute tumbling windows aligned to the UTC epoch, by event time:
 
 - An event whose ``event_id`` was already seen on its topic is a duplicate: counted once.
-- ``energy.kwh`` = Σ kwh; ``energy.co2e_kg`` = Σ kwh × the district's grid emission factor
-  (a reading of a district without a factor has no CO2e). Scopes meter, district, city.
+- ``energy.kwh`` = Σ kwh; ``energy.co2e_kg`` = Σ kwh × the district's grid emission factor,
+  only where every reading's district has a factor (no partial sums). Scopes meter,
+  district, city.
 - ``waste.bins_over_80pct`` = bins whose last fill level in the window (latest event time;
   on a tie the later event) is > 80. Scopes district, city; ``samples`` = fill reports.
 - ``service.requests_opened`` = "opened" events. ``service.response_minutes_p50/_p90``
@@ -140,8 +141,9 @@ def energy_kpis(
     out: dict[Key, Value] = {}
     for (scope, entity, start), values in kwh.items():
         out[("energy.kwh", scope, entity, start)] = (math.fsum(values), len(values))
-    for (scope, entity, start), values in co2e.items():
-        out[("energy.co2e_kg", scope, entity, start)] = (math.fsum(values), len(values))
+    for key, values in co2e.items():
+        if len(values) == len(kwh[key]):  # every reading has a factor: no partial CO2e
+            out[("energy.co2e_kg", *key)] = (math.fsum(values), len(values))
     return out
 
 

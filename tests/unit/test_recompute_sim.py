@@ -83,10 +83,14 @@ def test_energy_sums_kwh_and_weights_co2e_by_the_district_factor() -> None:
     assert kpis[("energy.kwh", "city", "aarhus", W0 + 15 * MIN)] == (4.0, 1)
     assert kpis[("energy.co2e_kg", "meter", "m1", W0)] == pytest.approx((0.4, 2))
     assert kpis[("energy.co2e_kg", "district", "8200", W0 + 15 * MIN)] == pytest.approx((0.8, 1))
-    # 4.0 × 0.1 + 1.0 × 0.2; the reading of 9999 has kWh but no CO2e
-    assert kpis[("energy.co2e_kg", "city", "aarhus", W0)] == pytest.approx((0.6, 3))
+    # the reading of 9999 has kWh but no factor: no CO2e where it counts, not a partial one
     assert ("energy.co2e_kg", "meter", "m3", W0) not in kpis
+    assert ("energy.co2e_kg", "city", "aarhus", W0) not in kpis
     assert kpis[("energy.kwh", "district", "9999", W0)] == (2.0, 1)
+    # without it the city's CO2e is 4.0 × 0.1 + 1.0 × 0.2
+    known = recompute([energy("a", "m1", "8000", W0, 4.0), energy("c", "m2", "8200", W0, 1.0)],
+                      FACTORS, SLA)  # fmt: skip
+    assert known[("energy.co2e_kg", "city", "aarhus", W0)] == pytest.approx((0.6, 2))
 
 
 def test_waste_counts_bins_whose_last_level_in_the_window_is_above_80() -> None:
