@@ -276,9 +276,14 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     wait_for_services(settings)
     ensure_topics(settings)
     source.setup()
-    for sig in (signal.SIGTERM, signal.SIGINT):  # stop, then flush what was generated
+    previous = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT)}
+    for sig in previous:  # stop, then flush what was generated
         signal.signal(sig, lambda *_: source.stop())
-    report = source.run(print_simulation_progress)
+    try:
+        report = source.run(print_simulation_progress)
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
     print(
         f"simulated {report.generated:,} events: published {dict(report.published)}, "
         f"faults {dict(report.faults)}, dead-lettered {dict(report.dead_lettered)}"
