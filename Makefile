@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 CITYSTREAM := $(BIN)/citystream
 
 .DEFAULT_GOAL := help
-.PHONY: help install mosquitto demo test unit lint format typecheck bench stack-up stack-down stack-status clean
+.PHONY: help install mosquitto demo test unit lint format typecheck bench stack-up stack-down stack-status clean docs asyncapi-tools
 
 help: ## list the targets
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
@@ -33,7 +33,7 @@ mosquitto: ## install Debian's mosquitto (the MQTT broker of the stack and tests
 demo: $(STAMP) ## the whole pipeline on one day of real Aarhus traffic, KPIs printed
 	$(CITYSTREAM) demo
 
-test: $(STAMP) mosquitto ## lint, then every test on the real stack (started and stopped here)
+test: $(STAMP) mosquitto asyncapi-tools ## lint, then every test on the real stack (started and stopped here)
 	$(BIN)/ruff check .
 	$(BIN)/mypy citystream schemas streams connectors infra
 	$(MAKE) --no-print-directory deploy-check
@@ -42,7 +42,7 @@ test: $(STAMP) mosquitto ## lint, then every test on the real stack (started and
 	  $(BIN)/pytest $(PYTEST_ARGS) || status=$$?; \
 	  $(CITYSTREAM) stack down; exit $$status
 
-unit: $(STAMP) ## unit tests only (no services)
+unit: $(STAMP) asyncapi-tools ## unit tests only (no services)
 	$(BIN)/pytest tests/unit -q
 
 lint: $(STAMP) ## ruff and mypy
@@ -66,6 +66,10 @@ stack-down: $(STAMP) ## stop them
 
 stack-status: $(STAMP) ## are they up?
 	$(CITYSTREAM) stack status
+
+docs: $(STAMP) ## regenerate the README's KPI catalogue and docs/asyncapi.yaml from the code
+	$(CITYSTREAM) catalog kpis --write
+	$(CITYSTREAM) catalog asyncapi
 
 clean: ## remove runtime state (not the download cache)
 	-$(CITYSTREAM) stack down
@@ -113,3 +117,23 @@ dockerfile-lint: $(STAMP) ## hadolint the Dockerfile
 CONTAINER_TOOL ?= $(or $(shell command -v docker 2>/dev/null),podman)
 image: ## build the container image citystream:<version> (docker or podman)
 	$(CONTAINER_TOOL) build -t citystream:$(shell sed -n 's/^version = "\(.*\)"/\1/p' pyproject.toml) .
+
+# --- AsyncAPI tooling: the official parser validates docs/asyncapi.yaml in the tests -----
+# Installed with npm once into the tools cache; tests/unit/test_catalog.py runs it with node
+# from ASYNCAPI_TOOLS and fails (never skips) when node or the packages are missing.
+ASYNCAPI_PARSER_VERSION ?= 3.6.6
+ASYNCAPI_AVRO_PARSER_VERSION ?= 3.1.0
+ASYNCAPI_TOOLS ?= $(TOOLS_DIR)/asyncapi
+ASYNCAPI_STAMP := $(ASYNCAPI_TOOLS)/.installed-$(ASYNCAPI_PARSER_VERSION)-$(ASYNCAPI_AVRO_PARSER_VERSION)
+export ASYNCAPI_TOOLS
+
+$(ASYNCAPI_STAMP):
+	@command -v node >/dev/null && command -v npm >/dev/null \
+	  || { echo "error: node and npm are needed to validate docs/asyncapi.yaml (node 20+)" >&2; exit 1; }
+	mkdir -p $(ASYNCAPI_TOOLS)
+	npm install --prefix $(ASYNCAPI_TOOLS) --no-audit --no-fund --save-exact \
+	  @asyncapi/parser@$(ASYNCAPI_PARSER_VERSION) \
+	  @asyncapi/avro-schema-parser@$(ASYNCAPI_AVRO_PARSER_VERSION)
+	touch $@
+
+asyncapi-tools: $(ASYNCAPI_STAMP) ## install the AsyncAPI parser (npm) into the tools cache

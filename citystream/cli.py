@@ -108,6 +108,19 @@ def parser() -> argparse.ArgumentParser:
     _add_simulation_args(sim)
     _add_common(verify)
 
+    catalog = sub.add_parser("catalog", help="the KPI and topic catalogues, from the code")
+    catalog.add_argument("what", choices=["kpis", "asyncapi"])
+    catalog.add_argument(
+        "--write",
+        action="store_true",
+        help="kpis: update README.md's catalogue section instead of printing it",
+    )
+    catalog.add_argument(
+        "--output",
+        type=Path,
+        help="asyncapi: where to write (default docs/asyncapi.yaml; '-' prints it)",
+    )
+
     bench = sub.add_parser("bench", help="throughput and latency on the real stack")
     bench.add_argument("--traffic", type=Path, help="default: the 7-day Aarhus file")
     bench.add_argument("--metadata", type=Path, default=DATA_DIR / "traffic_metadata.csv")
@@ -364,6 +377,27 @@ def _verify_simulation(args: argparse.Namespace) -> int:
     return run_verify_simulation(settings, config)
 
 
+def cmd_catalog(args: argparse.Namespace) -> int:
+    from citystream import catalog
+
+    if args.what == "kpis":
+        if not args.write:
+            print(catalog.kpi_table(), end="")
+            return 0
+        changed = catalog.update_readme()
+        print(f"{catalog.README}: {'updated' if changed else 'up to date'}")
+        return 0
+    text = catalog.asyncapi_yaml()
+    if str(args.output) == "-":
+        print(text, end="")
+        return 0
+    output = args.output or catalog.ASYNCAPI_FILE
+    output.parent.mkdir(parents=True, exist_ok=True)
+    output.write_text(text)
+    print(f"{output}: {len(catalog.public_topics())} topics")
+    return 0
+
+
 def cmd_bench(args: argparse.Namespace) -> int:
     from citystream.bench import run_bench
 
@@ -435,6 +469,7 @@ COMMANDS = {
     "demo": cmd_demo,
     "verify": cmd_verify,
     "bench": cmd_bench,
+    "catalog": cmd_catalog,
     "ingest": cmd_ingest,
 }
 

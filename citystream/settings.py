@@ -87,6 +87,12 @@ class Settings(BaseSettings):
         1.0, gt=0, description="...or when the oldest row has waited this long"
     )
     query_port: int = Field(8124, description="Sink's read-only query endpoint (chDB mode)")
+    clickhouse_kpi_ttl_days: int = Field(
+        0, ge=0, description="Days the kpi table keeps a window (TTL); 0 keeps it forever"
+    )
+    clickhouse_rollup_ttl_days: int = Field(
+        0, ge=0, description="Days the daily rollup keeps a window (TTL); 0 keeps it forever"
+    )
 
     # --- ingest over open standards (MQTT, HTTP) ----------------------------------------
     ingest_config: Path | None = Field(

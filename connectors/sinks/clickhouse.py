@@ -15,6 +15,7 @@ endpoint, because no other process can open the directory while the sink holds i
 from __future__ import annotations
 
 import logging
+import re
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -40,6 +41,7 @@ from connectors.sinks.query_endpoint import (
 from schemas.deadletter import dead_letter
 from schemas.registry import SchemaRegistry
 from schemas.serde import AvroSerde, SerdeError
+from streams.kpis import KPIS
 
 log = logging.getLogger(__name__)
 
@@ -49,7 +51,10 @@ COMPONENT = "clickhouse-sink"
 KPI_TOPIC = "city.kpi.batches.v1"
 DLQ_TOPIC = "city.dlq.v1"
 KPI_TABLE = "kpi"
-SCOPES = frozenset({"segment", "district", "city"})
+ROLLUP_STATE_TABLE = "kpi_window_state"
+# Every scope some KPI of the catalogue has (segment, district, city, car_park, sensor, …):
+# a row with another scope is dead-lettered.
+SCOPES = frozenset(scope for kpi in KPIS.values() for scope in kpi.scopes)
 
 # The analysts' contract: names and types of the kpi table, in insert order.
 KPI_COLUMNS: tuple[tuple[str, str], ...] = (
@@ -88,6 +93,19 @@ class Migration:
 
 _KPI_COLUMNS_DDL = ",\n    ".join(f"{name} {type_}" for name, type_ in KPI_COLUMNS)
 
+# One row per window in the rollup's state: the value and samples of the version that wins
+# in ``kpi`` (argMax by the same ``version``), so a revised or re-inserted window replaces
+# its earlier rows instead of adding to them. argMax states merge idempotently, so the
+# backfill may overlap rows the view already saw.
+_WINDOW_STATE_SELECT = """SELECT kpi, scope, entity_id, window_start,
+    argMaxState(value, version) AS value,
+    argMaxState(samples, version) AS samples
+FROM {db}.kpi
+GROUP BY kpi, scope, entity_id, window_start"""
+
+# Districts that are not one (readings of segments missing from the reference data).
+UNKNOWN_DISTRICT = "unknown"
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(
         1,
@@ -108,6 +126,63 @@ ORDER BY (kpi, scope, entity_id, window_start)""",
         (
             f"""CREATE VIEW IF NOT EXISTS {{db}}.kpi_latest AS
 SELECT {", ".join(KPI_COLUMN_NAMES)} FROM {{db}}.kpi FINAL""",
+        ),
+    ),
+    Migration(
+        3,
+        "create kpi_window_state, its materialized view and backfill",
+        (
+            """CREATE TABLE IF NOT EXISTS {db}.kpi_window_state (
+    kpi LowCardinality(String),
+    scope LowCardinality(String),
+    entity_id String,
+    window_start DateTime64(3, 'UTC'),
+    value AggregateFunction(argMax, Float64, UInt64),
+    samples AggregateFunction(argMax, UInt32, UInt64)
+)
+ENGINE = AggregatingMergeTree
+PARTITION BY toYYYYMM(window_start)
+ORDER BY (kpi, scope, entity_id, window_start)""",
+            "CREATE MATERIALIZED VIEW IF NOT EXISTS {db}.kpi_window_state_mv "
+            "TO {db}.kpi_window_state AS\n" + _WINDOW_STATE_SELECT,
+            "INSERT INTO {db}.kpi_window_state\n" + _WINDOW_STATE_SELECT,
+        ),
+    ),
+    Migration(
+        4,
+        "create kpi_daily",
+        (
+            """CREATE VIEW IF NOT EXISTS {db}.kpi_daily AS
+SELECT kpi, scope, entity_id, toDate(window_start) AS day,
+    count() AS windows,
+    sum(value) AS sum_value,
+    avg(value) AS avg_value,
+    min(value) AS min_value,
+    max(value) AS max_value,
+    sum(samples) AS samples
+FROM (
+    SELECT kpi, scope, entity_id, window_start,
+        argMaxMerge(value) AS value,
+        argMaxMerge(samples) AS samples
+    FROM {db}.kpi_window_state
+    GROUP BY kpi, scope, entity_id, window_start
+)
+GROUP BY kpi, scope, entity_id, day""",
+        ),
+    ),
+    Migration(
+        5,
+        "create kpi_equity",
+        (
+            f"""CREATE VIEW IF NOT EXISTS {{db}}.kpi_equity AS
+SELECT kpi, entity_id AS district, window_start, window_end, value,
+    quantileExactInclusive(0.5)(value) OVER per_window AS city_median,
+    value - city_median AS gap,
+    if(city_median = 0, NULL, (value - city_median) / abs(city_median)) AS relative_gap,
+    count() OVER per_window AS districts
+FROM {{db}}.kpi FINAL
+WHERE scope = 'district' AND entity_id != '{UNKNOWN_DISTRICT}'
+WINDOW per_window AS (PARTITION BY kpi, window_start)""",
         ),
     ),
 )
@@ -142,8 +217,65 @@ def connect(settings: Settings, *, readonly: bool = False) -> Client:
     return client
 
 
-def migrate(client: Client, database: str) -> list[int]:
-    """Create the database and apply pending migrations; returns the versions applied now."""
+@dataclass(frozen=True)
+class Retention:
+    """Days each table keeps a window after its start (0 = forever); a TTL, so ClickHouse
+    drops expired rows in the background. ``kpi`` and the rollup's state expire apart, so
+    daily figures can outlive the 15-minute rows they came from."""
+
+    kpi_days: int = 0
+    rollup_days: int = 0
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> Retention:
+        return cls(settings.clickhouse_kpi_ttl_days, settings.clickhouse_rollup_ttl_days)
+
+    def by_table(self) -> dict[str, int]:
+        return {KPI_TABLE: self.kpi_days, ROLLUP_STATE_TABLE: self.rollup_days}
+
+
+def ttl_expression(days: int) -> str | None:
+    """The TTL as ClickHouse prints it back in ``engine_full``, so it compares as text."""
+    return f"toDateTime(window_start) + toIntervalDay({days})" if days > 0 else None
+
+
+def current_ttl(client: Client, database: str, table: str) -> str | None:
+    engine = client.command(
+        "SELECT engine_full FROM system.tables WHERE database = {db:String} AND name = {t:String}",
+        parameters={"db": database, "t": table},
+        use_database=False,
+    )
+    found = re.search(r"\bTTL (.+?)(?: SETTINGS |$)", str(engine))
+    return found.group(1) if found else None
+
+
+def apply_retention(client: Client, database: str, retention: Retention) -> dict[str, str | None]:
+    """Make each table's TTL follow ``retention``; returns the tables changed and their TTL.
+
+    Only a differing TTL is altered: MODIFY TTL rewrites the parts holding expired rows, which
+    a restart of the sink should not repeat.
+    """
+    changed: dict[str, str | None] = {}
+    for table, days in retention.by_table().items():
+        wanted = ttl_expression(days)
+        if current_ttl(client, database, table) == wanted:
+            continue
+        name = f"{quote_identifier(database)}.{quote_identifier(table)}"
+        alter = f"MODIFY TTL {wanted}" if wanted else "REMOVE TTL"
+        client.command(f"ALTER TABLE {name} {alter}", use_database=False)
+        log.info("ClickHouse table %s: TTL now %s", table, wanted or "none (kept forever)")
+        changed[table] = wanted
+    return changed
+
+
+def migrate(
+    client: Client,
+    database: str,
+    retention: Retention,
+    migrations: Sequence[Migration] = MIGRATIONS,
+) -> list[int]:
+    """Create the database, apply pending ``migrations`` and the retention; returns the
+    migration versions applied now. Tests pass a prefix of MIGRATIONS to stage upgrades."""
     db = quote_identifier(database)
     client.command(f"CREATE DATABASE IF NOT EXISTS {db}", use_database=False)
     client.command(_MIGRATIONS_DDL.format(db=db), use_database=False)
@@ -152,7 +284,7 @@ def migrate(client: Client, database: str) -> list[int]:
         for row in client.query(f"SELECT version FROM {db}.schema_migrations FINAL").result_rows
     }
     applied = []
-    for migration in MIGRATIONS:
+    for migration in migrations:
         if migration.version in done:
             continue
         for statement in migration.statements:
@@ -165,6 +297,7 @@ def migrate(client: Client, database: str) -> list[int]:
         )
         log.info("applied ClickHouse migration %d (%s)", migration.version, migration.name)
         applied.append(migration.version)
+    apply_retention(client, database, retention)
     return applied
 
 
@@ -270,7 +403,8 @@ class ClickHouseSink:
         if self._client is None:
             self._client = connect(self.settings)
         with self._db_lock:
-            return migrate(self._client, self.settings.clickhouse_database)
+            retention = Retention.from_settings(self.settings)
+            return migrate(self._client, self.settings.clickhouse_database, retention)
 
     def write(self, rows: Sequence[Mapping[str, Any]]) -> None:
         """Insert ``rows`` (KPI record dicts) as one batch; raises if the insert fails."""
@@ -538,7 +672,10 @@ __all__ = [
     "MIGRATIONS",
     "ClickHouseSink",
     "InvalidKpiRecord",
+    "Retention",
+    "apply_retention",
     "batch_rows",
+    "check_record",
     "connect",
     "kpi_columns",
     "kpi_serde",

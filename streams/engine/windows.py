@@ -15,8 +15,10 @@ What an event adds and which KPIs come out is a :class:`Domain`'s business; the 
 time are the same for every domain and live here only. A window is emitted first with
 revision 0; events that arrive within grace re-emit it with the next revision. Windows are
 forgotten once stream time passes end + grace, and an event for a forgotten window is
-*late*. A domain with ``trend`` also gets hopping windows (1 h, advancing one window size):
-every accepted event is added to each of them too, so their rules are the tumbling ones.
+*late*. A domain with ``trend`` also gets hopping windows (1 h, advancing one window size).
+The merge stage builds them from the tumbling parts it holds (entity sums included), so
+an event is in a trend window exactly when it is in one of its tumbling windows, and a
+restarted first stage, which rebuilds only open tumbling windows, cannot lose them.
 """
 
 from __future__ import annotations
@@ -204,7 +206,6 @@ class PartitionWindows(Generic[Acc]):
         domain, size, grace, counters = self.domain, self.size_ms, self.grace_ms, self.counters
         entities, times = batch[domain.entity_column], batch["event_time_ms"]
         refs = batch[domain.reference_column] if domain.reference_column else None
-        hops = range(HOUR_MS - size, -1, -size) if domain.trend and size < HOUR_MS else ()
         for i, entity in enumerate(entities):
             ts = times[i]
             start = ts - ts % size
@@ -221,10 +222,6 @@ class PartitionWindows(Generic[Acc]):
             window.seen.add(dedup)
             self._account(window, entity, batch, i)
             emission.touched.add(key)
-            for back in hops:  # hopping windows [start - back, start - back + 1 h)
-                hop = (start - back, start - back + HOUR_MS)
-                self._account(self.windows.get(hop) or self._open(hop, reference), entity, batch, i)
-                emission.touched.add(hop)
             counters.accepted += 1
             if refs is not None and refs[i] not in reference:
                 counters.unknown_reference += 1
@@ -317,10 +314,10 @@ class PartitionWindows(Generic[Acc]):
     def _entity_kpis(
         self, key: WindowKey, window: _Window[Acc], reference: Mapping[str, Any], now_ms: int
     ) -> Iterable[dict[str, Any]]:
-        trend, domain = key[1] - key[0] != self.size_ms, self.domain
+        domain = self.domain
         for entity in sorted(window.dirty):
             for kpi, value, samples in domain.entity_kpis(
-                entity, window.accs[entity], reference, trend
+                entity, window.accs[entity], reference, False
             ):
                 label = domain.label(entity)
                 yield kpi_record(
@@ -333,6 +330,10 @@ class PartitionWindows(Generic[Acc]):
         groups: dict[GroupKey, Group] = {}
         for entity, acc in window.accs.items():
             self.domain.contribute(entity, acc, reference, groups)
+            if self.domain.trend:  # the merge stage builds entity trends from these
+                own: dict[GroupKey, Group] = {}
+                self.domain.contribute(entity, acc, reference, own)
+                groups[(self.domain.entity_scope, self.domain.label(entity))] = own[("city", CITY)]
         rows = [
             {
                 "scope": scope,
@@ -354,6 +355,12 @@ class _MergeWindow:
     revision: int = -1
 
 
+@dataclass
+class _Trend:
+    dirty: bool = False
+    revision: int = -1
+
+
 class MergeWindows:
     """Stage 2: merges partition partials into group KPIs (district, city, category…).
 
@@ -361,6 +368,8 @@ class MergeWindows:
     partition can send more for it); to bound memory when a partition never reports at
     all, also once every reporting one is ``retain_ms`` past it. Partials for a
     forgotten window are ignored and counted, never merged into a fresh, incomplete one.
+    With a trend domain, tumbling windows are kept until every 1-hour window holding
+    them is final too, and each trend window is the merge of its tumbling windows.
     """
 
     def __init__(
@@ -372,13 +381,16 @@ class MergeWindows:
         size_ms: int = 0,
     ) -> None:
         self.domain = domain
-        self.size_ms = domain.window_ms or size_ms  # tumbling size: other sizes are trends
+        self.size_ms = domain.window_ms or size_ms
         self.grace_ms = grace_ms
         self.idle_ms = idle_ms
         self.retain_ms = retain_ms
+        trend = domain.trend and self.size_ms < HOUR_MS
+        self.keep_ms = HOUR_MS - self.size_ms if trend else 0  # kept past end for trends
         self.watermarks: dict[int, int] = {}
         self.partition_count = 0
         self.windows: dict[WindowKey, _MergeWindow] = {}
+        self.trends: dict[int, _Trend] = {}  # by start; end = start + 1 h
         self.forgotten_before = -1
         self.ignored_partials = 0
         self.touched: set[WindowKey] = set()  # windows the last add() went to
@@ -408,7 +420,13 @@ class MergeWindows:
             if _samples(groups) >= _samples(window.parts.get(partition, [])):
                 window.parts[partition] = groups
                 window.dirty = True
+                self._mark_trends(key[0])
         return self.emit_due(now_ms)
+
+    def _mark_trends(self, start: int) -> None:
+        if self.keep_ms:
+            for hop in range(start - self.keep_ms, start + 1, self.size_ms):
+                self.trends.setdefault(hop, _Trend()).dirty = True
 
     def _complete_until(self) -> int:
         """Stream time every input partition has passed (-1 until all have reported)."""
@@ -419,41 +437,67 @@ class MergeWindows:
     def emit_due(self, now_ms: int) -> list[dict[str, Any]]:
         """KPIs of windows all partitions have passed, or that waited ``idle_ms``."""
         complete_until = self._complete_until()
+        out: list[dict[str, Any]] = []
+        for key in sorted(self.windows, key=lambda k: (k[1], k[0])):
+            window = self.windows[key]
+            if window.dirty and self._due(key[1], [window], complete_until, now_ms):
+                window.revision += 1
+                window.dirty = False
+                out.extend(self._kpis(key, [window], window.revision, now_ms))
+        out.extend(self._emit_trends(complete_until, now_ms))
+        self._forget(complete_until)
+        return out
+
+    def _due(self, end: int, windows: list[_MergeWindow], complete_until: int, now_ms: int) -> bool:
+        waited = now_ms - max(w.first_seen_ms for w in windows) >= self.idle_ms
+        return end <= complete_until or waited
+
+    def _emit_trends(self, complete_until: int, now_ms: int) -> list[dict[str, Any]]:
+        out: list[dict[str, Any]] = []
+        for start in sorted(self.trends):
+            trend, end = self.trends[start], start + HOUR_MS
+            quarters = [
+                self.windows[(q, q + self.size_ms)]
+                for q in range(start, end, self.size_ms)
+                if (q, q + self.size_ms) in self.windows
+            ]
+            if trend.dirty and quarters and self._due(end, quarters, complete_until, now_ms):
+                trend.revision += 1
+                trend.dirty = False
+                out.extend(self._kpis((start, end), quarters, trend.revision, now_ms))
+            if not trend.dirty and complete_until > end + self.grace_ms:
+                del self.trends[start]
+        return out
+
+    def _forget(self, complete_until: int) -> None:
         # Memory bound for partitions that never report (no data at all): once every
         # partition that does report is retain_ms past a window. A lagging partition
         # that reports holds windows open, so its parts are never dropped.
         silent = len(self.watermarks) < self.partition_count
         reporting = min(self.watermarks.values(), default=-1)
-        out: list[dict[str, Any]] = []
-        for key in sorted(self.windows, key=lambda k: (k[1], k[0])):
-            window = self.windows[key]
-            end = key[1]
-            due = end <= complete_until or now_ms - window.first_seen_ms >= self.idle_ms
-            if window.dirty and due:
-                window.revision += 1
-                window.dirty = False
-                out.extend(self._merged_kpis(key, window, now_ms))
+        for key in list(self.windows):
+            end = key[1] + self.keep_ms
             finished = complete_until > end + self.grace_ms
             abandoned = silent and reporting > end + self.retain_ms
-            if not window.dirty and (finished or abandoned):
+            if not self.windows[key].dirty and (finished or abandoned):
                 del self.windows[key]
-                if key[1] - key[0] == self.size_ms:
-                    self.forgotten_before = max(self.forgotten_before, end)
-        return out
+                self.forgotten_before = max(self.forgotten_before, key[1])
 
-    def _merged_kpis(
-        self, key: WindowKey, window: _MergeWindow, now_ms: int
+    def _kpis(
+        self, key: WindowKey, windows: list[_MergeWindow], revision: int, now_ms: int
     ) -> list[dict[str, Any]]:
-        merged: dict[GroupKey, Group] = {}
-        for groups in window.parts.values():
-            for g in groups:
-                part = Group(
-                    int(g["samples"]), dict(g["sums"]), {k: list(v) for k, v in g["values"].items()}
-                )
-                group(merged, g["scope"], g["entity_id"]).merge(part)
         trend = key[1] - key[0] != self.size_ms
+        merged: dict[GroupKey, Group] = {}
+        for window in windows:
+            for groups in window.parts.values():
+                for g in groups:
+                    if g["scope"] == self.domain.entity_scope and not trend:
+                        continue  # entity KPIs of tumbling windows come from the first stage
+                    values = {k: list(v) for k, v in g["values"].items()}
+                    part = Group(int(g["samples"]), dict(g["sums"]), values)
+                    group(merged, g["scope"], g["entity_id"]).merge(part)
         return [
-            kpi_record(kpi, scope, entity, key, value, samples, window.revision, now_ms)
+            kpi_record(kpi, scope, entity, key, value, samples, revision, now_ms)
             for (scope, entity), g in sorted(merged.items())
             for kpi, value, samples in self.domain.group_kpis(scope, g, trend)
         ]

@@ -18,8 +18,19 @@ import pytest
 
 from citystream.query import QueryError, format_result, run_query
 from citystream.settings import Settings
-from connectors.sinks.clickhouse import KPI_COLUMNS, MIGRATIONS, ClickHouseSink, connect
+from connectors.sinks.clickhouse import (
+    KPI_COLUMNS,
+    MIGRATIONS,
+    ClickHouseSink,
+    InvalidKpiRecord,
+    Retention,
+    apply_retention,
+    check_record,
+    connect,
+    migrate,
+)
 from connectors.sinks.query_endpoint import RejectedQuery, read_only_statement
+from streams.kpis import KPIS
 
 T0 = datetime(2024, 5, 1, 8, 0, tzinfo=UTC)
 WINDOW = timedelta(minutes=15)
@@ -74,7 +85,15 @@ def test_setup_is_idempotent(local_settings: Settings) -> None:
         applied = rows(second, "SELECT version FROM schema_migrations ORDER BY version")
         assert applied == [[m.version] for m in MIGRATIONS]
         tables = rows(second, "SHOW TABLES")
-        assert sorted(t[0] for t in tables) == ["kpi", "kpi_latest", "schema_migrations"]
+        assert sorted(t[0] for t in tables) == [
+            "kpi",
+            "kpi_daily",
+            "kpi_equity",
+            "kpi_latest",
+            "kpi_window_state",
+            "kpi_window_state_mv",
+            "schema_migrations",
+        ]
 
 
 def test_kpi_table_has_the_contracted_columns(sink: ClickHouseSink) -> None:
@@ -277,3 +296,138 @@ def test_format_result() -> None:
     ]
     with pytest.raises(ValueError, match="unknown output format"):
         format_result(columns, result, "xml")
+
+
+# --- daily rollup, equity view, retention ---------------------------------------------------
+
+DAY2 = T0 + timedelta(days=1)
+
+
+def at(start: datetime, **extra: Any) -> dict:
+    return kpi(window_start=start, window_end=start + WINDOW, **extra)
+
+
+def test_daily_rollup_counts_each_window_once_across_revisions(sink: ClickHouseSink) -> None:
+    """Three windows on day 1, one on day 2; revisions, a restart's re-emission and a
+    redelivery all arrive as separate inserts, as they do from the processor."""
+    sink.write([at(T0, value=10.0, samples=2), at(T0 + WINDOW, value=4.0, samples=1)])
+    sink.write([at(T0, value=12.0, samples=3, revision=1)])  # late reading within grace
+    sink.write([at(T0 + WINDOW, value=6.0, samples=2, revision=1), at(DAY2, value=7.0)])
+    sink.write([at(T0 + 2 * WINDOW, value=20.0, samples=5)])
+    sink.write([at(T0, value=10.0, samples=2)])  # redelivered stale revision 0: loses
+    sink.write([at(T0 + WINDOW, value=6.0, samples=2, revision=0)])  # restart renumbered: ties
+    daily = rows(
+        sink,
+        "SELECT day, windows, sum_value, avg_value, min_value, max_value, samples FROM kpi_daily"
+        " WHERE kpi = 'traffic.vehicle_count' AND entity_id = 'seg-1' ORDER BY day",
+    )
+    # Winning values day 1: 12 (3 samples), 6 (2), 20 (5); day 2: 7 (3).
+    assert daily == [
+        ["2024-05-01", 3, 38.0, 38.0 / 3, 6.0, 20.0, 10],
+        ["2024-05-02", 1, 7.0, 7.0, 7.0, 7.0, 3],
+    ]
+    # The rollup agrees with the same aggregation over kpi FINAL.
+    direct = rows(
+        sink,
+        "SELECT toDate(window_start) AS day, count(), sum(value), avg(value), min(value),"
+        " max(value), sum(samples) FROM kpi FINAL GROUP BY day ORDER BY day",
+    )
+    assert direct == daily
+
+
+def test_rollup_backfills_rows_written_before_it_existed(local_settings: Settings) -> None:
+    with ClickHouseSink(local_settings) as old:
+        client = connect(local_settings)
+        try:
+            migrate(client, local_settings.clickhouse_database, Retention(), MIGRATIONS[:2])
+        finally:
+            client.close()
+        old._client = connect(local_settings)  # write() without the later migrations
+        old.write([at(T0, value=5.0), at(T0, value=9.0, revision=1)])
+    with ClickHouseSink(local_settings) as upgraded:
+        assert upgraded.setup() == [m.version for m in MIGRATIONS[2:]]
+        upgraded.write([at(T0, value=11.0, revision=2), at(T0 + WINDOW, value=1.0)])
+        assert rows(upgraded, "SELECT windows, max_value, samples FROM kpi_daily") == [[2, 11.0, 6]]
+
+
+def district(name: str, value: float, start: datetime = T0, **extra: Any) -> dict:
+    return at(start, scope="district", entity_id=name, value=value, **extra)
+
+
+def test_equity_view_puts_each_district_beside_the_city_median(sink: ClickHouseSink) -> None:
+    sink.write([district("8000", 10.0), district("8200", 20.0), district("8210", 30.0)])
+    sink.write([district("8220", 50.0), district("unknown", 1000.0)])  # not a district
+    sink.write([district("8000", 40.0, revision=1)])  # revised: 40, 20, 30, 50
+    sink.write([district("8000", 0.0, T0 + WINDOW), district("8200", 0.0, T0 + WINDOW)])
+    sink.write([at(T0, scope="city", entity_id="aarhus", value=1.0)])  # other scopes: out
+    result = rows(
+        sink,
+        "SELECT district, window_start, value, city_median, gap, relative_gap, districts"
+        " FROM kpi_equity ORDER BY window_start, district",
+    )
+    # Window 1: median of 20, 30, 40, 50 = 35. Window 2: median 0, relative gap undefined.
+    start1, start2 = "2024-05-01T08:00:00+00:00", "2024-05-01T08:15:00+00:00"
+    assert result == [
+        ["8000", start1, 40.0, 35.0, 5.0, 5.0 / 35.0, 4],
+        ["8200", start1, 20.0, 35.0, -15.0, -15.0 / 35.0, 4],
+        ["8210", start1, 30.0, 35.0, -5.0, -5.0 / 35.0, 4],
+        ["8220", start1, 50.0, 35.0, 15.0, 15.0 / 35.0, 4],
+        ["8000", start2, 0.0, 0.0, 0.0, None, 2],
+        ["8200", start2, 0.0, 0.0, 0.0, None, 2],
+    ]
+
+
+def ttls(settings: Settings) -> dict[str, str]:
+    with ClickHouseSink(settings) as sink:
+        sink.setup()
+        return {
+            table: sink.query(f"SELECT engine_full FROM system.tables WHERE name = '{table}'"
+                              " AND database = currentDatabase()").rows[0][0]
+            for table in ("kpi", "kpi_window_state")
+        }  # fmt: skip
+
+
+def test_retention_follows_the_settings_on_every_migrate(local_settings: Settings) -> None:
+    ttl = "TTL toDateTime(window_start) + toIntervalDay({})"
+    first = ttls(local_settings.model_copy(update={"clickhouse_kpi_ttl_days": 30}))
+    assert ttl.format(30) in first["kpi"] and "TTL" not in first["kpi_window_state"]
+    changed = local_settings.model_copy(
+        update={"clickhouse_kpi_ttl_days": 7, "clickhouse_rollup_ttl_days": 400}
+    )
+    second = ttls(changed)
+    assert ttl.format(7) in second["kpi"] and ttl.format(400) in second["kpi_window_state"]
+    client = connect(changed)
+    try:  # already as configured: nothing to alter
+        assert apply_retention(client, changed.clickhouse_database, Retention(7, 400)) == {}
+    finally:
+        client.close()
+    third = ttls(local_settings)  # back to 0: kept forever
+    assert "TTL" not in third["kpi"] and "TTL" not in third["kpi_window_state"]
+
+
+def test_expired_rows_leave_kpi_while_the_rollup_keeps_them(local_settings: Settings) -> None:
+    recent = datetime.now(UTC).replace(minute=0, second=0, microsecond=0) - timedelta(hours=1)
+    settings = local_settings.model_copy(update={"clickhouse_kpi_ttl_days": 30})
+    with ClickHouseSink(settings) as sink:
+        sink.setup()
+        sink.write([at(T0, value=3.0), at(recent, value=4.0)])
+        client = connect(settings)
+        try:
+            client.command("OPTIMIZE TABLE kpi FINAL")  # apply the TTL now, not at some merge
+        finally:
+            client.close()
+        assert rows(sink, "SELECT value FROM kpi") == [[4.0]]
+        assert rows(sink, "SELECT day, max_value FROM kpi_daily ORDER BY day") == [
+            ["2024-05-01", 3.0],
+            [recent.date().isoformat(), 4.0],
+        ]
+
+
+def test_the_sink_accepts_every_catalogue_scope_and_nothing_else() -> None:
+    for definition in KPIS.values():
+        for scope in definition.scopes:
+            check_record(kpi(kpi=definition.name, scope=scope))
+    with pytest.raises(InvalidKpiRecord, match="scope 'galaxy'"):
+        check_record(kpi(scope="galaxy"))
+    with pytest.raises(InvalidKpiRecord, match="negative"):
+        check_record(kpi(samples=-1))

@@ -198,10 +198,10 @@ def test_city_stage_keeps_a_window_until_every_partition_passed_its_grace() -> N
 
 def test_city_stage_ignores_partials_for_forgotten_windows() -> None:
     city = merge(1_000)
-    city.add(partial(0, T0 + 3 * SIZE, [("city", "aarhus", 1, 10, 100.0)]), now_ms=0)
-    city.add({**partial(1, T0 + 3 * SIZE, []), "windows": []}, now_ms=0)
-    assert (T0, T0 + SIZE) not in city.windows  # both partitions passed end + grace
-    assert city.add(partial(1, T0 + 3 * SIZE, [("city", "aarhus", 1, 1, 1.0)]), now_ms=1) == []
+    city.add(partial(0, T0 + 6 * SIZE, [("city", "aarhus", 1, 10, 100.0)]), now_ms=0)
+    city.add({**partial(1, T0 + 6 * SIZE, []), "windows": []}, now_ms=0)
+    assert (T0, T0 + SIZE) not in city.windows  # all passed end + grace of its last trend window
+    assert city.add(partial(1, T0 + 6 * SIZE, [("city", "aarhus", 1, 1, 1.0)]), now_ms=1) == []
     assert city.ignored_partials == 1
 
 
