@@ -8,13 +8,18 @@ import faust
 
 from citystream.settings import Settings
 from streams.app import create_app
+from streams.energy.processor import SPEC as ENERGY
 from streams.engine import agents
 from streams.engine.processor import ProcessorSpec, WindowedProcessor
+from streams.service.processor import SPEC as SERVICE
 from streams.traffic.processor import SPEC as TRAFFIC
+from streams.waste.processor import SPEC as WASTE
 
 log = logging.getLogger(__name__)
 
-PROCESSORS: dict[str, ProcessorSpec] = {spec.name: spec for spec in (TRAFFIC,)}
+PROCESSORS: dict[str, ProcessorSpec] = {
+    spec.name: spec for spec in (TRAFFIC, ENERGY, WASTE, SERVICE)
+}
 
 
 def run(settings: Settings, names: list[str] | None = None, loglevel: str = "INFO") -> None:
