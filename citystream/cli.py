@@ -36,6 +36,40 @@ SETTING_FLAGS = (
 )
 
 
+def _add_aarhus_files(parser: argparse.ArgumentParser) -> None:
+    files = parser.add_argument_group("input files (default: the files shipped in data/aarhus)")
+    files.add_argument("--traffic", type=Path, help="traffic counts (CSV, optionally .gz)")
+    files.add_argument("--metadata", type=Path, help="road segments (traffic_metadata.csv)")
+    files.add_argument("--air", type=Path, help="air-quality readings (pollution CSV)")
+    files.add_argument("--parking", type=Path, help="car park occupancy (parking CSV)")
+    files.add_argument("--car-parks", type=Path, dest="car_parks", help="car park reference CSV")
+    files.add_argument(
+        "--full",
+        action="store_true",
+        help="the full recordings in CITYSTREAM_AARHUS_DIR (a week of traffic and air)",
+    )
+
+
+def aarhus_files(args: argparse.Namespace, settings: Settings) -> Any:
+    """The replay's input files, or None after saying on stderr which ones are missing."""
+    from citystream.replay import AarhusFiles
+
+    base = AarhusFiles.full(settings.aarhus_dir) if args.full else AarhusFiles.shipped()
+    files = base.with_overrides(
+        traffic=args.traffic,
+        metadata=args.metadata,
+        air=args.air,
+        parking=args.parking,
+        car_parks=args.car_parks,
+    )
+    if missing := files.missing():
+        where = f" (--full reads CITYSTREAM_AARHUS_DIR={settings.aarhus_dir})" if args.full else ""
+        print(f"citystream {args.command}: input files not found{where}:", file=sys.stderr)
+        print("\n".join(f"  {m}" for m in missing), file=sys.stderr)
+        return None
+    return files
+
+
 def build_settings(args: argparse.Namespace, **extra: Any) -> Settings:
     overrides = {k: getattr(args, k) for k in SETTING_FLAGS if getattr(args, k, None) is not None}
     overrides.update({k: v for k, v in extra.items() if v is not None})
@@ -56,10 +90,11 @@ def parser() -> argparse.ArgumentParser:
     migrate = sub.add_parser("migrate", help="apply pending ClickHouse migrations (idempotent)")
     _add_common(migrate)
 
-    replay = sub.add_parser("replay", help="replay recorded city data into Kafka")
+    replay = sub.add_parser(
+        "replay", help="replay recorded city data (traffic, air quality, parking) into Kafka"
+    )
     replay.add_argument("dataset", choices=["aarhus"])
-    replay.add_argument("--traffic", type=Path, default=DATA_DIR / "traffic_2014-08-02.csv.gz")
-    replay.add_argument("--metadata", type=Path, default=DATA_DIR / "traffic_metadata.csv")
+    _add_aarhus_files(replay)
     replay.add_argument("--speed", type=float, help="N× real time (default: as fast as possible)")
     _add_common(replay)
 
@@ -86,9 +121,10 @@ def parser() -> argparse.ArgumentParser:
     query.add_argument("--format", choices=["table", "csv", "json"], default="table")
     _add_common(query)
 
-    demo = sub.add_parser("demo", help="the whole pipeline on one day of Aarhus traffic")
-    demo.add_argument("--traffic", type=Path, default=DATA_DIR / "traffic_2014-08-02.csv.gz")
-    demo.add_argument("--metadata", type=Path, default=DATA_DIR / "traffic_metadata.csv")
+    demo = sub.add_parser(
+        "demo", help="the whole pipeline on one day of Aarhus traffic, air quality and parking"
+    )
+    _add_aarhus_files(demo)
     demo.add_argument("--keep-stack", action="store_true", help="leave Kafka and registry up")
     _add_common(demo)
 
@@ -235,17 +271,26 @@ def cmd_migrate(args: argparse.Namespace) -> int:
 
 def cmd_replay(args: argparse.Namespace) -> int:
     from citystream.kafka import ensure_topics
-    from citystream.progress import print_replay_progress
-    from connectors.sources.aarhus import AarhusReplaySource
+    from citystream.replay import aarhus_sources, run_replays, summary
 
     settings = build_settings(args)
+    files = aarhus_files(args, settings)
+    if files is None:
+        return 2
     wait_for_services(settings)
     ensure_topics(settings)
-    source = AarhusReplaySource(settings, args.traffic, args.metadata, args.speed)
-    source.setup()
-    signal.signal(signal.SIGTERM, lambda *_: source.stop())
-    report = source.run(print_replay_progress)
-    return 0 if report.rows_read else 1
+    sources = aarhus_sources(settings, files, args.speed)
+    for source in sources.values():
+        source.setup()
+
+    def stop(*_: object) -> None:
+        for source in sources.values():
+            source.stop()
+
+    signal.signal(signal.SIGTERM, stop)
+    reports = run_replays(sources, paced=args.speed is not None)
+    print(summary(reports))
+    return 0 if all(r.rows_read for r in reports.values()) else 1
 
 
 def _simulation(args: argparse.Namespace) -> tuple[Settings, Any]:
@@ -354,7 +399,9 @@ def cmd_query(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     from citystream.demo import run_demo
 
-    return run_demo(build_settings(args), args.traffic, args.metadata, args.keep_stack)
+    settings = build_settings(args)
+    files = aarhus_files(args, settings)
+    return 2 if files is None else run_demo(settings, files, args.keep_stack)
 
 
 def cmd_verify(args: argparse.Namespace) -> int:

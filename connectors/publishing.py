@@ -247,9 +247,29 @@ class EventPublisher:
 
 
 # --- domain streams
-# A record given to EventPublisher.event carries its batch columns by name, so a
-# domain record holds ``event_time_ms`` (and ``opened_at_ms``) next to the Avro
-# timestamp fields: fastavro writes only the schema's fields to the per-event topic.
+# A record given to EventPublisher.event carries its batch columns by name, so a domain
+# record holds ``event_time_ms`` next to the Avro ``event_time``: fastavro writes only the
+# schema's fields to the per-event topic.
+AIR = EventStream(
+    "city.air.v1",
+    "city.air.batches.v1",
+    key="sensor_id",
+    columns=(
+        "sensor_id",
+        "event_time_ms",
+        "ozone",
+        "particulate_matter",
+        "carbon_monoxide",
+        "sulfure_dioxide",
+        "nitrogen_dioxide",
+    ),
+)
+PARKING = EventStream(
+    "city.parking.v1",
+    "city.parking.batches.v1",
+    key="car_park_id",
+    columns=("car_park_id", "event_time_ms", "vehicle_count", "total_spaces"),
+)
 ENERGY = EventStream(
     "city.energy.v1",
     "city.energy.batches.v1",

@@ -120,6 +120,40 @@ TOPICS: dict[str, TopicSpec] = {
             doc="Sink input: the same KPI records, many per message, column-wise",
             internal=True,
         ),
+        # --- air quality and parking (Aarhus replay)
+        TopicSpec(
+            "city.air.v1",
+            "air_reading.avsc",
+            key="sensor_id",
+            doc="Every air-quality reading as observed, one per message",
+        ),
+        TopicSpec(
+            "city.air.batches.v1",
+            "air_reading_batch.avsc",
+            key="partition number",
+            doc="Air processor input: the same readings, many per message, column-wise",
+            internal=True,
+        ),
+        TopicSpec(
+            "city.car_parks.v1",
+            "car_park.avsc",
+            key="car_park_id",
+            doc="Car park reference data, latest value per car park",
+            compacted=True,
+        ),
+        TopicSpec(
+            "city.parking.v1",
+            "parking_reading.avsc",
+            key="car_park_id",
+            doc="Every car park occupancy reading as observed, one per message",
+        ),
+        TopicSpec(
+            "city.parking.batches.v1",
+            "parking_reading_batch.avsc",
+            key="partition number",
+            doc="Parking processor input: the same readings, many per message, column-wise",
+            internal=True,
+        ),
         # --- city domains from the simulator (connectors/sources/simulator.py) and ingest
         TopicSpec(
             "city.districts.v1",

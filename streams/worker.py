@@ -7,10 +7,13 @@ import logging
 import faust
 
 from citystream.settings import Settings
+from streams.air.processor import SPEC as AIR
 from streams.app import create_app
+from streams.devices.processor import SPEC as DEVICES
 from streams.energy.processor import SPEC as ENERGY
 from streams.engine import agents
 from streams.engine.processor import ProcessorSpec, WindowedProcessor
+from streams.parking.processor import SPEC as PARKING
 from streams.service.processor import SPEC as SERVICE
 from streams.traffic.processor import SPEC as TRAFFIC
 from streams.waste.processor import SPEC as WASTE
@@ -18,7 +21,7 @@ from streams.waste.processor import SPEC as WASTE
 log = logging.getLogger(__name__)
 
 PROCESSORS: dict[str, ProcessorSpec] = {
-    spec.name: spec for spec in (TRAFFIC, ENERGY, WASTE, SERVICE)
+    spec.name: spec for spec in (TRAFFIC, AIR, PARKING, DEVICES, ENERGY, WASTE, SERVICE)
 }
 
 

@@ -7,6 +7,10 @@ one entry of a column-wise ``TrafficReadingBatch`` on ``city.traffic.batches.v1`
 processor's input, decoded in bulk). Road segments go first to the compacted
 ``city.road_segments.v1``, and are flushed before any reading so the processor can enrich.
 Rows that cannot be used go to ``city.dlq.v1`` with reason, file:line and the raw row.
+
+The pieces every Aarhus file replay shares (local time, row parsing with dead letters,
+reference files, pacing, progress) live here too: ``aarhus_air`` and ``aarhus_parking``
+build on :class:`RowParser` and :class:`CsvReplay`.
 """
 
 from __future__ import annotations
@@ -19,18 +23,20 @@ import time
 from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from functools import lru_cache
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, Generic, TypeVar
 from zoneinfo import ZoneInfo
 
 from citystream.settings import Settings
-from connectors.publishing import EventPublisher, Reading, Rejected
+from connectors.publishing import EventPublisher, EventStream, Reading, Rejected
 from connectors.sources.pacing import Pacer
 
 COMPONENT = "aarhus-replay"
 AARHUS_TZ = ZoneInfo("Europe/Copenhagen")
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+T = TypeVar("T")
 READING_COLUMNS = (
     "status",
     "avgMeasuredTime",
@@ -54,8 +60,8 @@ class RowError(ValueError):
 
 
 @lru_cache(maxsize=65536)
-def local_to_utc_ms(text: str) -> int:
-    """Aarhus local wall time (no offset) to UTC epoch ms.
+def local_to_utc_ms(text: str, column: str = "TIMESTAMP") -> int:
+    """Aarhus local wall time (no offset) to UTC epoch ms, exact to the millisecond.
 
     An ambiguous time in the autumn fold is read as the first (summer-time) occurrence; a
     time that does not exist (the spring gap) is rejected rather than guessed.
@@ -63,19 +69,17 @@ def local_to_utc_ms(text: str) -> int:
     try:
         naive = datetime.fromisoformat(text.strip())
     except ValueError as exc:
-        raise RowError("invalid_timestamp", f"unparseable TIMESTAMP {text!r}") from exc
+        raise RowError("invalid_timestamp", f"unparseable {column} {text!r}") from exc
     if naive.tzinfo is not None:
-        return int(naive.timestamp() * 1000)
-    local = naive.replace(tzinfo=AARHUS_TZ)
-    utc = local.astimezone(UTC)
+        return (naive - EPOCH) // timedelta(milliseconds=1)
+    utc = naive.replace(tzinfo=AARHUS_TZ).astimezone(UTC)
     if utc.astimezone(AARHUS_TZ).replace(tzinfo=None) != naive:
-        raise RowError(
-            "invalid_timestamp", f"TIMESTAMP {text!r} does not exist in Aarhus (DST gap)"
-        )
-    return int(utc.timestamp() * 1000)
+        raise RowError("invalid_timestamp", f"{column} {text!r} does not exist in Aarhus (DST gap)")
+    return (utc - EPOCH) // timedelta(milliseconds=1)
 
 
-def _count(text: str, column: str) -> int:
+def whole_count(text: str, column: str) -> int:
+    """A count column: a whole number >= 0 ("5" and "5.0" alike)."""
     try:
         value = int(text)
     except ValueError:
@@ -105,31 +109,56 @@ def _speed(text: str) -> float:
     return value
 
 
+def bounded_number(text: str, column: str, low: float, high: float) -> float:
+    """A measured value: finite and within [low, high], else the row is refused."""
+    try:
+        value = float(text)
+    except ValueError as exc:
+        raise RowError("invalid_row", f"{column} is not a number: {text!r}") from exc
+    if not (math.isfinite(value) and low <= value <= high):
+        raise RowError("invalid_row", f"{column} must be within {low:g}..{high:g}: {text!r}")
+    return value
+
+
 def _optional_seconds(text: str, column: str) -> int | None:
-    return None if text.strip() == "" else _count(text, column)
+    return None if text.strip() == "" else whole_count(text, column)
 
 
-class ReadingParser:
-    """Turns CSV rows into readings, column order taken from the header."""
+class RowParser(Generic[T]):
+    """CSV rows to events, column order taken from the header; bad rows become Rejected.
+
+    Subclasses name their ``columns`` and implement ``_parse``, raising RowError.
+    """
+
+    columns: tuple[str, ...] = ()
 
     def __init__(self, header: list[str], source_name: str) -> None:
-        missing = [c for c in READING_COLUMNS if c not in header]
+        missing = [c for c in self.columns if c not in header]
         if missing:
             raise ValueError(f"{source_name}: header lacks columns {missing}")
-        self.index = {c: header.index(c) for c in READING_COLUMNS}
+        self.index = {c: header.index(c) for c in self.columns}
         self.width = len(header)
         self.source_name = source_name
 
-    def parse(self, row: list[str], line: int) -> Reading | Rejected:
+    def parse(self, row: list[str], line: int) -> T | Rejected:
         origin = f"{self.source_name}:{line}"
         try:
+            if len(row) != self.width:
+                raise RowError("invalid_row", f"expected {self.width} fields, got {len(row)}")
             return self._parse(row, origin)
         except RowError as exc:
             return Rejected(exc.reason, str(exc), origin, ",".join(row))
 
+    def _parse(self, row: list[str], origin: str) -> T:
+        raise NotImplementedError
+
+
+class ReadingParser(RowParser[Reading]):
+    """Traffic rows to canonical readings."""
+
+    columns = READING_COLUMNS
+
     def _parse(self, row: list[str], origin: str) -> Reading:
-        if len(row) != self.width:
-            raise RowError("invalid_row", f"expected {self.width} fields, got {len(row)}")
         ix = self.index
         segment_id = row[ix["REPORT_ID"]].strip()
         if not segment_id:
@@ -137,7 +166,7 @@ class ReadingParser:
         return Reading(
             segment_id=segment_id,
             event_time_ms=local_to_utc_ms(row[ix["TIMESTAMP"]]),
-            vehicle_count=_count(row[ix["vehicleCount"]], "vehicleCount"),
+            vehicle_count=whole_count(row[ix["vehicleCount"]], "vehicleCount"),
             avg_speed_kmh=_speed(row[ix["avgSpeed"]]),
             avg_measured_time_s=_optional_seconds(row[ix["avgMeasuredTime"]], "avgMeasuredTime"),
             median_measured_time_s=_optional_seconds(
@@ -156,15 +185,22 @@ def open_text(path: Path, raw: IO[bytes] | None = None) -> IO[str]:
     return io.TextIOWrapper(binary, encoding="utf-8", newline="")
 
 
-def iter_readings(path: Path, raw: IO[bytes] | None = None) -> Iterator[Reading | Rejected]:
+def iter_rows(
+    path: Path, parser: Callable[[list[str], str], RowParser[T]], raw: IO[bytes] | None = None
+) -> Iterator[T | Rejected]:
+    """Every data row of a CSV file, parsed; line numbers count the header as line 1."""
     with open_text(path, raw) as handle:
         rows = csv.reader(handle)
         header = next(rows, None)
         if header is None:
             return
-        parser = ReadingParser(header, path.name)
+        row_parser = parser(header, path.name)
         for line, row in enumerate(rows, start=2):
-            yield parser.parse(row, line)
+            yield row_parser.parse(row, line)
+
+
+def iter_readings(path: Path, raw: IO[bytes] | None = None) -> Iterator[Reading | Rejected]:
+    return iter_rows(path, ReadingParser, raw)
 
 
 def parse_segment(row: dict[str, str]) -> dict[str, Any]:
@@ -187,20 +223,31 @@ def parse_segment(row: dict[str, str]) -> dict[str, Any]:
         raise RowError("invalid_segment", f"bad metadata row: {exc!r}") from exc
 
 
-def read_segments(path: Path) -> tuple[list[dict[str, Any]], list[Rejected]]:
-    segments: list[dict[str, Any]] = []
+def _checked_segment(row: dict[str, str]) -> dict[str, Any]:
+    segment = parse_segment(row)
+    if not segment["segment_id"] or not math.isfinite(segment["free_flow_speed_kmh"]):
+        raise RowError("invalid_segment", "empty REPORT_ID or non-finite NDT_IN_KMH")
+    return segment
+
+
+def read_reference(
+    path: Path, parse: Callable[[dict[str, str]], dict[str, Any]]
+) -> tuple[list[dict[str, Any]], list[Rejected]]:
+    """A reference CSV: records, and the rows ``parse`` refused (RowError) as dead letters."""
+    records: list[dict[str, Any]] = []
     rejected: list[Rejected] = []
     with open_text(path) as handle:
         for line, row in enumerate(csv.DictReader(handle), start=2):
             try:
-                segment = parse_segment(row)
-                if not segment["segment_id"] or not math.isfinite(segment["free_flow_speed_kmh"]):
-                    raise RowError("invalid_segment", "empty REPORT_ID or non-finite NDT_IN_KMH")
-                segments.append(segment)
+                records.append(parse(row))
             except RowError as exc:
                 raw = ",".join(v or "" for v in row.values() if isinstance(v, str))
                 rejected.append(Rejected(exc.reason, str(exc), f"{path.name}:{line}", raw))
-    return segments, rejected
+    return records, rejected
+
+
+def read_segments(path: Path) -> tuple[list[dict[str, Any]], list[Rejected]]:
+    return read_reference(path, _checked_segment)
 
 
 # --- publishing ----------------------------------------------------------------------
@@ -211,7 +258,8 @@ class ReplayReport:
     rows_read: int = 0
     published: int = 0
     dead_lettered: Counter[str] = field(default_factory=Counter)
-    segments: int = 0
+    segments: int = 0  # traffic: road segments published
+    car_parks: int = 0  # parking: car parks published
     batches: int = 0
     seconds: float = 0.0
     fraction_done: float = 0.0
@@ -224,24 +272,34 @@ class ReplayReport:
 Progress = Callable[[ReplayReport, bool], None]
 
 
-class AarhusReplaySource:
-    """Replays one traffic file (+ metadata) as fast as possible or at ``speed``× real time."""
+class CsvReplay(Generic[T]):
+    """What every Aarhus file replay shares: input checks, dead letters, pacing, progress.
 
-    def __init__(
-        self, settings: Settings, traffic: Path, metadata: Path, speed: float | None = None
-    ) -> None:
+    A subclass names its inputs, publishes its reference data first (durable before the
+    first event, so processors can enrich) and says how one parsed event is published.
+    """
+
+    component = COMPONENT
+    streams: tuple[EventStream, ...] = ()
+    reference_topics: tuple[str, ...] = ()
+
+    def __init__(self, settings: Settings, events_file: Path, speed: float | None) -> None:
         self.settings = settings
-        self.traffic = traffic
-        self.metadata = metadata
+        self.events_file = events_file
         self.speed = speed
         self._stopped = False
 
+    def inputs(self) -> tuple[Path, ...]:
+        return (self.events_file,)
+
     def setup(self) -> None:
         """Connect to the registry and Kafka; fails early with a clear message."""
-        for path in (self.traffic, self.metadata):
+        for path in self.inputs():
             if not path.is_file():
                 raise FileNotFoundError(f"input file not found: {path}")
-        self.events = EventPublisher(self.settings, COMPONENT)
+        self.events = EventPublisher(
+            self.settings, self.component, self.streams, self.reference_topics
+        )
         self.events.setup()
 
     def stop(self) -> None:
@@ -250,8 +308,9 @@ class AarhusReplaySource:
     def run(self, progress: Progress | None = None) -> ReplayReport:
         report = ReplayReport()
         started = time.monotonic()
-        self._publish_segments(report)
-        self._publish_readings(report, progress, started)
+        self._publish_reference(report)
+        self.events.flush()  # reference data is durable before the first event
+        self._publish_events(report, progress, started)
         self.events.flush()
         report.batches = self.events.batches_sent
         report.seconds = time.monotonic() - started
@@ -259,27 +318,39 @@ class AarhusReplaySource:
             progress(report, True)
         return report
 
-    def _reject(self, rejected: Rejected, report: ReplayReport) -> None:
-        self.events.reject(rejected)
-        report.dead_lettered[rejected.reason] += 1
+    def _publish_reference(self, report: ReplayReport) -> None:
+        """Publish the reference data (none by default)."""
 
-    def _publish_segments(self, report: ReplayReport) -> None:
-        segments, rejected = read_segments(self.metadata)
+    def _iter_events(self, raw: IO[bytes]) -> Iterator[T | Rejected]:
+        raise NotImplementedError
+
+    def _event_time_ms(self, event: T) -> int:
+        raise NotImplementedError
+
+    def _publish(self, event: T) -> None:
+        raise NotImplementedError
+
+    def _publish_segments(self, metadata: Path, report: ReplayReport) -> int:
+        """Road segments to their compacted topic; bad metadata rows are dead-lettered."""
+        segments, rejected = read_segments(metadata)
         for segment in segments:
             self.events.road_segment(segment)
         for bad in rejected:
             self._reject(bad, report)
-        self.events.flush()  # reference data is durable before the first reading
-        report.segments = len(segments)
+        return len(segments)
 
-    def _publish_readings(
+    def _reject(self, rejected: Rejected, report: ReplayReport) -> None:
+        self.events.reject(rejected)
+        report.dead_lettered[rejected.reason] += 1
+
+    def _publish_events(
         self, report: ReplayReport, progress: Progress | None, started: float
     ) -> None:
         pacer = Pacer(self.speed) if self.speed else None
         next_progress = started
-        size = max(1, self.traffic.stat().st_size)
-        with self.traffic.open("rb") as raw:
-            for item in iter_readings(self.traffic, raw):
+        size = max(1, self.events_file.stat().st_size)
+        with self.events_file.open("rb") as raw:
+            for item in self._iter_events(raw):
                 if self._stopped:
                     break
                 self._handle(item, report, pacer)
@@ -290,13 +361,54 @@ class AarhusReplaySource:
                     next_progress = time.monotonic() + 0.5
         report.fraction_done = 1.0
 
-    def _handle(self, item: Reading | Rejected, report: ReplayReport, pacer: Pacer | None) -> None:
+    def _handle(self, item: T | Rejected, report: ReplayReport, pacer: Pacer | None) -> None:
         report.rows_read += 1
         if isinstance(item, Rejected):
             self._reject(item, report)
             return
-        if pacer and pacer.wait_needed(item.event_time_ms):
-            self.events.send_batches()
-            pacer.sleep(item.event_time_ms)
-        self.events.reading(item)
+        if pacer:
+            event_ms = self._event_time_ms(item)
+            if pacer.wait_needed(event_ms):
+                self.events.send_batches()
+                pacer.sleep(event_ms)
+        self._publish(item)
         report.published += 1
+
+
+class StreamReplay(CsvReplay[dict[str, Any]]):
+    """A replay of records for one domain :class:`EventStream` (``streams[0]``).
+
+    The parser's records carry ``event_time_ms`` and ``origin`` besides the schema fields.
+    """
+
+    def _event_time_ms(self, event: dict[str, Any]) -> int:
+        return int(event["event_time_ms"])
+
+    def _publish(self, event: dict[str, Any]) -> None:
+        self.events.event(self.streams[0].topic, event, event["origin"])
+
+
+class AarhusReplaySource(CsvReplay[Reading]):
+    """Replays one traffic file (+ metadata) as fast as possible or at ``speed``× real time."""
+
+    def __init__(
+        self, settings: Settings, traffic: Path, metadata: Path, speed: float | None = None
+    ) -> None:
+        super().__init__(settings, traffic, speed)
+        self.traffic = traffic
+        self.metadata = metadata
+
+    def inputs(self) -> tuple[Path, ...]:
+        return (self.traffic, self.metadata)
+
+    def _publish_reference(self, report: ReplayReport) -> None:
+        report.segments = self._publish_segments(self.metadata, report)
+
+    def _iter_events(self, raw: IO[bytes]) -> Iterator[Reading | Rejected]:
+        return iter_readings(self.traffic, raw)
+
+    def _event_time_ms(self, event: Reading) -> int:
+        return event.event_time_ms
+
+    def _publish(self, event: Reading) -> None:
+        self.events.reading(event)

@@ -20,4 +20,5 @@ SPEC = ProcessorSpec(
     partials_topic="city.devices.partials.v1",
     reference_topic="city.road_segments.v1",
     to_reference=segment_info,
+    dead_letters_input=False,
 )

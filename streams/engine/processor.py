@@ -59,6 +59,9 @@ class ProcessorSpec:
     partials_topic: str
     reference_topic: str | None = None
     to_reference: Callable[[dict[str, Any]], Any] = dict
+    # False for a processor reading another family's input (devices reads traffic and
+    # air): their own processors dead-letter bad and late input, once.
+    dead_letters_input: bool = True
 
     @property
     def topics(self) -> tuple[str, ...]:
@@ -168,8 +171,9 @@ class WindowedProcessor:
         pending = self.pending.setdefault((source, partition), deque())
         if isinstance(value, Undecodable):
             self.stats.undecodable += 1
-            self._reject(value.payload, value.reason, value.detail, origin)
-            await self._flush()
+            if self.spec.dead_letters_input:
+                self._reject(value.payload, value.reason, value.detail, origin)
+                await self._flush()
             pending.append((event, frozenset()))
             return _release(pending, set())
         self.stats.batches += 1
@@ -180,7 +184,8 @@ class WindowedProcessor:
         before = Counters(**vars(windows.counters))
         emission = windows.add(value, self.reference.data, _now_ms())
         self._count(windows.counters, before)
-        self._dead_letter_late(emission, value)
+        if self.spec.dead_letters_input:
+            self._dead_letter_late(emission, value)
         await self._publish(emission)
         pending.append((event, frozenset(emission.touched)))
         return _release(pending, windows.open_windows())

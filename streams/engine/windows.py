@@ -368,6 +368,8 @@ class MergeWindows:
     partition can send more for it); to bound memory when a partition never reports at
     all, also once every reporting one is ``retain_ms`` past it. Partials for a
     forgotten window are ignored and counted, never merged into a fresh, incomplete one.
+    That memory bound also waits ``hold_ms`` of wall-clock time: in a fast replay one
+    partition can race a day ahead before another has sent anything at all.
     With a trend domain, tumbling windows are kept until every 1-hour window holding
     them is final too, and each trend window is the merge of its tumbling windows.
     """
@@ -379,8 +381,10 @@ class MergeWindows:
         idle_ms: int,
         retain_ms: int = 24 * HOUR_MS,
         size_ms: int = 0,
+        hold_ms: int = 300_000,
     ) -> None:
         self.domain = domain
+        self.hold_ms = hold_ms
         self.size_ms = domain.window_ms or size_ms
         self.grace_ms = grace_ms
         self.idle_ms = idle_ms
@@ -445,7 +449,7 @@ class MergeWindows:
                 window.dirty = False
                 out.extend(self._kpis(key, [window], window.revision, now_ms))
         out.extend(self._emit_trends(complete_until, now_ms))
-        self._forget(complete_until)
+        self._forget(complete_until, now_ms)
         return out
 
     def _due(self, end: int, windows: list[_MergeWindow], complete_until: int, now_ms: int) -> bool:
@@ -469,17 +473,18 @@ class MergeWindows:
                 del self.trends[start]
         return out
 
-    def _forget(self, complete_until: int) -> None:
+    def _forget(self, complete_until: int, now_ms: int) -> None:
         # Memory bound for partitions that never report (no data at all): once every
         # partition that does report is retain_ms past a window. A lagging partition
         # that reports holds windows open, so its parts are never dropped.
         silent = len(self.watermarks) < self.partition_count
         reporting = min(self.watermarks.values(), default=-1)
-        for key in list(self.windows):
+        for key, window in list(self.windows.items()):
             end = key[1] + self.keep_ms
             finished = complete_until > end + self.grace_ms
-            abandoned = silent and reporting > end + self.retain_ms
-            if not self.windows[key].dirty and (finished or abandoned):
+            held = now_ms - window.first_seen_ms >= self.hold_ms
+            abandoned = silent and reporting > end + self.retain_ms and held
+            if not window.dirty and (finished or abandoned):
                 del self.windows[key]
                 self.forgotten_before = max(self.forgotten_before, key[1])
 

@@ -58,9 +58,9 @@ def test_it_runs_the_stack_the_demo_needs(project: dict[str, Any]) -> None:
     assert kafka_env["KAFKA_PROCESS_ROLES"] == "broker,controller", "KRaft, no ZooKeeper"
     assert set(citystream_services(project)) >= {"init", "migrate", "processor", "sink", "replay"}
     argv = citystream_services(project)["replay"]["command"]
-    traffic, metadata = argv[argv.index("--traffic") + 1], argv[argv.index("--metadata") + 1]
-    for shipped in (traffic, metadata):  # the Dockerfile copies data/aarhus there
-        assert shipped.startswith("/opt/citystream/data/aarhus/")
+    inputs = ("--traffic", "--metadata", "--air", "--parking", "--car-parks")
+    for shipped in (argv[argv.index(flag) + 1] for flag in inputs):  # the Dockerfile copies
+        assert shipped.startswith("/opt/citystream/data/aarhus/")  # data/aarhus there
         assert (REPO / "data" / "aarhus" / Path(shipped).name).is_file()
 
 

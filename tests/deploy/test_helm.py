@@ -290,7 +290,7 @@ def test_sources_ahead_of_code_are_off_by_default() -> None:
 
 
 def test_processor_probes_use_the_stats_page_the_processor_serves() -> None:
-    agents = (REPO / "streams" / "traffic" / "agents.py").read_text()
+    agents = (REPO / "streams" / "engine" / "agents.py").read_text()
     assert '@app.page("/citystream/stats/")' in agents
     deployment = named(render(), "Deployment", "processor")
     container = deployment["spec"]["template"]["spec"]["containers"][0]
@@ -331,6 +331,10 @@ def test_init_and_migrate_run_as_hooks_before_the_workloads_and_replay_after() -
     replay = named(docs, "Job", "replay")
     assert replay["metadata"]["annotations"]["helm.sh/hook"] == "post-install"
     assert "--speed" not in replay["spec"]["template"]["spec"]["containers"][0]["args"]
+    args = replay["spec"]["template"]["spec"]["containers"][0]["args"]
+    for flag in ("--traffic", "--metadata", "--air", "--parking", "--car-parks"):
+        shipped = args[args.index(flag) + 1]  # the Dockerfile copies data/aarhus there
+        assert (REPO / "data" / "aarhus" / Path(shipped).name).is_file(), flag
 
 
 def test_pods_run_non_root_read_only_without_api_tokens(

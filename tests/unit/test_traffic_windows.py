@@ -222,3 +222,16 @@ def test_city_stage_waits_for_a_lagging_partition_however_far_the_others_are() -
     city.emit_due(now_ms=5_000)
     rows = by_key(city.add(partial(1, T0 + SIZE, [("city", "aarhus", 1, 5, 50.0)]), now_ms=6_000))
     assert rows[(VEHICLE_COUNT, "city", "aarhus", T0)]["value"] == 15  # not dropped
+
+
+def test_city_stage_keeps_a_window_for_a_partition_that_starts_late_in_a_fast_replay() -> None:
+    """Partition 2 has no data at all; partition 0 races a day ahead before 1 reports."""
+    city = MergeWindows(Traffic(), GRACE, 1_000, size_ms=SIZE, hold_ms=60_000)
+    day_later = T0 + 120 * SIZE  # past end + trend keep + 24 h retain
+    city.add({**partial(0, day_later, [("city", "aarhus", 1, 10, 100.0)]), "partition_count": 3}, 0)
+    city.emit_due(now_ms=5_000)  # idle: emitted early with partition 0 only
+    part = {**partial(1, T0 + SIZE, [("city", "aarhus", 1, 5, 50.0)]), "partition_count": 3}
+    rows = by_key(city.add(part, now_ms=6_000))
+    assert rows[(VEHICLE_COUNT, "city", "aarhus", T0)]["value"] == 15  # not ignored
+    city.add({**part, "watermark_ms": day_later, "windows": []}, now_ms=61_000)
+    assert (T0, T0 + SIZE) not in city.windows  # memory bound once held a minute
