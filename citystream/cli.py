@@ -352,6 +352,8 @@ def cmd_simulate(args: argparse.Namespace) -> int:
 def cmd_process(args: argparse.Namespace) -> int:
     from streams import worker
 
+    if "alerts" in args.processors:
+        return _process_alerts(args)
     settings = build_settings(args, processor_web_port=args.processor_web_port)
     unknown = sorted(set(args.processors) - set(worker.PROCESSORS))
     if unknown:
@@ -361,6 +363,22 @@ def cmd_process(args: argparse.Namespace) -> int:
     # Faust parses sys.argv itself; hand it a clean command line.
     sys.argv = [sys.argv[0], "worker"]
     worker.run(settings, args.processors, loglevel=args.log_level)
+    return 0
+
+
+def _process_alerts(args: argparse.Namespace) -> int:
+    """The alerts processor runs alone: its own Faust app, consumer group and web port."""
+    from citystream.kafka import ensure_topics
+    from streams.alerts import agents
+
+    if args.processors != ["alerts"]:
+        print("error: alerts runs alone: citystream process alerts", file=sys.stderr)
+        return 2
+    settings = build_settings(args, alerts_web_port=args.processor_web_port)
+    wait_for_services(settings)
+    ensure_topics(settings)  # city.alerts.v1 is read back before anything is produced
+    sys.argv = [sys.argv[0], "worker"]
+    agents.run(settings, loglevel=args.log_level)
     return 0
 
 

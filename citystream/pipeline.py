@@ -87,12 +87,15 @@ class Pipeline:
     services: dict[str, Service] = field(default_factory=dict)
 
     def start(self, *which: str) -> None:
-        """Start services by name: ``processor`` (``processor2``, … for more workers), ``sink``."""
+        """Start services by name: ``processor`` (``processor2``, … for more workers), ``sink``,
+        ``alerts`` (the alerts processor)."""
         logs = self.settings.data_dir / "logs"
         logs.mkdir(parents=True, exist_ok=True)
         for name in which or ("processor", "sink"):
             if name.startswith("processor"):
                 command = ["process", "--web-port", str(self.web_port(name))]
+            elif name == "alerts":
+                command = ["process", "alerts", "--web-port", str(self.settings.alerts_web_port)]
             else:
                 command = ["sink", "clickhouse"]
             log_path = logs / f"{self.settings.topic_prefix or ''}{name}.log"
@@ -104,6 +107,8 @@ class Pipeline:
         def probe(name: str) -> Any:
             if name.startswith("processor"):
                 return self.processor_stats(name)
+            if name == "alerts":
+                return self.alerts_stats()
             return http_get(f"http://127.0.0.1:{self.settings.query_port}/health")
 
         deadline = time.monotonic() + timeout
@@ -129,6 +134,11 @@ class Pipeline:
         """The reconciliation counters of one KPI family's processor in a worker."""
         url = f"http://127.0.0.1:{self.web_port(name)}/citystream/stats/"
         result: dict[str, Any] = json.loads(http_get(url))[domain]
+        return result
+
+    def alerts_stats(self) -> dict[str, Any]:
+        url = f"http://127.0.0.1:{self.settings.alerts_web_port}/citystream/stats/"
+        result: dict[str, Any] = json.loads(http_get(url))
         return result
 
     def check_alive(self) -> None:

@@ -74,6 +74,15 @@ class Settings(BaseSettings):
         10.0, gt=0, description="A dead worker's partitions move after this long"
     )
 
+    # --- alerts (citystream process alerts) ---------------------------------------------
+    alerts_processor_id: str = Field(
+        "citystream-alerts", description="Faust app id (consumer group) of the alerts processor"
+    )
+    alerts_web_port: int = Field(6067, description="Faust web port of the alerts processor")
+    alert_aqi_threshold: float = Field(
+        100.0, ge=0, description="air.aqi above this raises an air_quality alert"
+    )
+
     # --- ClickHouse sink ----------------------------------------------------------------
     clickhouse_url: str | None = Field(
         None, description="chdb:///path (default: <data_dir>/clickhouse) or http(s)://host:port"

@@ -163,13 +163,6 @@ TOPICS: dict[str, TopicSpec] = {
             compacted=True,
         ),
         TopicSpec(
-            "city.service_categories.v1",
-            "service_category.avsc",
-            key="category",
-            doc="Service request categories and their SLA, latest per category",
-            compacted=True,
-        ),
-        TopicSpec(
             "city.energy.v1",
             "energy_reading.avsc",
             key="meter_id",
@@ -196,17 +189,32 @@ TOPICS: dict[str, TopicSpec] = {
             internal=True,
         ),
         TopicSpec(
-            "city.service_requests.v1",
-            "service_request_event.avsc",
-            key="request_id",
-            doc="Every service request status change (opened, assigned, closed), one per message",
-        ),
-        TopicSpec(
             "city.service_requests.batches.v1",
             "service_request_batch.avsc",
             key="partition number",
             doc="Processor input: the same status changes, many per message, column-wise",
             internal=True,
+        ),
+        TopicSpec(
+            "city.service_requests.v1",
+            "service_request_event.avsc",
+            key="request_id",
+            doc="Service request lifecycle events (opened, assigned, closed), one per message",
+        ),
+        TopicSpec(
+            "city.service_categories.v1",
+            "service_category.avsc",
+            key="category",
+            doc="Service request categories with their SLA, latest value per category",
+            compacted=True,
+        ),
+        TopicSpec(
+            "city.alerts.v1",
+            "alert.avsc",
+            key="type|entity_id",
+            doc="Alerts for downstream services: one message per raise or clear; compacted, "
+            "so the latest transition per type and entity is the current alert state",
+            compacted=True,
         ),
         TopicSpec(
             "city.dlq.v1",

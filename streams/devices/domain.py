@@ -49,6 +49,7 @@ class Uptime(Domain[Received]):
     def __init__(self, kind: str, entity_column: str) -> None:
         self.kind = kind
         self.entity_column = entity_column
+        self.reference_column = entity_column  # an unknown sensor re-reads the reference
         self._expected: dict[tuple[int, int, int], tuple[str, ...]] = {}
 
     def new(self) -> Received:

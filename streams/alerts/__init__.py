@@ -1,0 +1,1 @@
+"""Alerts for downstream services: rules (pure), processor (Kafka side), agents (dataflow)."""
