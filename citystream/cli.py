@@ -6,6 +6,7 @@ import argparse
 import logging
 import signal
 import sys
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -97,6 +98,12 @@ def parser() -> argparse.ArgumentParser:
     replay.add_argument("--speed", type=float, help="N× real time (default: as fast as possible)")
     _add_common(replay)
 
+    simulate = sub.add_parser(
+        "simulate", help="seeded city simulator (energy, waste, service requests) into Kafka"
+    )
+    _add_simulate_args(simulate)
+    _add_common(simulate)
+
     process = sub.add_parser("process", help="run the Faust stream processors")
     process.add_argument(
         "processors", nargs="*", metavar="NAME", help="processors to run (default: all)"
@@ -130,15 +137,18 @@ def parser() -> argparse.ArgumentParser:
     _add_common(ingest)
 
     verify = sub.add_parser(
-        "verify", help="recompute KPIs from the source files or the raw topics, compare"
+        "verify",
+        help="recompute KPIs from the source files, the raw topics or a simulation; compare",
     )
-    verify.add_argument("dataset", choices=["aarhus", "topics"])
+    verify.add_argument("dataset", choices=["aarhus", "topics", "simulator"])
     verify.add_argument(
         "--from", dest="since", help="topics: only windows starting at or after (ISO; UTC)"
     )
     verify.add_argument("--to", dest="until", help="topics: only windows starting before (ISO)")
     verify.add_argument("--traffic", type=Path, default=DATA_DIR / "traffic_2014-08-02.csv.gz")
     verify.add_argument("--metadata", type=Path, default=DATA_DIR / "traffic_metadata.csv")
+    sim = verify.add_argument_group("simulator (the same flags as the simulate run)")
+    _add_simulation_args(sim)
     _add_common(verify)
 
     catalog = sub.add_parser("catalog", help="the KPI and topic catalogues, from the code")
@@ -169,6 +179,46 @@ def parser() -> argparse.ArgumentParser:
     bench.add_argument("--metadata", type=Path, default=DATA_DIR / "traffic_metadata.csv")
     _add_common(bench)
     return root
+
+
+def _utc_ms(text: str) -> int:
+    """ISO 8601 time as epoch ms; a time without offset is UTC. ``now``: this minute."""
+    from datetime import UTC, datetime
+
+    if text == "now":  # the one wall-clock read: everything after follows from it
+        return int(time.time()) // 60 * 60_000
+    try:
+        moment = datetime.fromisoformat(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"not an ISO 8601 time: {text!r}") from exc
+    return int((moment if moment.tzinfo else moment.replace(tzinfo=UTC)).timestamp() * 1000)
+
+
+def _add_simulate_args(p: argparse.ArgumentParser) -> None:
+    _add_simulation_args(p)
+    pace = p.add_mutually_exclusive_group()
+    pace.add_argument("--speed", type=float, help="N× real time (default: as fast as possible)")
+    pace.add_argument("--max-rate", type=float, help="at most this many events/s (load test)")
+
+
+def _add_simulation_args(p: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:
+    """What decides the simulated events: shared by simulate and verify simulator."""
+    p.add_argument("--seed", type=int, dest="simulator_seed", help="same seed, same events")
+    p.add_argument(
+        "--start",
+        type=_utc_ms,
+        default=_utc_ms("2014-08-04T00:00:00+00:00"),
+        dest="start_ms",
+        help="simulated start, ISO 8601 (no offset = UTC) or now",
+    )
+    p.add_argument("--hours", type=float, default=24.0, help="simulated span")
+    p.add_argument("--meters", type=int, dest="simulator_meters")
+    p.add_argument("--bins", type=int, dest="simulator_bins")
+    p.add_argument("--requests-per-hour", type=float, dest="simulator_requests_per_hour")
+    p.add_argument("--interval-minutes", type=int, default=15, help="meter and bin readings")
+    p.add_argument("--duplicates", type=float, default=0.0, help="fraction sent twice")
+    p.add_argument("--late", type=float, default=0.0, help="fraction sent an hour late")
+    p.add_argument("--malformed", type=float, default=0.0, help="fraction with a bad copy")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -262,6 +312,62 @@ def cmd_replay(args: argparse.Namespace) -> int:
     return 0 if all(r.rows_read for r in reports.values()) else 1
 
 
+def _simulation(args: argparse.Namespace) -> tuple[Settings, Any]:
+    """Settings with the simulator flags applied, and the SimulationConfig they describe
+    (SimulationConfigError if they describe none)."""
+    from connectors.sources.simulator import SimulationConfig
+
+    settings = build_settings(
+        args,
+        simulator_seed=args.simulator_seed,
+        simulator_meters=args.simulator_meters,
+        simulator_bins=args.simulator_bins,
+        simulator_requests_per_hour=args.simulator_requests_per_hour,
+    )
+    config = SimulationConfig(
+        seed=settings.simulator_seed,
+        start_ms=args.start_ms,
+        hours=args.hours,
+        meters=settings.simulator_meters,
+        bins=settings.simulator_bins,
+        requests_per_hour=settings.simulator_requests_per_hour,
+        interval_minutes=args.interval_minutes,
+        duplicate_fraction=args.duplicates,
+        late_fraction=args.late,
+        malformed_fraction=args.malformed,
+    )
+    return settings, config
+
+
+def cmd_simulate(args: argparse.Namespace) -> int:
+    from citystream.kafka import ensure_topics
+    from citystream.progress import print_simulation_progress
+    from connectors.sources.simulator import CitySimulatorSource, SimulationConfigError
+
+    try:
+        settings, config = _simulation(args)
+        source = CitySimulatorSource(settings, config, args.speed, args.max_rate)
+    except SimulationConfigError as exc:
+        print(f"citystream simulate: {exc}", file=sys.stderr)
+        return 2
+    wait_for_services(settings)
+    ensure_topics(settings)
+    source.setup()
+    previous = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT)}
+    for sig in previous:  # stop, then flush what was generated
+        signal.signal(sig, lambda *_: source.stop())
+    try:
+        report = source.run(print_simulation_progress)
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    print(
+        f"simulated {report.generated:,} events: published {dict(report.published)}, "
+        f"faults {dict(report.faults)}, dead-lettered {dict(report.dead_lettered)}"
+    )
+    return 0
+
+
 def cmd_process(args: argparse.Namespace) -> int:
     from streams import worker
 
@@ -340,7 +446,21 @@ def cmd_verify(args: argparse.Namespace) -> int:
 
     if args.dataset == "topics":
         return run_verify_topics(build_settings(args), args.since, args.until)
+    if args.dataset == "simulator":
+        return _verify_simulation(args)
     return run_verify(build_settings(args), args.traffic, args.metadata)
+
+
+def _verify_simulation(args: argparse.Namespace) -> int:
+    from citystream.recompute_sim import run_verify_simulation
+    from connectors.sources.simulator import SimulationConfigError
+
+    try:
+        settings, config = _simulation(args)
+    except SimulationConfigError as exc:
+        print(f"citystream verify: {exc}", file=sys.stderr)
+        return 2
+    return run_verify_simulation(settings, config)
 
 
 def cmd_catalog(args: argparse.Namespace) -> int:
@@ -441,6 +561,7 @@ COMMANDS = {
     "init": cmd_init,
     "migrate": cmd_migrate,
     "replay": cmd_replay,
+    "simulate": cmd_simulate,
     "process": cmd_process,
     "sink": cmd_sink,
     "query": cmd_query,

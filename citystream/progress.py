@@ -25,13 +25,28 @@ def replay_progress(label: str = "replay", redraw: bool = True) -> Callable[[Any
             f"{report.published:>9,} published  {dead:>5,} dead-lettered  "
             f"{report.rows_per_second:>8,.0f} rows/s"
         )
-        if redraw and sys.stderr.isatty():
-            print(f"\r{text}", end="\n" if done else "", file=sys.stderr, flush=True)
-        elif done or time.monotonic() - _last_line[0] >= 2.0:
-            _last_line[0] = time.monotonic()
-            print(text, file=sys.stderr, flush=True)
+        _show(text, done, redraw)
 
     return show
 
 
 print_replay_progress = replay_progress()
+
+
+def print_simulation_progress(report: Any, done: bool) -> None:
+    published = sum(report.published.values())
+    dead = sum(report.dead_lettered.values())
+    text = (
+        f"simulate {_bar(report.fraction_done)} {report.generated:>9,} events  "
+        f"{published:>9,} published  {dead:>5,} dead-lettered  "
+        f"{report.events_per_second:>8,.0f} events/s"
+    )
+    _show(text, done)
+
+
+def _show(text: str, done: bool, redraw: bool = True) -> None:
+    if redraw and sys.stderr.isatty():
+        print(f"\r{text}", end="\n" if done else "", file=sys.stderr, flush=True)
+    elif done or time.monotonic() - _last_line[0] >= 2.0:
+        _last_line[0] = time.monotonic()
+        print(text, file=sys.stderr, flush=True)

@@ -150,6 +150,16 @@ class Settings(BaseSettings):
     mqtt_username: str | None = Field(None, description="MQTT user of the MQTT ingest")
     mqtt_password: SecretStr | None = Field(None, description="MQTT password (secret)")
 
+    # --- city simulator (citystream simulate; flags override) ---------------------------
+    simulator_seed: int = Field(
+        42, description="Seed of the city simulator: same seed, same events"
+    )
+    simulator_meters: int = Field(500, ge=0, description="Simulated energy meters")
+    simulator_bins: int = Field(200, ge=0, description="Simulated waste bins")
+    simulator_requests_per_hour: float = Field(
+        30.0, ge=0, description="Mean service requests opened per hour, city-wide"
+    )
+
     @property
     def topic_min_insync_replicas(self) -> int:
         """With acks=all, a write needs this many in-sync copies (2 of 3 in production)."""

@@ -10,9 +10,12 @@ simulator, MQTT, HTTP) publishes through here, so the processors see them all.
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
+
+from confluent_kafka import KafkaError
 
 from citystream.kafka import Publisher, partition_for
 from citystream.settings import Settings
@@ -148,9 +151,19 @@ class EventPublisher:
             for s in self.streams.values()
         }
 
-    def _partition_count(self) -> int:
+    def _partition_count(self, wait_s: float = 30.0) -> int:
+        """A topic created just before may take a moment to appear in the metadata of a
+        busy broker: wait for it that long, then fail with Kafka's error."""
         topic = self.topics["city.traffic.v1"]
-        meta = self.publisher.producer.list_topics(topic, timeout=30).topics[topic]
+        deadline = time.monotonic() + wait_s
+        while True:
+            meta = self.publisher.producer.list_topics(topic, timeout=30).topics[topic]
+            unknown = (
+                meta.error is not None and meta.error.code() == KafkaError.UNKNOWN_TOPIC_OR_PART
+            )
+            if not unknown or time.monotonic() > deadline:
+                break
+            time.sleep(0.2)
         if meta.error is not None:
             raise RuntimeError(f"topic {topic}: {meta.error}")
         return len(meta.partitions)
@@ -256,4 +269,22 @@ PARKING = EventStream(
     "city.parking.batches.v1",
     key="car_park_id",
     columns=("car_park_id", "event_time_ms", "vehicle_count", "total_spaces"),
+)
+ENERGY = EventStream(
+    "city.energy.v1",
+    "city.energy.batches.v1",
+    key="meter_id",
+    columns=("meter_id", "district", "event_time_ms", "kwh"),
+)
+WASTE = EventStream(
+    "city.waste.v1",
+    "city.waste.batches.v1",
+    key="bin_id",
+    columns=("bin_id", "district", "event_time_ms", "fill_pct"),
+)
+SERVICE = EventStream(
+    "city.service_requests.v1",
+    "city.service_requests.batches.v1",
+    key="request_id",
+    columns=("request_id", "status", "category", "district", "event_time_ms", "opened_at_ms"),
 )

@@ -154,6 +154,47 @@ TOPICS: dict[str, TopicSpec] = {
             doc="Parking processor input: the same readings, many per message, column-wise",
             internal=True,
         ),
+        # --- city domains from the simulator (connectors/sources/simulator.py) and ingest
+        TopicSpec(
+            "city.districts.v1",
+            "district.avsc",
+            key="district",
+            doc="District reference data (name, grid emission factor), latest per district",
+            compacted=True,
+        ),
+        TopicSpec(
+            "city.energy.v1",
+            "energy_reading.avsc",
+            key="meter_id",
+            doc="Every energy meter reading, one per message",
+        ),
+        TopicSpec(
+            "city.energy.batches.v1",
+            "energy_reading_batch.avsc",
+            key="partition number",
+            doc="Processor input: the same energy readings, many per message, column-wise",
+            internal=True,
+        ),
+        TopicSpec(
+            "city.waste.v1",
+            "waste_fill.avsc",
+            key="bin_id",
+            doc="Every waste bin fill report, one per message",
+        ),
+        TopicSpec(
+            "city.waste.batches.v1",
+            "waste_fill_batch.avsc",
+            key="partition number",
+            doc="Processor input: the same fill reports, many per message, column-wise",
+            internal=True,
+        ),
+        TopicSpec(
+            "city.service_requests.batches.v1",
+            "service_request_batch.avsc",
+            key="partition number",
+            doc="Processor input: the same status changes, many per message, column-wise",
+            internal=True,
+        ),
         TopicSpec(
             "city.service_requests.v1",
             "service_request_event.avsc",

@@ -10,15 +10,18 @@ from citystream.settings import Settings
 from streams.air.processor import SPEC as AIR
 from streams.app import create_app
 from streams.devices.processor import SPEC as DEVICES
+from streams.energy.processor import SPEC as ENERGY
 from streams.engine import agents
 from streams.engine.processor import ProcessorSpec, WindowedProcessor
 from streams.parking.processor import SPEC as PARKING
+from streams.service.processor import SPEC as SERVICE
 from streams.traffic.processor import SPEC as TRAFFIC
+from streams.waste.processor import SPEC as WASTE
 
 log = logging.getLogger(__name__)
 
 PROCESSORS: dict[str, ProcessorSpec] = {
-    spec.name: spec for spec in (TRAFFIC, AIR, PARKING, DEVICES)
+    spec.name: spec for spec in (TRAFFIC, AIR, PARKING, DEVICES, ENERGY, WASTE, SERVICE)
 }
 
 

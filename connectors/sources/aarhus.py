@@ -31,6 +31,7 @@ from zoneinfo import ZoneInfo
 
 from citystream.settings import Settings
 from connectors.publishing import EventPublisher, EventStream, Reading, Rejected
+from connectors.sources.pacing import Pacer
 
 COMPONENT = "aarhus-replay"
 AARHUS_TZ = ZoneInfo("Europe/Copenhagen")
@@ -345,7 +346,7 @@ class CsvReplay(Generic[T]):
     def _publish_events(
         self, report: ReplayReport, progress: Progress | None, started: float
     ) -> None:
-        pacer = _Pacer(self.speed) if self.speed else None
+        pacer = Pacer(self.speed) if self.speed else None
         next_progress = started
         size = max(1, self.events_file.stat().st_size)
         with self.events_file.open("rb") as raw:
@@ -360,7 +361,7 @@ class CsvReplay(Generic[T]):
                     next_progress = time.monotonic() + 0.5
         report.fraction_done = 1.0
 
-    def _handle(self, item: T | Rejected, report: ReplayReport, pacer: _Pacer | None) -> None:
+    def _handle(self, item: T | Rejected, report: ReplayReport, pacer: Pacer | None) -> None:
         report.rows_read += 1
         if isinstance(item, Rejected):
             self._reject(item, report)
@@ -411,23 +412,3 @@ class AarhusReplaySource(CsvReplay[Reading]):
 
     def _publish(self, event: Reading) -> None:
         self.events.reading(event)
-
-
-class _Pacer:
-    """Keeps event time and wall time in step at ``speed``× real time."""
-
-    def __init__(self, speed: float) -> None:
-        self.speed = speed
-        self.first_event_ms: int | None = None
-        self.first_wall = 0.0
-
-    def _due(self, event_ms: int) -> float:
-        if self.first_event_ms is None:
-            self.first_event_ms, self.first_wall = event_ms, time.monotonic()
-        return self.first_wall + (event_ms - self.first_event_ms) / 1000.0 / self.speed
-
-    def wait_needed(self, event_ms: int) -> bool:
-        return self._due(event_ms) > time.monotonic() + 0.01
-
-    def sleep(self, event_ms: int) -> None:
-        time.sleep(max(0.0, self._due(event_ms) - time.monotonic()))

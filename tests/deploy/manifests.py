@@ -36,7 +36,7 @@ TOOLS_DIR = (
 
 # Subcommands templated ahead of their code: the chart and the compose file carry them
 # (disabled / behind a profile) before `citystream` has them.
-AHEAD_OF_CODE = {"ingest", "simulate"}
+AHEAD_OF_CODE = {"ingest"}
 
 
 # --- tools -----------------------------------------------------------------------------------

@@ -125,9 +125,9 @@ def test_segments_take_district_from_first_point_postal_code() -> None:
 def test_pacer_keeps_event_time_and_wall_time_in_step() -> None:
     import time
 
-    from connectors.sources.aarhus import _Pacer
+    from connectors.sources.pacing import Pacer
 
-    pacer = _Pacer(speed=600.0)  # 10 minutes of event time per real second
+    pacer = Pacer(speed=600.0)  # 10 minutes of event time per real second
     start = time.monotonic()
     assert not pacer.wait_needed(0)  # the first reading sets the clock
     assert pacer.wait_needed(5 * 60_000)  # 5 event minutes = 0.5 s ahead

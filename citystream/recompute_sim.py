@@ -1,0 +1,267 @@
+"""Recompute the energy, waste and service KPIs from the simulator's events (the oracle).
+
+The events come from regenerating a simulation from its seed (:func:`simulated_events`)
+or from reading the ``city.<domain>.v1`` topics back (:func:`published_events`). The
+KPIs are the formulas of ``streams/kpis.py`` written a second time, as plainly as
+possible, sharing no aggregation code with the processors, so a bug on either side shows
+up as a difference (compare with :func:`citystream.verify.compare`).
+
+Rules, over 15-minute tumbling windows aligned to the UTC epoch, by event time:
+
+- An event whose ``event_id`` was already seen on its topic is a duplicate: counted once.
+- ``energy.kwh`` = Σ kwh; ``energy.co2e_kg`` = Σ kwh × the district's grid emission factor,
+  only where every reading's district has a factor (no partial sums). Scopes meter,
+  district, city.
+- ``waste.bins_over_80pct`` = bins whose last fill level in the window (latest event time;
+  on a tie the later event) is > 80. Scopes district, city; ``samples`` = fill reports.
+- ``service.requests_opened`` = "opened" events. ``service.response_minutes_p50/_p90``
+  = nearest-rank percentile (the value at rank ceil(p/100 × n) of the sorted list) of
+  (closed.event_time − opened_at) in minutes over the requests closed in the window.
+  ``service.sla_met_pct`` = closed within the category's SLA (≤) / closed × 100; requests
+  of a category without an SLA are left out of it. Scopes category, district, city.
+- A row exists only where its window has at least one counted event of that kind.
+- City scope: ``entity_id`` = ``aarhus``, as for traffic.
+
+Late events are counted unless :func:`drop_late` removes them first, with the processors'
+rule: per topic partition, an event is late when its window end + grace is before the
+largest event time accepted so far on that partition.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections import defaultdict
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass
+from datetime import datetime
+from typing import TYPE_CHECKING, Any
+
+from citystream.kafka import end_offsets, partition_for
+from citystream.settings import Settings
+
+if TYPE_CHECKING:
+    from connectors.sources.simulator import Reference, SimulationConfig
+
+Key = tuple[str, str, str, int]  # kpi, scope, entity_id, window_start (epoch ms)
+Value = tuple[float, int]  # value, samples
+WINDOW_MS = 15 * 60_000
+CITY = "aarhus"
+ENERGY_TOPIC = "city.energy.v1"
+WASTE_TOPIC = "city.waste.v1"
+SERVICE_TOPIC = "city.service_requests.v1"
+TOPIC_KEYS = {ENERGY_TOPIC: "meter_id", WASTE_TOPIC: "bin_id", SERVICE_TOPIC: "request_id"}
+
+
+@dataclass(frozen=True)
+class Event:
+    """One published event: its catalogue topic and its record as Avro has it."""
+
+    topic: str
+    record: Mapping[str, Any]
+
+
+def millis(value: int | datetime) -> int:
+    """Avro timestamp-millis as epoch ms, whether given as int or decoded to datetime."""
+    return value if isinstance(value, int) else round(value.timestamp() * 1000)
+
+
+def window_of(ms: int, window_ms: int = WINDOW_MS) -> int:
+    return ms - ms % window_ms
+
+
+def nearest_rank(values: Iterable[float], p: int) -> float:
+    """The value at rank ceil(p/100 × n) (1-based) of the sorted values."""
+    ordered = sorted(values)
+    if not ordered:
+        raise ValueError("no values")
+    rank = max(1, -(-p * len(ordered) // 100))
+    return ordered[rank - 1]
+
+
+def unique(events: Iterable[Event]) -> Iterator[Event]:
+    """Each (topic, event_id) once: the first occurrence."""
+    seen: set[tuple[str, str]] = set()
+    for event in events:
+        key = (event.topic, event.record["event_id"])
+        if key not in seen:
+            seen.add(key)
+            yield event
+
+
+def drop_late(
+    events: Iterable[Event], partitions: int, window_ms: int = WINDOW_MS, grace_ms: int = WINDOW_MS
+) -> Iterator[Event]:
+    """The events the processors accept: late ones (window end + grace < the partition's
+    stream time, the largest event time accepted before on that partition) left out."""
+    stream_time: dict[tuple[str, int], int] = {}
+    for event in events:
+        key = str(event.record[TOPIC_KEYS[event.topic]]).encode()
+        partition = (event.topic, partition_for(key, partitions))
+        ts = millis(event.record["event_time"])
+        now = stream_time.get(partition, -(2**62))
+        if now > window_of(ts, window_ms) + window_ms + grace_ms:
+            continue
+        stream_time[partition] = max(now, ts)
+        yield event
+
+
+def recompute(
+    events: Iterable[Event],
+    emission_factors: Mapping[str, float],
+    sla_minutes: Mapping[str, int],
+    window_ms: int = WINDOW_MS,
+) -> dict[Key, Value]:
+    """Every energy, waste and service KPI of these events: {key: (value, samples)}."""
+    by_topic: dict[str, list[Mapping[str, Any]]] = defaultdict(list)
+    for event in unique(events):
+        by_topic[event.topic].append(event.record)
+    return {
+        **energy_kpis(by_topic[ENERGY_TOPIC], emission_factors, window_ms),
+        **waste_kpis(by_topic[WASTE_TOPIC], window_ms),
+        **service_kpis(by_topic[SERVICE_TOPIC], sla_minutes, window_ms),
+    }
+
+
+def energy_kpis(
+    readings: Iterable[Mapping[str, Any]], factors: Mapping[str, float], window_ms: int
+) -> dict[Key, Value]:
+    kwh: dict[tuple[str, str, int], list[float]] = defaultdict(list)
+    co2e: dict[tuple[str, str, int], list[float]] = defaultdict(list)
+    for r in readings:
+        start = window_of(millis(r["event_time"]), window_ms)
+        for scope, entity in (
+            ("meter", r["meter_id"]),
+            ("district", r["district"]),
+            ("city", CITY),
+        ):
+            kwh[(scope, entity, start)].append(r["kwh"])
+            if r["district"] in factors:
+                co2e[(scope, entity, start)].append(r["kwh"] * factors[r["district"]])
+    out: dict[Key, Value] = {}
+    for (scope, entity, start), values in kwh.items():
+        out[("energy.kwh", scope, entity, start)] = (math.fsum(values), len(values))
+    for key, values in co2e.items():
+        if len(values) == len(kwh[key]):  # every reading has a factor: no partial CO2e
+            out[("energy.co2e_kg", *key)] = (math.fsum(values), len(values))
+    return out
+
+
+def waste_kpis(reports: Iterable[Mapping[str, Any]], window_ms: int) -> dict[Key, Value]:
+    last: dict[tuple[str, int], tuple[int, float, str]] = {}  # (bin, window) -> latest
+    reports_of: dict[tuple[str, int], int] = defaultdict(int)
+    for r in reports:
+        ts = millis(r["event_time"])
+        key = (r["bin_id"], window_of(ts, window_ms))
+        reports_of[key] += 1
+        if key not in last or ts >= last[key][0]:
+            last[key] = (ts, r["fill_pct"], r["district"])
+    over: dict[tuple[str, str, int], int] = defaultdict(int)
+    samples: dict[tuple[str, str, int], int] = defaultdict(int)
+    for (bin_id, start), (_, fill, district) in last.items():
+        for scope, entity in (("district", district), ("city", CITY)):
+            samples[(scope, entity, start)] += reports_of[(bin_id, start)]
+            over[(scope, entity, start)] += fill > 80
+    return {
+        ("waste.bins_over_80pct", scope, entity, start): (float(over[(scope, entity, start)]), n)
+        for (scope, entity, start), n in samples.items()
+    }
+
+
+def service_kpis(
+    events: Iterable[Mapping[str, Any]], sla_minutes: Mapping[str, int], window_ms: int
+) -> dict[Key, Value]:
+    opened: dict[tuple[str, str, int], int] = defaultdict(int)
+    responses: dict[tuple[str, str, int], list[tuple[float, str]]] = defaultdict(list)
+    for e in events:
+        ts = millis(e["event_time"])
+        start = window_of(ts, window_ms)
+        scopes = (("category", e["category"]), ("district", e["district"]), ("city", CITY))
+        for scope, entity in scopes:
+            if e["status"] == "opened":
+                opened[(scope, entity, start)] += 1
+            elif e["status"] == "closed":
+                minutes = (ts - millis(e["opened_at"])) / 60_000
+                responses[(scope, entity, start)].append((minutes, e["category"]))
+    out: dict[Key, Value] = {
+        ("service.requests_opened", *key): (float(n), n) for key, n in opened.items()
+    }
+    for key, closed in responses.items():
+        times = [m for m, _ in closed]
+        out[("service.response_minutes_p50", *key)] = (nearest_rank(times, 50), len(times))
+        out[("service.response_minutes_p90", *key)] = (nearest_rank(times, 90), len(times))
+        judged = [t <= sla_minutes[c] for t, c in closed if c in sla_minutes]
+        if judged:
+            out[("service.sla_met_pct", *key)] = (100.0 * sum(judged) / len(judged), len(judged))
+    return out
+
+
+def expected_for_simulation(
+    config: SimulationConfig, reference: Reference, settings: Settings
+) -> dict[Key, Value]:
+    """What the processors should store for this simulation: late events left out."""
+    window_ms, grace_ms = settings.window_minutes * 60_000, settings.grace_minutes * 60_000
+    events = drop_late(
+        simulated_events(config, reference), settings.partitions, window_ms, grace_ms
+    )
+    factors, sla = reference.emission_factors(), reference.sla_minutes()
+    return recompute(events, factors, sla, window_ms)
+
+
+def run_verify_simulation(settings: Settings, config: SimulationConfig) -> int:
+    """`citystream verify simulator`: the simulation's KPIs against ClickHouse; 1 on any
+    difference."""
+    from citystream.verify import compare, stored_kpis
+    from connectors.sources.simulator import load_reference
+
+    expected = expected_for_simulation(config, load_reference(), settings)
+    stored: dict[Key, Value] = {}
+    for domain in ("energy.", "waste.", "service."):
+        stored.update(stored_kpis(settings, domain))
+    result = compare(expected, stored)
+    print(result.summary())
+    print("verify: OK" if result.ok else "verify: DIFFERENCES FOUND")
+    return 0 if result.ok else 1
+
+
+# --- where the events come from ------------------------------------------------------
+
+
+def simulated_events(config: SimulationConfig, reference: Reference) -> list[Event]:
+    """Regenerate a simulation (connectors.sources.simulator) and keep what it publishes:
+    everything but the malformed copies, which the source dead-letters."""
+    from connectors.sources.simulator import simulate
+
+    return [Event(e.topic, e.record) for e in simulate(config, reference) if e.fault != "malformed"]
+
+
+def published_events(settings: Settings, timeout_s: float = 30.0) -> list[Event]:
+    """Read the three domain topics back, each partition in order, up to its end offset."""
+    return [Event(name, r) for name in TOPIC_KEYS for r in read_topic(settings, name, timeout_s)]
+
+
+def read_topic(settings: Settings, name: str, timeout_s: float = 30.0) -> list[dict[str, Any]]:
+    """Every record of a catalogue topic up to its end offsets, partition by partition."""
+    from confluent_kafka import Consumer, TopicPartition
+
+    from schemas.registry import SchemaRegistry
+
+    topic = settings.topic(name)
+    serde = SchemaRegistry(settings.registry_config()).serde(topic, name)
+    out: list[dict[str, Any]] = []
+    for partition, end in sorted(end_offsets(settings, topic).items()):
+        consumer = Consumer(settings.kafka_config(**{"group.id": "recompute-sim"}))
+        consumer.assign([TopicPartition(topic, partition, 0)])
+        read, deadline = 0, time.monotonic() + timeout_s
+        try:
+            while read < end:
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"{topic}/{partition}: read {read} of {end}")
+                for msg in consumer.consume(min(1000, end - read), timeout=1.0):
+                    if msg.error() is not None:
+                        raise RuntimeError(f"{topic}/{partition}: {msg.error()}")
+                    out.append(serde.decode(msg.value()))
+                    read += 1
+        finally:
+            consumer.close()
+    return out
