@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import time
+from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from citystream.kafka import ensure_topics, register_schemas
+from citystream.kafka import ensure_topics, read_topic, register_schemas
 from citystream.pipeline import Pipeline
 from citystream.query import format_result, run_query
+from citystream.recompute_aarhus import recompute_air, recompute_parking
+from citystream.recompute_devices import recompute_devices
+from citystream.recompute_sim import expected_for_simulation
 from citystream.replay import (
     AarhusFiles,
     aarhus_sources,
@@ -18,7 +22,10 @@ from citystream.replay import (
     wait_processed,
 )
 from citystream.settings import Settings
+from citystream.verify import Key, Value, compare, recompute, stored_kpis
+from connectors.publishing import ENERGY, SERVICE, WASTE
 from connectors.sources.aarhus import ReplayReport
+from connectors.sources.simulator import CitySimulatorSource, SimulationConfig, load_reference
 
 SUMMARY_QUERIES = {
     "Vehicles per district per hour (busiest hours first, top 12)": """
@@ -51,6 +58,29 @@ SUMMARY_QUERIES = {
         WHERE kpi = 'air.aqi' AND scope = 'district'
           AND toDate(window_start, 'Europe/Copenhagen') = '2014-08-02'
         GROUP BY district ORDER BY mean_aqi DESC""",
+    "Least available sensors (device uptime over the day, hours at 0 %)": """
+        SELECT entity_id AS sensor, round(avg(value), 1) AS uptime_pct,
+               countIf(value = 0) AS silent_hours
+        FROM kpi_latest WHERE kpi = 'devices.uptime_pct' AND scope = 'sensor'
+        GROUP BY sensor ORDER BY uptime_pct, sensor LIMIT 8""",
+    "Energy and CO2e per district (simulated meters, seed 7)": """
+        SELECT entity_id AS district,
+               round(sumIf(value, kpi = 'energy.kwh')) AS kwh,
+               round(sumIf(value, kpi = 'energy.co2e_kg')) AS co2e_kg
+        FROM kpi_latest WHERE scope = 'district' AND startsWith(kpi, 'energy.')
+        GROUP BY district ORDER BY kwh DESC""",
+    "Service requests per category (simulated): opened, median response, SLA met": """
+        SELECT entity_id AS category,
+               toUInt64(sumIf(value, kpi = 'service.requests_opened')) AS opened,
+               round(avgIf(value, kpi = 'service.response_minutes_p50')) AS p50_minutes,
+               round(avgIf(value, kpi = 'service.sla_met_pct'), 1) AS sla_met_pct
+        FROM kpi_latest WHERE scope = 'category' AND startsWith(kpi, 'service.')
+        GROUP BY category ORDER BY opened DESC""",
+    "Equity: districts furthest above the city median AQI (kpi_equity, mean gap)": """
+        SELECT district, round(avg(value), 1) AS aqi, round(avg(city_median), 1) AS median,
+               round(avg(gap), 1) AS mean_gap
+        FROM kpi_equity WHERE kpi = 'air.aqi'
+        GROUP BY district ORDER BY mean_gap DESC LIMIT 5""",
     "Car park occupancy on 2014-08-02 (mean and peak of the 15-minute windows)": """
         SELECT entity_id AS car_park, round(avg(value), 1) AS mean_pct,
                round(max(value), 1) AS peak_pct, count() AS windows
@@ -95,22 +125,30 @@ def run_demo(settings: Settings, files: AarhusFiles, keep_stack: bool) -> int:
             print(f"    {topic}-value: schema id {schema_id}")
         pipeline = Pipeline(settings)
         try:
-            step("3/6 starting the processors (Faust) and the ClickHouse sink")
-            pipeline.start()
-            step("4/6 replaying traffic, air quality and parking as fast as possible")
+            step(
+                "3/7 starting the processors (Faust), the alerts processor and the ClickHouse sink"
+            )
+            pipeline.start("processor", "alerts", "sink")
+            step("4/7 replaying traffic, air quality and parking; simulating the same day's city")
             sources = aarhus_sources(settings, files)
             for source in sources.values():
                 source.setup()
             reports = run_replays(sources, paced=False, announce=lambda text: print(f"    {text}"))
             print(summary(reports))
-            step("5/6 waiting for the processors and the sink to catch up")
-            stats = wait_processed(pipeline, {n: r.published for n, r in reports.items()})
-            step("6/6 KPIs queried from ClickHouse while the sink runs")
+            simulated = simulate_day(settings)
+            step("5/7 waiting for the processors and the sink to catch up")
+            published = {n: r.published for n, r in reports.items()}
+            published["devices"] = published["traffic"] + published["air"]
+            published.update(simulated)
+            stats = wait_processed(pipeline, published)
+            step("6/7 KPIs queried from ClickHouse while the sink runs")
             for title, sql in SUMMARY_QUERIES.items():
                 print(f"\n{title}")
                 print(format_result(*run_query(settings, sql), "table"))
-            print()
+            print(f"\nAlerts on city.alerts.v1: {alert_counts(settings)}\n")
             failed = [n for n, r in reports.items() if not print_reconciliation(n, r, stats[n])]
+            step("7/7 audit: every KPI recomputed from the inputs, independently of the processors")
+            failed += audit(settings, files)
             return 1 if failed else 0
         finally:
             pipeline.stop()
@@ -128,3 +166,52 @@ def print_reconciliation(name: str, report: ReplayReport, stats: dict[str, int])
         f"  (accepted without reference data: {stats['unknown_reference']})"
     )
     return ok
+
+
+SIMULATED_DAY = SimulationConfig(
+    seed=7, start_ms=1_406_930_400_000, hours=24, meters=200, bins=100, requests_per_hour=30
+)  # 2014-08-02 00:00 in Aarhus, the replayed day
+SIMULATED = {"energy": ENERGY.topic, "waste": WASTE.topic, "service": SERVICE.topic}
+
+
+def simulate_day(settings: Settings) -> dict[str, int]:
+    """Energy, waste and service requests for the replayed day; events published per domain."""
+    source = CitySimulatorSource(settings, SIMULATED_DAY)
+    source.setup()
+    report = source.run()
+    print(f"    simulator (seed {SIMULATED_DAY.seed}): {report.generated:,} events")
+    return {domain: report.published[topic] for domain, topic in SIMULATED.items()}
+
+
+def alert_counts(settings: Settings) -> str:
+    """Raised and cleared alerts by type, read back from the topic subscribers use."""
+    from schemas.registry import SchemaRegistry
+
+    topic = settings.topic("city.alerts.v1")
+    serde = SchemaRegistry(settings.registry_config()).serde(topic, "city.alerts.v1")
+    counts: Counter[str] = Counter()
+    for value in read_topic(settings, topic):
+        alert = serde.decode(value)
+        counts[f"{alert['type']} {alert['state']}"] += 1
+    return ", ".join(f"{k}: {n}" for k, n in sorted(counts.items())) or "none"
+
+
+def audit(settings: Settings, files: AarhusFiles) -> list[str]:
+    """`citystream verify` for every domain: the names of those with any difference."""
+    expected = {
+        "traffic": recompute(files.traffic, files.metadata, settings.partitions),
+        "air": recompute_air(files.air, files.metadata, settings.partitions),
+        "parking": recompute_parking(files.parking, files.car_parks, settings.partitions),
+        "devices": recompute_devices(files.traffic, files.air, files.metadata, settings.partitions),
+        "simulated": expected_for_simulation(SIMULATED_DAY, load_reference(), settings),
+    }
+    failed = []
+    for name, rows in expected.items():
+        stored: dict[Key, Value] = {}
+        for prefix in {key[0].split(".")[0] + "." for key in rows}:
+            stored.update(stored_kpis(settings, prefix))
+        result = compare(rows, stored)
+        print(f"{name:9} {result.summary().splitlines()[0]}  [{'OK' if result.ok else 'DIFF'}]")
+        if not result.ok:
+            failed.append(name)
+    return failed

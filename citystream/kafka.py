@@ -4,11 +4,19 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import TypeVar
 
-from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
+from confluent_kafka import (
+    OFFSET_BEGINNING,
+    Consumer,
+    KafkaError,
+    KafkaException,
+    Message,
+    Producer,
+    TopicPartition,
+)
 from confluent_kafka.admin import AdminClient, NewTopic
 
 from citystream.settings import Settings
@@ -195,3 +203,27 @@ def group_lag(settings: Settings, group: str, topic: str) -> int:
     ends = end_offsets(settings, topic)
     committed = committed_offsets(settings, group, topic, ends)
     return sum(max(0, end - committed.get(p, 0)) for p, end in ends.items())
+
+
+def read_topic(settings: Settings, topic: str, timeout: float = 30.0) -> Iterator[bytes]:
+    """Every value in ``topic`` up to its end offsets now (no consumer group commits)."""
+    ends = {p: end for p, end in end_offsets(settings, topic).items() if end > 0}
+    consumer = Consumer(
+        settings.kafka_config(**{"group.id": "citystream-read", "enable.auto.commit": False})
+    )
+    try:
+        consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in ends])
+        deadline = time.monotonic() + timeout
+        while ends:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"could not read {topic} to its end in {timeout}s")
+            for msg in consumer.consume(1000, timeout=0.2):
+                if msg.error() is not None:
+                    continue
+                if (msg.offset() or 0) + 1 >= ends.get(msg.partition() or 0, 0):
+                    ends.pop(msg.partition() or 0, None)
+                value = msg.value()
+                if value is not None:
+                    yield value
+    finally:
+        consumer.close()

@@ -123,6 +123,7 @@ class WindowedProcessor:
         self.merge = self._new_merge()
         self.stats = Stats()
         self._last_reference_refresh = 0.0
+        self._refresh_lock = asyncio.Lock()
         # Input not yet safe to commit: (event, windows it went to), per input partition.
         self.pending: dict[tuple[int, int], Pending] = {}
         # The merge stage rebuilds from the partials it re-reads, watermarks included:
@@ -265,14 +266,22 @@ class WindowedProcessor:
         )
 
     async def _maybe_refresh_reference(self, keys: list[str]) -> None:
-        """Unknown keys trigger a re-read of the reference topic, at most once a second."""
+        """Unknown keys trigger a re-read of the reference topic, at most once a second.
+
+        The lock makes a processor's other input agents wait for a refresh in flight
+        instead of going on with reference data that is about to arrive.
+        """
         known = self.reference.data
         if not self.spec.reference_topic or all(k in known for k in keys):
             return
-        if time.monotonic() - self._last_reference_refresh < 1.0:
-            return
-        self._last_reference_refresh = time.monotonic()
-        changed = await asyncio.get_running_loop().run_in_executor(None, self.reference.refresh)
+        async with self._refresh_lock:
+            if all(k in known for k in keys):
+                return
+            if time.monotonic() - self._last_reference_refresh < 1.0:
+                return
+            self._last_reference_refresh = time.monotonic()
+            loop = asyncio.get_running_loop()
+            changed = await loop.run_in_executor(None, self.reference.refresh)
         log.info("%s: reference refreshed: %d changed, %d known", self.name, changed, len(known))
 
     def _dead_letter_late(self, emission: Emission, batch: dict[str, Any]) -> None:
