@@ -33,7 +33,7 @@ mosquitto: ## install Debian's mosquitto (the MQTT broker of the stack and tests
 demo: $(STAMP) ## the whole pipeline on one day of real Aarhus traffic, KPIs printed
 	$(CITYSTREAM) demo
 
-test: $(STAMP) mosquitto ## lint, then every test on the real stack (started and stopped here)
+test: $(STAMP) mosquitto otel-receiver ## lint, then every test on the real stack (started and stopped here)
 	$(BIN)/ruff check .
 	$(BIN)/mypy citystream schemas streams connectors infra
 	$(MAKE) --no-print-directory deploy-check
@@ -78,12 +78,14 @@ clean: ## remove runtime state (not the download cache)
 GO ?= $(or $(shell command -v go 2>/dev/null),/usr/local/go/bin/go)
 TOOLS_DIR ?= $(or $(XDG_CACHE_HOME),$(HOME)/.cache)/citystream/tools
 HELM_VERSION ?= v3.19.0
+JAEGER_VERSION ?= v1.76.0
 COMPOSE_GO_VERSION ?= v2.16.2
 KUBE_VERSION ?= 1.31.0
 HELM ?= $(TOOLS_DIR)/helm-$(HELM_VERSION)/helm
 COMPOSE_SPEC ?= $(TOOLS_DIR)/compose-go-$(COMPOSE_GO_VERSION)/compose-spec
+JAEGER ?= $(TOOLS_DIR)/jaeger-$(JAEGER_VERSION)/jaeger
 CHART := helm/citystream
-export HELM COMPOSE_SPEC KUBE_VERSION
+export HELM COMPOSE_SPEC KUBE_VERSION JAEGER
 
 $(TOOLS_DIR)/helm-%/helm:
 	@echo "building helm $* from its Go module (first time only, a few minutes)"
@@ -93,6 +95,21 @@ $(TOOLS_DIR)/compose-go-%/compose-spec:
 	@echo "building the compose-spec loader $* from its Go module (first time only)"
 	mkdir -p $(@D) && GOBIN=$(@D) GOFLAGS=-buildvcs=false $(GO) install github.com/compose-spec/compose-go/v2/cmd@$*
 	mv $(@D)/cmd $@
+
+# Jaeger v2 (an OpenTelemetry Collector distribution: OTLP in, traces queryable over HTTP)
+# receives the spans of a real run in tests/integration/test_telemetry_otlp.py.
+$(TOOLS_DIR)/jaeger-%/jaeger:
+	@echo "building jaeger $* from its Go module (first time only, several minutes)"
+	@# jaeger's go.mod has replace directives, so `go install pkg@version` refuses it: build it
+	@# as a tool of a throwaway module instead (its replaces are then ignored).
+	rm -rf $(@D).build && mkdir -p $(@D).build $(@D)
+	cd $(@D).build && $(GO) mod init citystream-tools >/dev/null 2>&1 \
+	  && GOFLAGS=-buildvcs=false $(GO) get -tool github.com/jaegertracing/jaeger/cmd/jaeger@$* \
+	  && GOFLAGS=-buildvcs=false $(GO) build -o $@ github.com/jaegertracing/jaeger/cmd/jaeger
+	rm -rf $(@D).build
+
+.PHONY: otel-receiver
+otel-receiver: $(JAEGER) ## build the OTLP receiver (Jaeger v2) the telemetry test exports to
 
 deploy-check: helm-check compose-check dockerfile-lint ## lint the chart, compose file and Dockerfile
 

@@ -64,6 +64,7 @@ def parser() -> argparse.ArgumentParser:
 
     process = sub.add_parser("process", help="run the Faust stream processors")
     process.add_argument("--web-port", type=int, dest="processor_web_port")
+    process.add_argument("--metrics-port", type=int, dest="processor_metrics_port")
     _add_common(process)
 
     sink = sub.add_parser("sink", help="run a sink")
@@ -103,13 +104,27 @@ def parser() -> argparse.ArgumentParser:
     return root
 
 
+# Long-running services log JSON lines (with trace and span ids) and export telemetry;
+# the interactive commands keep human-readable logs.
+SERVICES = {
+    "process": "citystream-processor",
+    "sink": "citystream-sink",
+    "replay": "citystream-source",
+    "ingest": "citystream-ingest",
+}
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = parser().parse_args(argv)
-    logging.basicConfig(
-        level=getattr(args, "log_level", "INFO"),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+    level = getattr(args, "log_level", "INFO")
+    if args.command in SERVICES:
+        from citystream import telemetry
+
+        telemetry.setup_json_logging(SERVICES[args.command], level)
+    else:
+        logging.basicConfig(
+            level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr
+        )
     handler = COMMANDS[args.command]
     try:
         return handler(args)
@@ -118,6 +133,20 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 69  # EX_UNAVAILABLE
     except KeyboardInterrupt:
         return 130
+    finally:
+        if args.command in SERVICES:
+            from citystream import telemetry
+
+            telemetry.shutdown()  # export the spans still buffered
+
+
+def _telemetry(settings: Settings, command: str, metrics_port: int) -> None:
+    """Tracing from OTEL_*, and /metrics on ``metrics_port`` (0: none) for this service."""
+    from citystream import telemetry
+
+    telemetry.setup(
+        SERVICES[command], metrics_host=settings.metrics_host, metrics_port=metrics_port
+    )
 
 
 def cmd_stack(args: argparse.Namespace) -> int:
@@ -176,6 +205,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
     settings = build_settings(args)
     wait_for_services(settings)
     ensure_topics(settings)
+    _telemetry(settings, "replay", settings.source_metrics_port)
     source = AarhusReplaySource(settings, args.traffic, args.metadata, args.speed)
     source.setup()
     signal.signal(signal.SIGTERM, lambda *_: source.stop())
@@ -184,10 +214,19 @@ def cmd_replay(args: argparse.Namespace) -> int:
 
 
 def cmd_process(args: argparse.Namespace) -> int:
+    from citystream import telemetry
     from streams import worker
 
-    settings = build_settings(args, processor_web_port=args.processor_web_port)
+    settings = build_settings(
+        args,
+        processor_web_port=args.processor_web_port,
+        processor_metrics_port=args.processor_metrics_port,
+    )
     wait_for_services(settings)
+    _telemetry(settings, "process", settings.processor_metrics_port)
+    inputs = ("city.traffic.batches.v1", "city.traffic.partials.v1")
+    group = settings.group(settings.processor_id)
+    telemetry.observe_group_lag(settings, group, [settings.topic(t) for t in inputs])
     # Faust parses sys.argv itself; hand it a clean command line.
     sys.argv = [sys.argv[0], "worker"]
     worker.run(settings, loglevel=args.log_level)
@@ -206,11 +245,22 @@ def cmd_sink(args: argparse.Namespace) -> int:
         signal.signal(sig, lambda *_: stop.set())
     sink = ClickHouseSink(settings)
     sink.setup()
+    _telemetry(settings, "sink", settings.sink_metrics_port)
+    _observe_sink(settings, sink)
     try:
         sink.run(stop)
     finally:
         sink.stop()
     return 0
+
+
+def _observe_sink(settings: Settings, sink: Any) -> None:
+    from citystream import telemetry
+    from connectors.sinks.clickhouse import KPI_TOPIC
+
+    group = settings.group(settings.sink_group_id)
+    telemetry.observe_group_lag(settings, group, [settings.topic(KPI_TOPIC)])
+    telemetry.observe_freshness(sink.freshness.snapshot)
 
 
 def cmd_query(args: argparse.Namespace) -> int:
@@ -256,6 +306,7 @@ def cmd_ingest(args: argparse.Namespace) -> int:
     config = load_config(settings.ingest_config) if settings.ingest_config else None
     wait_for_services(settings)
     ensure_topics(settings)
+    _telemetry(settings, "ingest", settings.ingest_metrics_port)
     if args.protocol == "http":
         return _ingest_http(settings, config)
     if config is None:

@@ -93,6 +93,7 @@ class Pipeline:
         for name in which or ("processor", "sink"):
             if name.startswith("processor"):
                 command = ["process", "--web-port", str(self.web_port(name))]
+                command += ["--metrics-port", str(self.metrics_port(name))]
             else:
                 command = ["sink", "clickhouse"]
             log_path = logs / f"{self.settings.topic_prefix or ''}{name}.log"
@@ -124,6 +125,12 @@ class Pipeline:
         """``processor`` on the configured port, ``processorN`` on the next ones."""
         suffix = name.removeprefix("processor")
         return self.settings.processor_web_port + (int(suffix) - 1 if suffix else 0)
+
+    def metrics_port(self, name: str) -> int:
+        """Like :meth:`web_port`; 0 (no /metrics) stays 0 for every worker."""
+        port = self.settings.processor_metrics_port
+        suffix = name.removeprefix("processor")
+        return port + (int(suffix) - 1 if suffix and port else 0)
 
     def processor_stats(self, name: str = "processor") -> dict[str, Any]:
         url = f"http://127.0.0.1:{self.web_port(name)}/citystream/stats/"

@@ -6,6 +6,7 @@ import logging
 
 import faust
 
+from citystream import telemetry
 from citystream.settings import Settings
 from streams.app import create_app
 from streams.traffic import agents as traffic_agents
@@ -19,7 +20,9 @@ def run(settings: Settings, loglevel: str = "INFO") -> None:
     processor.setup()
     app = create_app(settings)
     traffic_agents.register(app, processor)
-    worker = faust.Worker(app, loglevel=loglevel, quiet=True)
+    # telemetry: Faust configures logging itself; make it our JSON lines with trace ids
+    logging_config = telemetry.logging_config(telemetry.PROCESSOR, loglevel)
+    worker = faust.Worker(app, loglevel=loglevel, quiet=True, logging_config=logging_config)
     try:
         worker.execute_from_commandline()
     finally:

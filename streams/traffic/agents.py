@@ -14,6 +14,7 @@ from typing import Any
 
 import faust
 
+from citystream import telemetry
 from schemas.faust_codec import AvroCodec
 from streams.traffic.processor import TrafficProcessor
 
@@ -26,6 +27,15 @@ def _origin(event: Any) -> str:
 def _owned(app: faust.App, event: Any) -> bool:
     """False for a message buffered before its partition moved to another worker."""
     return event.message.tp in app.consumer.assignment()
+
+
+def _consumed(event: Any) -> Any:
+    """telemetry: the span and metrics of processing one message (context from its headers)."""
+    message, value = event.message, event.value
+    events = len(value["origin"]) if isinstance(value, dict) and "origin" in value else 1
+    return telemetry.consumed(
+        message.headers, message.topic, message.partition, message.offset, events
+    )
 
 
 def register(app: faust.App, processor: TrafficProcessor) -> None:
@@ -48,7 +58,11 @@ def register(app: faust.App, processor: TrafficProcessor) -> None:
             if not _owned(app, event):
                 continue
             partition = event.message.partition
-            for done in await processor.on_batch(partition, event.value, _origin(event), event):
+            with _consumed(event):  # telemetry: continue the source batch's trace
+                done_events = await processor.on_batch(
+                    partition, event.value, _origin(event), event
+                )
+            for done in done_events:
                 await manual.ack(done)
 
     @app.agent(partials, name="traffic.city_windows")
@@ -57,7 +71,9 @@ def register(app: faust.App, processor: TrafficProcessor) -> None:
         async for event in manual.events():
             if not _owned(app, event):
                 continue
-            for done in await processor.on_partial(event.value, _origin(event), event):
+            with _consumed(event):  # telemetry: continue the emitting stage's trace
+                done_events = await processor.on_partial(event.value, _origin(event), event)
+            for done in done_events:
                 await manual.ack(done)
 
     async def forget_moved(sender: Any, assigned: Any, **kwargs: Any) -> None:

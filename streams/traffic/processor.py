@@ -12,6 +12,7 @@ from typing import Any
 import orjson
 from confluent_kafka import Consumer, TopicPartition
 
+from citystream import telemetry
 from citystream.kafka import Publisher
 from citystream.settings import Settings
 from schemas.deadletter import dead_letter
@@ -32,6 +33,7 @@ TOPICS = (
     "city.kpi.batches.v1",
     "city.dlq.v1",
 )
+CITY_STAGE = "city"  # telemetry: lineage key of the merge stage (stage 1 uses its partition)
 KPI_BATCH_ROWS = 5000  # ~300 KB per message
 KPI_FIELDS = ("kpi", "scope", "entity_id", "window_start", "window_end", "value", "samples",
               "revision", "computed_at")  # fmt: skip
@@ -89,6 +91,8 @@ class TrafficProcessor:
         # The merge stage rebuilds from the partials it re-reads, watermarks included:
         # restoring later watermarks would close windows before their older parts arrive.
         self.city_pending: Pending = deque()
+        # telemetry: which input messages fed which window, for the KPIs' span links
+        self.lineage = telemetry.WindowLineage(2 * (self.size_ms + self.grace_ms))
 
     def setup(self) -> None:
         """Registry, producer and reference data; run by the entry point before the worker."""
@@ -135,7 +139,8 @@ class TrafficProcessor:
         )  # fmt: skip
         self._count(windows.counters, before)
         self._dead_letter_late(emission, value)
-        await self._publish(emission)
+        self.lineage.fed(partition, emission.touched)  # telemetry
+        await self._publish(emission, partition)
         pending.append((event, frozenset(emission.touched)))
         return _release(pending, windows.open_windows())
 
@@ -185,6 +190,7 @@ class TrafficProcessor:
         for partition in set(self.partitions) - batches:
             del self.partitions[partition]
             self.pending.pop(partition, None)
+        self.lineage.forget(lambda key: key == CITY_STAGE or key in batches)  # telemetry
         if not owned.get(self.topics["city.traffic.partials.v1"]):
             self.city = CityWindows(self.size_ms, self.grace_ms, self.idle_ms)
             self.city_pending.clear()
@@ -242,7 +248,9 @@ class TrafficProcessor:
             await self._flush()
             self.city_pending.append((event, frozenset()))
             return _release(self.city_pending, set())
-        await self._publish(Emission(kpis=self.city.add(value, _now_ms())))
+        kpis = self.city.add(value, _now_ms())
+        self.lineage.fed(CITY_STAGE, self.city.touched)  # telemetry
+        await self._publish(Emission(kpis=kpis), CITY_STAGE)
         self.city_pending.append((event, frozenset(self.city.touched)))
         return _release(self.city_pending, self.city.open_windows())
 
@@ -252,9 +260,9 @@ class TrafficProcessor:
         """Emit what waits for input that is not coming (the end of a finite replay)."""
         idle = time.monotonic() - self.stats.last_input_monotonic >= self.settings.idle_timeout_s
         if idle:
-            for windows in list(self.partitions.values()):
-                await self._publish(windows.flush(self.segments.data, _now_ms()))
-        await self._publish(Emission(kpis=self.city.emit_due(_now_ms())))
+            for partition, windows in list(self.partitions.items()):
+                await self._publish(windows.flush(self.segments.data, _now_ms()), partition)
+        await self._publish(Emission(kpis=self.city.emit_due(_now_ms())), CITY_STAGE)
 
     # --- output ------------------------------------------------------------------------
 
@@ -263,35 +271,50 @@ class TrafficProcessor:
         self.publisher.send(
             self.topics["city.dlq.v1"], reason.encode(), self.serdes["city.dlq.v1"].encode(record)
         )
+        telemetry.dead_lettered(COMPONENT, reason)  # telemetry
 
-    async def _publish(self, emission: Emission) -> None:
-        """Send, then wait for the acks: Faust commits the input offset only after this."""
+    async def _publish(self, emission: Emission, stage: Any) -> None:
+        """Send, then wait for the acks: Faust commits the input offset only after this.
+
+        ``stage`` is the input partition (stage 1) or CITY_STAGE: whose windows emitted.
+        """
+        # telemetry: an ``emit kpi`` span linked to the inputs; its context in the headers
+        with self.lineage.emit(stage, emission.kpis, emission.partial) as headers:
+            self._send_emission(emission, headers)
+        telemetry.window_emitted(emission.kpis, _now_ms())  # telemetry
+        if emission.kpis or emission.partial is not None or emission.late:
+            await self._flush()
+
+    def _send_emission(self, emission: Emission, headers: telemetry.Headers | None) -> None:
         kpi_serde, kpi_topic = self.serdes["city.kpi.v1"], self.topics["city.kpi.v1"]
         for record in emission.kpis:
             key = (
                 f"{record['kpi']}|{record['scope']}|{record['entity_id']}|{record['window_start']}"
             )
-            self.publisher.send(kpi_topic, key.encode(), kpi_serde.encode(record))
-        self._send_kpi_batches(emission.kpis)
+            self.publisher.send(kpi_topic, key.encode(), kpi_serde.encode(record), -1, headers)
+        self._send_kpi_batches(emission.kpis, headers)
         self.stats.kpis_emitted += len(emission.kpis)
+        telemetry.count_out(kpi_topic, len(emission.kpis))  # telemetry
         if emission.partial is not None:
             partial = emission.partial
             self.publisher.send(
                 self.topics["city.traffic.partials.v1"],
                 str(partial["source_partition"]).encode(),
                 self.serdes["city.traffic.partials.v1"].encode(partial),
+                -1,
+                headers,
             )
             self.stats.partials_emitted += 1
-        if emission.kpis or emission.partial is not None or emission.late:
-            await self._flush()
 
-    def _send_kpi_batches(self, kpis: list[dict[str, Any]]) -> None:
+    def _send_kpi_batches(
+        self, kpis: list[dict[str, Any]], headers: telemetry.Headers | None = None
+    ) -> None:
         """The same records, column-wise, for the sink (one message per KPI_BATCH_ROWS)."""
         serde, topic = self.serdes["city.kpi.batches.v1"], self.topics["city.kpi.batches.v1"]
         for start in range(0, len(kpis), KPI_BATCH_ROWS):
             chunk = kpis[start : start + KPI_BATCH_ROWS]
             columns = {name: [r[name] for r in chunk] for name in KPI_FIELDS}
-            self.publisher.send(topic, None, serde.encode(columns))
+            self.publisher.send(topic, None, serde.encode(columns), -1, headers)
 
     async def _flush(self) -> None:
         await asyncio.get_running_loop().run_in_executor(None, self.publisher.flush)

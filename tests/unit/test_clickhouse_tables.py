@@ -74,7 +74,12 @@ def test_setup_is_idempotent(local_settings: Settings) -> None:
         applied = rows(second, "SELECT version FROM schema_migrations ORDER BY version")
         assert applied == [[m.version] for m in MIGRATIONS]
         tables = rows(second, "SHOW TABLES")
-        assert sorted(t[0] for t in tables) == ["kpi", "kpi_latest", "schema_migrations"]
+        assert sorted(t[0] for t in tables) == [
+            "kpi",
+            "kpi_latest",
+            "kpi_trace_links",
+            "schema_migrations",
+        ]
 
 
 def test_kpi_table_has_the_contracted_columns(sink: ClickHouseSink) -> None:
