@@ -503,6 +503,11 @@ def insert_span(table: str, rows: int, traces: KpiTraces | None) -> Iterator[str
 # --- metrics ------------------------------------------------------------------------------------
 
 
+_FAST_SECONDS = [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10]
+_DELAY_SECONDS = [0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 120, 300, 900, 3600]
+_ROWS = [1, 10, 100, 1000, 5000, 10_000, 50_000, 100_000, 500_000]
+
+
 class Instruments:
     """The pipeline's OTel instruments (Prometheus names in the README, "Observability")."""
 
@@ -517,16 +522,28 @@ class Instruments:
             "citystream.dead_letters", unit="{event}", description="Dead letters, per reason"
         )
         self.processing = meter.create_histogram(
-            "citystream.processing.duration", unit="s", description="Time to process one message"
+            "citystream.processing.duration",
+            unit="s",
+            description="Time to process one input message",
+            explicit_bucket_boundaries_advisory=_FAST_SECONDS,
         )
         self.emit_delay = meter.create_histogram(
-            "citystream.window.emit_delay", unit="s", description="Window end to KPI emitted"
+            "citystream.window.emit_delay",
+            unit="s",
+            description="Window end to KPI emitted (wall clock)",
+            explicit_bucket_boundaries_advisory=_DELAY_SECONDS,
         )
         self.batch_rows = meter.create_histogram(
-            "citystream.sink.batch.rows", unit="{row}", description="Rows per sink insert"
+            "citystream.sink.batch.rows",
+            unit="{row}",
+            description="Rows per sink insert",
+            explicit_bucket_boundaries_advisory=_ROWS,
         )
         self.insert_duration = meter.create_histogram(
-            "citystream.sink.insert.duration", unit="s", description="Sink insert latency"
+            "citystream.sink.insert.duration",
+            unit="s",
+            description="Sink insert latency",
+            explicit_bucket_boundaries_advisory=_FAST_SECONDS,
         )
         self.insert_errors = meter.create_counter(
             "citystream.sink.insert.errors", unit="{error}", description="Failed sink inserts"

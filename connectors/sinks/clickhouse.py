@@ -480,7 +480,7 @@ class ClickHouseSink:
                 self._batch.rows.append(row)
         if telemetry.tracing():  # telemetry: the KPI message's context, for links and rows
             self._batch.traces.add(msg.headers(), self._batch.rows[first:])
-        telemetry.count_in(KPI_TOPIC, len(rows))  # telemetry
+        telemetry.count_in(msg.topic() or KPI_TOPIC, len(rows))  # telemetry
 
     def _consumer_error(self, msg: Message) -> None:
         err = msg.error()
