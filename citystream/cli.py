@@ -97,6 +97,10 @@ def parser() -> argparse.ArgumentParser:
     verify.add_argument("--metadata", type=Path, default=DATA_DIR / "traffic_metadata.csv")
     _add_common(verify)
 
+    status = sub.add_parser("status", help="one screen for an SRE: services, lag, rates, DLQ")
+    status.add_argument("--interval", type=float, default=1.0, help="seconds to measure rates")
+    _add_common(status)
+
     bench = sub.add_parser("bench", help="throughput and latency on the real stack")
     bench.add_argument("--traffic", type=Path, help="default: the 7-day Aarhus file")
     bench.add_argument("--metadata", type=Path, default=DATA_DIR / "traffic_metadata.csv")
@@ -296,6 +300,14 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return run_bench(settings, traffic, args.metadata)
 
 
+def cmd_status(args: argparse.Namespace) -> int:
+    from citystream.status import collect, render
+
+    status = collect(build_settings(args), args.interval)
+    print(render(status))
+    return 0 if status.healthy else 1
+
+
 def cmd_ingest(args: argparse.Namespace) -> int:
     from citystream.kafka import ensure_topics
     from connectors.sources.ingest_common import load_config
@@ -360,6 +372,7 @@ COMMANDS = {
     "verify": cmd_verify,
     "bench": cmd_bench,
     "ingest": cmd_ingest,
+    "status": cmd_status,
 }
 
 if __name__ == "__main__":

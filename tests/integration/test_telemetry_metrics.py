@@ -15,6 +15,7 @@ from citystream import telemetry
 from citystream.kafka import ensure_topics, register_schemas
 from citystream.pipeline import Pipeline, http_get
 from citystream.settings import Settings
+from citystream.status import collect, render
 from connectors.sources.aarhus import AarhusReplaySource, ReplayReport
 from tests.oracle import METADATA
 
@@ -79,6 +80,7 @@ def test_metrics_show_rates_during_a_replay_and_lag_back_to_zero(
         pipeline.wait_caught_up(report[0].published, timeout=300)
         time.sleep(1.0)
         after_processor, after_sink = scrape(processor_port), scrape(sink_port)
+        screen = collect(settings, interval=0.5)  # `citystream status`, while it all runs
     finally:
         pipeline.stop()
 
@@ -104,3 +106,14 @@ def test_metrics_show_rates_during_a_replay_and_lag_back_to_zero(
     assert any(sum(lag.values()) > 0 for lag in lags)
     sink_lag = by_partition(after_sink, "citystream_consumer_lag", kpi_batches)
     assert sink_lag and set(sink_lag.values()) == {0.0}
+
+    # the SRE's screen agrees
+    assert screen.healthy, render(screen)
+    assert set(screen.services) == {"kafka", "registry", "processor", "sink"}
+    sink_group = (settings.group(settings.sink_group_id), kpi_batches)
+    assert set(screen.lag[sink_group].values()) == {0}
+    assert set(screen.lag[(settings.group("traffic"), batches)]) == set(range(settings.partitions))
+    [(domain, newest, rows)] = screen.freshest
+    assert domain == "traffic" and rows > 0
+    assert newest.isoformat() == "2014-08-02T07:00:00+00:00"  # 09:00 in Aarhus
+    assert "freshest KPI window per domain" in render(screen)
