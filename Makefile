@@ -79,13 +79,15 @@ GO ?= $(or $(shell command -v go 2>/dev/null),/usr/local/go/bin/go)
 TOOLS_DIR ?= $(or $(XDG_CACHE_HOME),$(HOME)/.cache)/citystream/tools
 HELM_VERSION ?= v3.19.0
 JAEGER_VERSION ?= v1.76.0
+PROMETHEUS_VERSION ?= v0.316.0
 COMPOSE_GO_VERSION ?= v2.16.2
 KUBE_VERSION ?= 1.31.0
 HELM ?= $(TOOLS_DIR)/helm-$(HELM_VERSION)/helm
 COMPOSE_SPEC ?= $(TOOLS_DIR)/compose-go-$(COMPOSE_GO_VERSION)/compose-spec
 JAEGER ?= $(TOOLS_DIR)/jaeger-$(JAEGER_VERSION)/jaeger
+PROMTOOL ?= $(TOOLS_DIR)/promtool-$(PROMETHEUS_VERSION)/promtool
 CHART := helm/citystream
-export HELM COMPOSE_SPEC KUBE_VERSION JAEGER
+export HELM COMPOSE_SPEC KUBE_VERSION JAEGER PROMTOOL
 
 $(TOOLS_DIR)/helm-%/helm:
 	@echo "building helm $* from its Go module (first time only, a few minutes)"
@@ -111,7 +113,20 @@ $(TOOLS_DIR)/jaeger-%/jaeger:
 .PHONY: otel-receiver
 otel-receiver: $(JAEGER) ## build the OTLP receiver (Jaeger v2) the telemetry test exports to
 
-deploy-check: helm-check compose-check dockerfile-lint ## lint the chart, compose file and Dockerfile
+# promtool checks infra/prometheus/citystream-alerts.yaml (tests/deploy/test_alert_rules.py).
+$(TOOLS_DIR)/promtool-%/promtool:
+	@echo "building promtool $* from its Go module (first time only, several minutes)"
+	rm -rf $(@D).build && mkdir -p $(@D).build $(@D)
+	cd $(@D).build && $(GO) mod init citystream-tools >/dev/null 2>&1 \
+	  && GOFLAGS=-buildvcs=false $(GO) get -tool github.com/prometheus/prometheus/cmd/promtool@$* \
+	  && GOFLAGS=-buildvcs=false $(GO) build -o $@ github.com/prometheus/prometheus/cmd/promtool
+	rm -rf $(@D).build
+
+.PHONY: rules-check
+rules-check: $(PROMTOOL) ## promtool check rules on the shipped Prometheus alert rules
+	$(PROMTOOL) check rules infra/prometheus/citystream-alerts.yaml
+
+deploy-check: helm-check compose-check dockerfile-lint rules-check ## lint the chart, compose file and Dockerfile
 
 helm-check: $(HELM) ## helm lint + helm template, default and full values
 	$(HELM) lint $(CHART) --strict --kube-version $(KUBE_VERSION)
