@@ -36,13 +36,16 @@ def settings_env(settings: Settings) -> dict[str, str]:
     return env
 
 
-def launch(settings: Settings, log_path: Path, *args: str) -> subprocess.Popen[bytes]:
-    """``citystream ARGS`` as a child process with ``settings``, output appended to a log."""
+def launch(
+    settings: Settings, log_path: Path, *args: str, env: dict[str, str] | None = None
+) -> subprocess.Popen[bytes]:
+    """``citystream ARGS`` as a child process with ``settings`` (and ``env`` on top of the
+    environment, e.g. OTEL_* variables), output appended to a log."""
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with log_path.open("ab") as log:
         return subprocess.Popen(
             [sys.executable, "-m", "citystream.cli", *args],
-            env=settings_env(settings),
+            env={**settings_env(settings), **(env or {})},
             stdout=log,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
@@ -85,6 +88,7 @@ class Pipeline:
 
     settings: Settings
     services: dict[str, Service] = field(default_factory=dict)
+    env: dict[str, str] = field(default_factory=dict)  # on top of the environment (OTEL_*)
 
     def start(self, *which: str) -> None:
         """Start services by name: ``processor`` (``processor2``, … for more workers), ``sink``."""
@@ -97,7 +101,7 @@ class Pipeline:
             else:
                 command = ["sink", "clickhouse"]
             log_path = logs / f"{self.settings.topic_prefix or ''}{name}.log"
-            process = launch(self.settings, log_path, *command)
+            process = launch(self.settings, log_path, *command, env=self.env)
             self.services[name] = Service(name, process, log_path)
         self.wait_ready(which or ("processor", "sink"))
 

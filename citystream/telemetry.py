@@ -64,6 +64,11 @@ SINK = "citystream-sink"
 INGEST = "citystream-ingest"
 
 INPUT_TRACES_HEADER = "citystream-input-traces"  # comma-separated source trace ids
+# Per window, at most this many input messages are remembered for links, and this many
+# source trace ids are forwarded: a window fed by many tiny batches (live ingest) keeps a
+# bounded sample instead of growing headers and memory (the SDK keeps 128 links anyway).
+MAX_LINKS = 128
+MAX_INPUT_TRACES = 128
 Headers = list[tuple[str, str | bytes | None]]  # what confluent-kafka produce() takes
 _PROPAGATOR = TraceContextTextMapPropagator()
 _TRUE = {"true", "1", "yes"}
@@ -221,6 +226,14 @@ def headers_for(span: trace.Span, input_traces: Iterable[str] = ()) -> Headers:
     return headers
 
 
+def trace_context_only(headers: Headers | None) -> Headers | None:
+    """Just ``traceparent``/``tracestate``: for the one-record-per-message KPI topic, where
+    the list of input traces would cost more than the record (the batches carry it)."""
+    if headers is None:
+        return None
+    return [(k, v) for k, v in headers if k != INPUT_TRACES_HEADER]
+
+
 def _header_map(headers: Any) -> dict[str, str]:
     """Kafka headers in any client's shape (list of pairs, mapping, None) as strings."""
     if not headers:
@@ -358,12 +371,15 @@ class WindowLineage:
         if not ctx.is_valid:
             return
         windows = self._windows.setdefault(key, {})
+        inputs = _CURRENT_INPUTS.get()
         for start in window_starts:
             fed = windows.get(start)
             if fed is None:
                 fed = windows[start] = _Fed()
-            fed.links[(ctx.trace_id, ctx.span_id)] = ctx
-            fed.inputs.update(_CURRENT_INPUTS.get())
+            if len(fed.links) < MAX_LINKS:
+                fed.links[(ctx.trace_id, ctx.span_id)] = ctx
+            if len(fed.inputs) < MAX_INPUT_TRACES:
+                fed.inputs.update(inputs)
         if windows:
             oldest_kept = max(windows) - self.horizon_ms
             for start in [s for s in windows if s < oldest_kept]:
@@ -391,8 +407,9 @@ class WindowLineage:
         inputs: set[str] = set()
         for start in starts:
             fed = windows.get(start)
-            if fed is not None:
+            if fed is not None and len(links) < MAX_LINKS:
                 links.update(fed.links)
+            if fed is not None and len(inputs) < MAX_INPUT_TRACES:
                 inputs.update(fed.inputs)
         span = _state.tracer.start_span(
             "emit kpi",
