@@ -191,6 +191,7 @@ def _start_metrics(state: _State, service: str, host: str, port: int) -> None:
 
 def shutdown() -> None:
     """Export the spans still buffered and stop the metrics endpoint."""
+    global _state
     state = _state
     if state.provider is not None:
         state.provider.shutdown()
@@ -199,9 +200,7 @@ def shutdown() -> None:
         state.metrics_server.server_close()
     if state.meter_provider is not None:
         state.meter_provider.shutdown()
-    state.provider = state.metrics_server = state.meter_provider = None
-    state.tracing = False
-    state.tracer = trace.NoOpTracer()
+    _state = _State()  # off again: no-op tracer and meter
 
 
 def tracing() -> bool:

@@ -210,6 +210,13 @@ def test_one_reading_is_one_connected_trace_from_source_to_clickhouse(
     assert any((e.trace_id, e.span_id) in linked for e in city)
     assert all(link in by_id for s in [*emits, *inserts] for link in s.links)
 
+    # the services log JSON lines, Faust's own loggers included
+    processor_log = pipeline.services["processor"].log_path.read_text().splitlines()
+    entries = [json.loads(line) for line in processor_log if line.startswith('{"time"')]
+    assert {e["service"] for e in entries} == {"citystream-processor"}
+    assert any(e["logger"].startswith(("faust", "mode")) for e in entries)
+    assert any(e["logger"] == "streams.traffic.processor" for e in entries)
+
     # ClickHouse: every KPI row of the reading is found from its trace id, and back
     assert kpi_rows >= 3 and len(link_rows) == kpi_rows
     emit_ids = {(e.trace_id, e.span_id) for e in emits}
