@@ -125,6 +125,7 @@ $(TOOLS_DIR)/promtool-%/promtool:
 .PHONY: rules-check
 rules-check: $(PROMTOOL) ## promtool check rules on the shipped Prometheus alert rules
 	$(PROMTOOL) check rules infra/prometheus/citystream-alerts.yaml
+	cd infra/prometheus && $(PROMTOOL) test rules citystream-alerts.test.yaml
 
 deploy-check: helm-check compose-check dockerfile-lint rules-check ## lint the chart, compose file and Dockerfile
 

@@ -16,6 +16,7 @@ from tests.conftest import free_port
 from tests.deploy.manifests import CHART, FULL_VALUES, REPO, _tool, render, run
 
 RULES = REPO / "infra" / "prometheus" / "citystream-alerts.yaml"
+RULES_TEST = REPO / "infra" / "prometheus" / "citystream-alerts.test.yaml"
 CHART_RULES = CHART / "files" / "citystream-alerts.yaml"
 METRIC = re.compile(r"\b(citystream_[a-z_]+)")
 
@@ -65,10 +66,14 @@ def test_rules_use_only_metrics_the_app_serves(served_metrics: set[str]) -> None
     assert used <= served_metrics, used - served_metrics
 
 
-def test_promtool_accepts_the_rules() -> None:
+def test_promtool_accepts_the_rules_and_they_fire_as_specified() -> None:
+    """check: syntax and PromQL; test: infra/prometheus/citystream-alerts.test.yaml, where
+    each alert fires on series that break its objective and not on ones that meet it."""
     promtool = _tool("PROMTOOL", "promtool-*/promtool", "promtool")
     result = run([promtool, "check", "rules", str(RULES)])
     assert result.returncode == 0, result.stdout + result.stderr
+    result = run([promtool, "test", "rules", RULES_TEST.name], cwd=RULES.parent)
+    assert result.returncode == 0 and "SUCCESS" in result.stdout, result.stdout + result.stderr
 
 
 def test_the_chart_ships_the_same_rules() -> None:
