@@ -264,6 +264,7 @@ def _observe_sink(settings: Settings, sink: Any) -> None:
 
     group = settings.group(settings.sink_group_id)
     telemetry.observe_group_lag(settings, group, [settings.topic(KPI_TOPIC)])
+    sink.seed_freshness()
     telemetry.observe_freshness(sink.freshness.snapshot)
 
 

@@ -337,6 +337,18 @@ class ClickHouseSink:
             database=self.settings.clickhouse_database,
         )
 
+    def seed_freshness(self) -> None:
+        """telemetry: start KPI freshness from what ClickHouse holds, so a restarted sink
+        reports a stale pipeline at once instead of no value until its first insert."""
+        if not telemetry.metrics_on():
+            return
+        result = self.query(
+            f"SELECT splitByChar('.', kpi)[1], toUnixTimestamp64Milli(max(window_end)) "
+            f"FROM {KPI_TABLE} GROUP BY 1"
+        )
+        for domain, newest_ms in result.rows:
+            self.freshness.newest[str(domain)] = int(newest_ms)
+
     def query(self, sql: str) -> QueryResult:
         """Run a read-only statement on the sink's read-only session, between inserts."""
         with self._db_lock:
