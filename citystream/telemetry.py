@@ -353,8 +353,9 @@ class _Fed:
 class WindowLineage:
     """Which input messages fed which window, for the links of the KPIs they produce.
 
-    Keyed by (stage key, window start): the stage key is the input partition for the
-    per-partition stage and a constant for the merge stage. Windows older than
+    Keyed by (stage key, window start): the stage key is whatever names the per-partition
+    state (the input partition, or (input, partition)) and a constant for the merge stage.
+    Windows are given as their start (ms) or as a (start, end) key. Windows older than
     ``horizon_ms`` behind the newest one are forgotten (they are final by then).
     """
 
@@ -362,27 +363,28 @@ class WindowLineage:
         self.horizon_ms = horizon_ms
         self._windows: dict[Any, dict[int, _Fed]] = {}
 
-    def fed(self, key: Any, window_starts: Iterable[int]) -> None:
+    def fed(self, key: Any, windows: Iterable[int | tuple[int, int]]) -> None:
         """The message being processed (the current span) went into these windows."""
         if not _state.tracing:
             return
         ctx = trace.get_current_span().get_span_context()
         if not ctx.is_valid:
             return
-        windows = self._windows.setdefault(key, {})
+        fed_windows = self._windows.setdefault(key, {})
         inputs = _CURRENT_INPUTS.get()
-        for start in window_starts:
-            fed = windows.get(start)
+        for window in windows:
+            start = window if isinstance(window, int) else window[0]
+            fed = fed_windows.get(start)
             if fed is None:
-                fed = windows[start] = _Fed()
+                fed = fed_windows[start] = _Fed()
             if len(fed.links) < MAX_LINKS:
                 fed.links[(ctx.trace_id, ctx.span_id)] = ctx
             if len(fed.inputs) < MAX_INPUT_TRACES:
                 fed.inputs.update(inputs)
-        if windows:
-            oldest_kept = max(windows) - self.horizon_ms
-            for start in [s for s in windows if s < oldest_kept]:
-                del windows[start]
+        if fed_windows:
+            oldest_kept = max(fed_windows) - self.horizon_ms
+            for start in [s for s in fed_windows if s < oldest_kept]:
+                del fed_windows[start]
 
     def forget(self, keep: Callable[[Any], bool]) -> None:
         """Drop the stage keys this worker no longer owns (after a rebalance)."""

@@ -190,7 +190,7 @@ class TrafficProcessor:
         for partition in set(self.partitions) - batches:
             del self.partitions[partition]
             self.pending.pop(partition, None)
-        self.lineage.forget(lambda key: key == CITY_STAGE or key in batches)  # telemetry
+        self.lineage.forget(lambda key: key == CITY_STAGE or key in self.partitions)  # telemetry
         if not owned.get(self.topics["city.traffic.partials.v1"]):
             self.city = CityWindows(self.size_ms, self.grace_ms, self.idle_ms)
             self.city_pending.clear()

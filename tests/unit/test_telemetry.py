@@ -159,3 +159,14 @@ def test_status_screen_shows_every_section() -> None:
     assert "(60 s ago, 7 rows)" in screen
     assert "dead letters by reason (7 in all)" in screen
     assert not status.healthy
+
+
+def test_lineage_takes_window_keys_as_start_end_pairs(spans: InMemorySpanExporter) -> None:
+    """The window engine keys windows by (start, end); stage keys may be tuples too."""
+    lineage = telemetry.WindowLineage(horizon_ms=10_000)
+    with telemetry.consumed([("traceparent", TRACEPARENT.encode())], "t", 0, 0, 1):
+        lineage.fed((0, 3), {(900, 1800)})
+    with lineage.emit((0, 3), [{"window_start": 900}], None) as headers:
+        assert headers is not None
+    (emit,) = [s for s in spans.get_finished_spans() if s.name == "emit kpi"]
+    assert [f"{link.context.trace_id:032x}" for link in emit.links] == [TRACEPARENT[3:35]]
