@@ -113,8 +113,10 @@ ORDER BY (kpi, scope, entity_id, window_start)""",
 SELECT {", ".join(KPI_COLUMN_NAMES)} FROM {{db}}.kpi FINAL""",
         ),
     ),
+    # telemetry: 6, not 3: main's window engine branch already uses 3-5 (kpi_window_state,
+    # kpi_daily, kpi_equity); versions need not be contiguous, they are applied in order.
     Migration(
-        3,
+        6,
         "create kpi_trace_links",
         (
             f"""CREATE TABLE IF NOT EXISTS {{db}}.{TRACE_LINKS_TABLE} (
