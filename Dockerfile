@@ -47,7 +47,7 @@ COPY --from=build /opt/citystream /opt/citystream
 # The shipped day of Aarhus traffic and the segment metadata, for `citystream replay`.
 COPY data/aarhus/ /opt/citystream/data/aarhus/
 # The data dir is the working directory too: Faust keeps its `<app id>-data` folder there.
-# The processor's web server (stats, probes) and the HTTP ingest must listen beyond
+# The processor's web server (stats, probes), the HTTP ingest and /metrics must listen beyond
 # loopback in a container.
 ENV PATH=/opt/citystream/bin:$PATH \
     PYTHONUNBUFFERED=1 \
@@ -55,7 +55,8 @@ ENV PATH=/opt/citystream/bin:$PATH \
     HOME=/var/lib/citystream \
     CITYSTREAM_DATA_DIR=/var/lib/citystream \
     CITYSTREAM_PROCESSOR_WEB_HOST=0.0.0.0 \
-    CITYSTREAM_INGEST_HTTP_HOST=0.0.0.0
+    CITYSTREAM_INGEST_HTTP_HOST=0.0.0.0 \
+    CITYSTREAM_METRICS_HOST=0.0.0.0
 WORKDIR /var/lib/citystream
 USER 10001:10001
 # 6066: processor web (GET /citystream/stats/); 8090: HTTP ingest (GET /health, /ready);

@@ -37,7 +37,7 @@ demo: $(STAMP) ## the whole pipeline on one day of real Aarhus traffic, KPIs pri
 # test_kafka_security.py); other targets leave them off.
 test: export CITYSTREAM_KAFKA_SCRAM_PORT ?= 9094
 test: export CITYSTREAM_KAFKA_TLS_PORT ?= 9095
-test: $(STAMP) mosquitto asyncapi-tools ## lint, then every test on the real stack (started and stopped here)
+test: $(STAMP) mosquitto asyncapi-tools otel-receiver ## lint, then every test on the real stack (started and stopped here)
 	$(BIN)/ruff check .
 	$(BIN)/mypy citystream schemas streams connectors infra
 	$(MAKE) --no-print-directory deploy-check
@@ -93,12 +93,16 @@ clean: ## remove runtime state (not the download cache)
 GO ?= $(or $(shell command -v go 2>/dev/null),/usr/local/go/bin/go)
 TOOLS_DIR ?= $(or $(XDG_CACHE_HOME),$(HOME)/.cache)/citystream/tools
 HELM_VERSION ?= v3.19.0
+JAEGER_VERSION ?= v1.76.0
+PROMETHEUS_VERSION ?= v0.316.0
 COMPOSE_GO_VERSION ?= v2.16.2
 KUBE_VERSION ?= 1.31.0
 HELM ?= $(TOOLS_DIR)/helm-$(HELM_VERSION)/helm
 COMPOSE_SPEC ?= $(TOOLS_DIR)/compose-go-$(COMPOSE_GO_VERSION)/compose-spec
+JAEGER ?= $(TOOLS_DIR)/jaeger-$(JAEGER_VERSION)/jaeger
+PROMTOOL ?= $(TOOLS_DIR)/promtool-$(PROMETHEUS_VERSION)/promtool
 CHART := helm/citystream
-export HELM COMPOSE_SPEC KUBE_VERSION
+export HELM COMPOSE_SPEC KUBE_VERSION JAEGER PROMTOOL
 
 $(TOOLS_DIR)/helm-%/helm:
 	@echo "building helm $* from its Go module (first time only, a few minutes)"
@@ -109,7 +113,36 @@ $(TOOLS_DIR)/compose-go-%/compose-spec:
 	mkdir -p $(@D) && GOBIN=$(@D) GOFLAGS=-buildvcs=false $(GO) install github.com/compose-spec/compose-go/v2/cmd@$*
 	mv $(@D)/cmd $@
 
-deploy-check: helm-check compose-check dockerfile-lint ## lint the chart, compose file and Dockerfile
+# Jaeger v2 (an OpenTelemetry Collector distribution: OTLP in, traces queryable over HTTP)
+# receives the spans of a real run in tests/integration/test_telemetry_otlp.py.
+$(TOOLS_DIR)/jaeger-%/jaeger:
+	@echo "building jaeger $* from its Go module (first time only, several minutes)"
+	@# jaeger's go.mod has replace directives, so `go install pkg@version` refuses it: build it
+	@# as a tool of a throwaway module instead (its replaces are then ignored).
+	rm -rf $(@D).build && mkdir -p $(@D).build $(@D)
+	cd $(@D).build && $(GO) mod init citystream-tools >/dev/null 2>&1 \
+	  && GOFLAGS=-buildvcs=false $(GO) get -tool github.com/jaegertracing/jaeger/cmd/jaeger@$* \
+	  && GOFLAGS=-buildvcs=false $(GO) build -o $@ github.com/jaegertracing/jaeger/cmd/jaeger
+	rm -rf $(@D).build
+
+.PHONY: otel-receiver
+otel-receiver: $(JAEGER) ## build the OTLP receiver (Jaeger v2) the telemetry test exports to
+
+# promtool checks infra/prometheus/citystream-alerts.yaml (tests/deploy/test_alert_rules.py).
+$(TOOLS_DIR)/promtool-%/promtool:
+	@echo "building promtool $* from its Go module (first time only, several minutes)"
+	rm -rf $(@D).build && mkdir -p $(@D).build $(@D)
+	cd $(@D).build && $(GO) mod init citystream-tools >/dev/null 2>&1 \
+	  && GOFLAGS=-buildvcs=false $(GO) get -tool github.com/prometheus/prometheus/cmd/promtool@$* \
+	  && GOFLAGS=-buildvcs=false $(GO) build -o $@ github.com/prometheus/prometheus/cmd/promtool
+	rm -rf $(@D).build
+
+.PHONY: rules-check
+rules-check: $(PROMTOOL) ## promtool check rules on the shipped Prometheus alert rules
+	$(PROMTOOL) check rules infra/prometheus/citystream-alerts.yaml
+	cd infra/prometheus && $(PROMTOOL) test rules citystream-alerts.test.yaml
+
+deploy-check: helm-check compose-check dockerfile-lint rules-check ## lint the chart, compose file and Dockerfile
 
 helm-check: $(HELM) ## helm lint + helm template, default and full values
 	$(HELM) lint $(CHART) --strict --kube-version $(KUBE_VERSION)

@@ -8,6 +8,7 @@ window closes its KPIs are queryable.
 
 from __future__ import annotations
 
+import os
 import statistics
 import threading
 import time
@@ -55,8 +56,19 @@ def run_bench(settings: Settings, traffic: Path, metadata: Path) -> int:
     results["source"] = f"{report.rows_per_second:>10,.0f} rows/s  ({report.rows_read:,} rows)"
 
     print("== processor: consuming everything the source wrote")
-    rate, kpi_rows = _measure_processor(s, report.published)
-    results["processor"] = f"{rate:>10,.0f} readings/s  ({kpi_rows:,} KPI records out)"
+    rate, kpi_rows, cpu = _measure_processor(s, report.published)
+    results["processor"] = (
+        f"{rate:>10,.0f} readings/s  ({kpi_rows:,} KPI records out; {cpu:.1f} µs CPU/reading)"
+    )
+
+    print("== tracing: the same, with OpenTelemetry tracing on (source and processor)")
+    traced, _, traced_cpu = _measure_traced_processor(
+        _fresh(settings, "tracing"), traffic, metadata
+    )
+    results["processor, tracing on"] = (
+        f"{traced:>10,.0f} readings/s  (throughput {100 * (rate - traced) / rate:+.1f} % lower; "
+        f"{traced_cpu:.1f} µs CPU/reading, {100 * (traced_cpu - cpu) / cpu:+.1f} %)"
+    )
 
     print("== sink: inserting every KPI record into chDB")
     sink_rate = _measure_sink(s, kpi_rows)
@@ -83,24 +95,61 @@ def run_bench(settings: Settings, traffic: Path, metadata: Path) -> int:
     return 0
 
 
-def _measure_processor(s: Settings, published: int) -> tuple[float, int]:
-    pipeline = Pipeline(s)
+# Spans go to the console exporter, i.e. the processor's log file: every span is built,
+# batched and serialized as it would be for OTLP, with no receiver needed.
+TRACING_ON = {"OTEL_TRACES_EXPORTER": "console"}
+
+
+def _measure_traced_processor(
+    s: Settings, traffic: Path, metadata: Path
+) -> tuple[float, int, float]:
+    """The processor's rate over input that carries trace context, tracing on."""
+    from opentelemetry.sdk.trace.export import ConsoleSpanExporter
+
+    from citystream import telemetry
+
+    ensure_topics(s)
+    register_schemas(s)
+    with open(os.devnull, "w") as devnull:
+        telemetry.setup(telemetry.SOURCE, span_exporter=ConsoleSpanExporter(out=devnull))
+        try:
+            source = AarhusReplaySource(s, traffic, metadata)
+            source.setup()
+            published = source.run(print_replay_progress).published
+        finally:
+            telemetry.shutdown()
+    return _measure_processor(s, published, TRACING_ON)
+
+
+def _cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process (Linux): steadier than wall time on a shared box."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _measure_processor(
+    s: Settings, published: int, env: dict[str, str] | None = None
+) -> tuple[float, int, float]:
+    """Readings/s, KPI records out, and CPU µs per reading of one processor worker."""
+    pipeline = Pipeline(s, env=env or {"OTEL_SDK_DISABLED": "true"})
     try:
         pipeline.start("processor")
-        first_at, first_count = None, 0
+        pid = pipeline.services["processor"].process.pid
+        first_at, first_count, first_cpu = None, 0, 0.0
         while True:
             pipeline.check_alive()
             stats = pipeline.processor_stats()
             seen = stats["accepted"] + stats["duplicates"] + stats["late"]
             if first_at is None and seen > 0:
-                first_at, first_count = time.monotonic(), seen
+                first_at, first_count, first_cpu = time.monotonic(), seen, _cpu_seconds(pid)
             if seen >= published:
                 break
             time.sleep(0.05)
         elapsed = time.monotonic() - (first_at or time.monotonic())
         rate = (published - first_count) / elapsed if elapsed > 0 else float("nan")
+        cpu = 1e6 * (_cpu_seconds(pid) - first_cpu) / max(1, published - first_count)
         time.sleep(2 * s.idle_timeout_s + 2)  # idle windows flushed
-        return rate, sum(end_offsets(s, s.topic("city.kpi.v1")).values())
+        return rate, sum(end_offsets(s, s.topic("city.kpi.v1")).values()), cpu
     finally:
         pipeline.stop()
 

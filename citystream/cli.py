@@ -109,6 +109,7 @@ def parser() -> argparse.ArgumentParser:
         "processors", nargs="*", metavar="NAME", help="processors to run (default: all)"
     )
     process.add_argument("--web-port", type=int, dest="processor_web_port")
+    process.add_argument("--metrics-port", type=int, dest="processor_metrics_port")
     _add_common(process)
 
     sink = sub.add_parser("sink", help="run a sink")
@@ -173,6 +174,9 @@ def parser() -> argparse.ArgumentParser:
     )
     soak.add_argument("--metadata", type=Path, default=DATA_DIR / "traffic_metadata.csv")
     _add_common(soak)
+    status = sub.add_parser("status", help="one screen for an SRE: services, lag, rates, DLQ")
+    status.add_argument("--interval", type=float, default=1.0, help="seconds to measure rates")
+    _add_common(status)
 
     bench = sub.add_parser("bench", help="throughput and latency on the real stack")
     bench.add_argument("--traffic", type=Path, help="default: the 7-day Aarhus file")
@@ -221,13 +225,27 @@ def _add_simulation_args(p: argparse.ArgumentParser | argparse._ArgumentGroup) -
     p.add_argument("--malformed", type=float, default=0.0, help="fraction with a bad copy")
 
 
+# Long-running services log JSON lines (with trace and span ids) and export telemetry;
+# the interactive commands keep human-readable logs.
+SERVICES = {
+    "process": "citystream-processor",
+    "sink": "citystream-sink",
+    "replay": "citystream-source",
+    "ingest": "citystream-ingest",
+}
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = parser().parse_args(argv)
-    logging.basicConfig(
-        level=getattr(args, "log_level", "INFO"),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+    level = getattr(args, "log_level", "INFO")
+    if args.command in SERVICES:
+        from citystream import telemetry
+
+        telemetry.setup_json_logging(SERVICES[args.command], level)
+    else:
+        logging.basicConfig(
+            level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr
+        )
     handler = COMMANDS[args.command]
     try:
         return handler(args)
@@ -236,6 +254,20 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 69  # EX_UNAVAILABLE
     except KeyboardInterrupt:
         return 130
+    finally:
+        if args.command in SERVICES:
+            from citystream import telemetry
+
+            telemetry.shutdown()  # export the spans still buffered
+
+
+def _telemetry(settings: Settings, command: str, metrics_port: int) -> None:
+    """Tracing from OTEL_*, and /metrics on ``metrics_port`` (0: none) for this service."""
+    from citystream import telemetry
+
+    telemetry.setup(
+        SERVICES[command], metrics_host=settings.metrics_host, metrics_port=metrics_port
+    )
 
 
 def cmd_stack(args: argparse.Namespace) -> int:
@@ -298,6 +330,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
         return 2
     wait_for_services(settings)
     ensure_topics(settings)
+    _telemetry(settings, "replay", settings.source_metrics_port)
     sources = aarhus_sources(settings, files, args.speed)
     for source in sources.values():
         source.setup()
@@ -352,6 +385,7 @@ def cmd_simulate(args: argparse.Namespace) -> int:
         return 2
     wait_for_services(settings)
     ensure_topics(settings)
+    _telemetry(settings, "replay", settings.source_metrics_port)
     source.setup()
     previous = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT)}
     for sig in previous:  # stop, then flush what was generated
@@ -369,16 +403,25 @@ def cmd_simulate(args: argparse.Namespace) -> int:
 
 
 def cmd_process(args: argparse.Namespace) -> int:
+    from citystream import telemetry
     from streams import worker
 
     if "alerts" in args.processors:
         return _process_alerts(args)
-    settings = build_settings(args, processor_web_port=args.processor_web_port)
+    settings = build_settings(
+        args,
+        processor_web_port=args.processor_web_port,
+        processor_metrics_port=args.processor_metrics_port,
+    )
     unknown = sorted(set(args.processors) - set(worker.PROCESSORS))
     if unknown:
         print(f"error: unknown processor(s) {unknown}; known: {sorted(worker.PROCESSORS)}")
         return 2
     wait_for_services(settings)
+    _telemetry(settings, "process", settings.processor_metrics_port)
+    inputs = ("city.traffic.batches.v1", "city.traffic.partials.v1")
+    group = settings.group(settings.processor_id)
+    telemetry.observe_group_lag(settings, group, [settings.topic(t) for t in inputs])
     # Faust parses sys.argv itself; hand it a clean command line.
     sys.argv = [sys.argv[0], "worker"]
     worker.run(settings, args.processors, loglevel=args.log_level)
@@ -413,11 +456,23 @@ def cmd_sink(args: argparse.Namespace) -> int:
         signal.signal(sig, lambda *_: stop.set())
     sink = ClickHouseSink(settings)
     sink.setup()
+    _telemetry(settings, "sink", settings.sink_metrics_port)
+    _observe_sink(settings, sink)
     try:
         sink.run(stop)
     finally:
         sink.stop()
     return 0
+
+
+def _observe_sink(settings: Settings, sink: Any) -> None:
+    from citystream import telemetry
+    from connectors.sinks.clickhouse import KPI_TOPIC
+
+    group = settings.group(settings.sink_group_id)
+    telemetry.observe_group_lag(settings, group, [settings.topic(KPI_TOPIC)])
+    sink.seed_freshness()
+    telemetry.observe_freshness(sink.freshness.snapshot)
 
 
 def cmd_query(args: argparse.Namespace) -> int:
@@ -505,6 +560,14 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return run_bench(settings, traffic, args.metadata)
 
 
+def cmd_status(args: argparse.Namespace) -> int:
+    from citystream.status import collect, render
+
+    status = collect(build_settings(args), args.interval)
+    print(render(status))
+    return 0 if status.healthy else 1
+
+
 def cmd_ingest(args: argparse.Namespace) -> int:
     from citystream.kafka import ensure_topics
     from connectors.sources.ingest_common import load_config
@@ -515,6 +578,7 @@ def cmd_ingest(args: argparse.Namespace) -> int:
     config = load_config(settings.ingest_config) if settings.ingest_config else None
     wait_for_services(settings)
     ensure_topics(settings)
+    _telemetry(settings, "ingest", settings.ingest_metrics_port)
     if args.protocol == "http":
         return _ingest_http(settings, config)
     if config is None:
@@ -571,6 +635,7 @@ COMMANDS = {
     "bench": cmd_bench,
     "catalog": cmd_catalog,
     "ingest": cmd_ingest,
+    "status": cmd_status,
 }
 
 if __name__ == "__main__":

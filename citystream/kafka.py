@@ -95,11 +95,23 @@ class Publisher:
         else:
             self.delivered += 1
 
-    def send(self, topic: str, key: bytes | None, value: bytes, partition: int = -1) -> None:
+    def send(
+        self,
+        topic: str,
+        key: bytes | None,
+        value: bytes,
+        partition: int = -1,
+        headers: list[tuple[str, str | bytes | None]] | None = None,
+    ) -> None:
         while True:
             try:
                 self.producer.produce(
-                    topic, value, key, partition=partition, on_delivery=self._on_delivery
+                    topic,
+                    value,
+                    key,
+                    partition=partition,
+                    on_delivery=self._on_delivery,
+                    headers=headers,
                 )
                 return
             except BufferError:  # local queue full: let librdkafka drain it
@@ -198,11 +210,16 @@ def committed_offsets(
     return _retrying(f"committed offsets of {group}", timeout, read)
 
 
-def group_lag(settings: Settings, group: str, topic: str) -> int:
-    """Messages in ``topic`` the consumer ``group`` has not committed yet."""
+def partition_lag(settings: Settings, group: str, topic: str) -> dict[int, int]:
+    """Per partition: messages in ``topic`` the consumer ``group`` has not committed yet."""
     ends = end_offsets(settings, topic)
     committed = committed_offsets(settings, group, topic, ends)
-    return sum(max(0, end - committed.get(p, 0)) for p, end in ends.items())
+    return {p: max(0, end - committed.get(p, 0)) for p, end in ends.items()}
+
+
+def group_lag(settings: Settings, group: str, topic: str) -> int:
+    """Messages in ``topic`` the consumer ``group`` has not committed yet."""
+    return sum(partition_lag(settings, group, topic).values())
 
 
 def read_topic(settings: Settings, topic: str, timeout: float = 30.0) -> Iterator[bytes]:

@@ -36,13 +36,16 @@ def settings_env(settings: Settings) -> dict[str, str]:
     return env
 
 
-def launch(settings: Settings, log_path: Path, *args: str) -> subprocess.Popen[bytes]:
-    """``citystream ARGS`` as a child process with ``settings``, output appended to a log."""
+def launch(
+    settings: Settings, log_path: Path, *args: str, env: dict[str, str] | None = None
+) -> subprocess.Popen[bytes]:
+    """``citystream ARGS`` as a child process with ``settings`` (and ``env`` on top of the
+    environment, e.g. OTEL_* variables), output appended to a log."""
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with log_path.open("ab") as log:
         return subprocess.Popen(
             [sys.executable, "-m", "citystream.cli", *args],
-            env=settings_env(settings),
+            env={**settings_env(settings), **(env or {})},
             stdout=log,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
@@ -85,6 +88,7 @@ class Pipeline:
 
     settings: Settings
     services: dict[str, Service] = field(default_factory=dict)
+    env: dict[str, str] = field(default_factory=dict)  # on top of the environment (OTEL_*)
 
     def start(self, *which: str) -> None:
         """Start services by name: ``processor`` (``processor2``, … for more workers), ``sink``,
@@ -94,12 +98,13 @@ class Pipeline:
         for name in which or ("processor", "sink"):
             if name.startswith("processor"):
                 command = ["process", "--web-port", str(self.web_port(name))]
+                command += ["--metrics-port", str(self.metrics_port(name))]
             elif name == "alerts":
                 command = ["process", "alerts", "--web-port", str(self.settings.alerts_web_port)]
             else:
                 command = ["sink", "clickhouse"]
             log_path = logs / f"{self.settings.topic_prefix or ''}{name}.log"
-            process = launch(self.settings, log_path, *command)
+            process = launch(self.settings, log_path, *command, env=self.env)
             self.services[name] = Service(name, process, log_path)
         self.wait_ready(which or ("processor", "sink"))
 
@@ -129,6 +134,12 @@ class Pipeline:
         """``processor`` on the configured port, ``processorN`` on the next ones."""
         suffix = name.removeprefix("processor")
         return self.settings.processor_web_port + (int(suffix) - 1 if suffix else 0)
+
+    def metrics_port(self, name: str) -> int:
+        """Like :meth:`web_port`; 0 (no /metrics) stays 0 for every worker."""
+        port = self.settings.processor_metrics_port
+        suffix = name.removeprefix("processor")
+        return port + (int(suffix) - 1 if suffix and port else 0)
 
     def processor_stats(self, name: str = "processor", domain: str = "traffic") -> dict[str, Any]:
         """The reconciliation counters of one KPI family's processor in a worker."""

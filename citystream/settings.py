@@ -96,6 +96,22 @@ class Settings(BaseSettings):
     alert_aqi_threshold: float = Field(
         100.0, ge=0, description="air.aqi above this raises an air_quality alert"
     )
+    # --- telemetry (tracing is configured by the standard OTEL_* variables) --------------
+    metrics_host: str = Field(
+        "127.0.0.1", description="Bind address of the /metrics endpoints (0.0.0.0 in a container)"
+    )
+    processor_metrics_port: int = Field(
+        9464, ge=0, description="Prometheus /metrics port of the processor (0: off)"
+    )
+    sink_metrics_port: int = Field(
+        9465, ge=0, description="Prometheus /metrics port of the sink (0: off)"
+    )
+    ingest_metrics_port: int = Field(
+        9466, ge=0, description="Prometheus /metrics port of the HTTP and MQTT ingest (0: off)"
+    )
+    source_metrics_port: int = Field(
+        9467, ge=0, description="Prometheus /metrics port of a replay while it runs (0: off)"
+    )
 
     # --- ClickHouse sink ----------------------------------------------------------------
     clickhouse_url: str | None = Field(

@@ -17,6 +17,7 @@ from typing import Any
 
 from confluent_kafka import KafkaError
 
+from citystream import telemetry
 from citystream.kafka import Publisher, partition_for
 from citystream.settings import Settings
 from schemas.deadletter import dead_letter
@@ -58,11 +59,12 @@ class EventStream:
 class _Columns:
     """Events of one stream and partition waiting to become one batch message."""
 
-    __slots__ = ("columns", "origin")
+    __slots__ = ("columns", "origin", "trace")
 
     def __init__(self, names: tuple[str, ...]) -> None:
         self.columns: dict[str, list[Any]] = {name: [] for name in names}
         self.origin: list[str] = []
+        self.trace = telemetry.NO_TRACE  # telemetry: the batch's span, from its first event
 
     def add(self, event: dict[str, Any], origin: str) -> int:
         for name, column in self.columns.items():
@@ -85,7 +87,7 @@ class Rejected:
 class _BatchBuffer:
     """Column-wise readings of one partition waiting to become one batch message."""
 
-    __slots__ = ("avg_speed_kmh", "event_time_ms", "origin", "segment_id", "vehicle_count")
+    __slots__ = ("avg_speed_kmh", "event_time_ms", "origin", "segment_id", "trace", "vehicle_count")
 
     def __init__(self) -> None:
         self.segment_id: list[str] = []
@@ -93,6 +95,7 @@ class _BatchBuffer:
         self.vehicle_count: list[int] = []
         self.avg_speed_kmh: list[float] = []
         self.origin: list[str] = []
+        self.trace = telemetry.NO_TRACE  # telemetry: the batch's span, from its first reading
 
     def add(self, r: Reading) -> int:
         self.segment_id.append(r.segment_id)
@@ -187,8 +190,14 @@ class EventPublisher:
                 "source": self.component,
             }
         )
-        self.publisher.send(self.topics["city.traffic.v1"], r.segment_id.encode(), value, partition)
-        if self._buffers[partition].add(r) >= self.settings.source_batch_size:
+        buffer = self._buffers[partition]
+        if not buffer.segment_id:  # telemetry: one span per batch message
+            buffer.trace = telemetry.start_batch(
+                self.topics["city.traffic.batches.v1"], partition, self.component
+            )
+        topic = self.topics["city.traffic.v1"]
+        self.publisher.send(topic, r.segment_id.encode(), value, partition, buffer.trace.headers)
+        if buffer.add(r) >= self.settings.source_batch_size:
             self._send_batch(partition)
 
     def reference(self, topic: str, key: str, record: dict[str, Any]) -> None:
@@ -201,15 +210,24 @@ class EventPublisher:
         key = str(record[stream.key])
         partition = _partition_of(key, self.partitions)
         value = self.serdes[topic].encode(record)
-        self.publisher.send(self.topics[topic], key.encode(), value, partition)
-        if self._columns[topic][partition].add(record, origin) >= self.settings.source_batch_size:
+        columns = self._columns[topic][partition]
+        if not columns.origin:  # telemetry: one span per batch message
+            columns.trace = telemetry.start_batch(
+                self.topics[stream.batch_topic], partition, self.component
+            )
+        self.publisher.send(
+            self.topics[topic], key.encode(), value, partition, columns.trace.headers
+        )
+        if columns.add(record, origin) >= self.settings.source_batch_size:
             self._send_columns(stream, partition)
 
     def _send_columns(self, stream: EventStream, partition: int) -> None:
         buffers = self._columns[stream.topic]
-        value = self.serdes[stream.batch_topic].encode(buffers[partition].record(self.component))
+        batch = buffers[partition]
+        value = self.serdes[stream.batch_topic].encode(batch.record(self.component))
         topic = self.topics[stream.batch_topic]
-        self.publisher.send(topic, str(partition).encode(), value, partition)
+        self.publisher.send(topic, str(partition).encode(), value, partition, batch.trace.headers)
+        self._batch_sent(batch.trace, batch.origin, (self.topics[stream.topic], topic))
         buffers[partition] = _Columns(stream.columns)
         self.batches_sent += 1
 
@@ -219,15 +237,25 @@ class EventPublisher:
         value = self.serdes["city.dlq.v1"].encode(record)
         self.publisher.send(self.topics["city.dlq.v1"], rejected.reason.encode(), value)
         self.dead_lettered += 1
+        telemetry.dead_lettered(self.component, rejected.reason)  # telemetry
 
     def _send_batch(self, partition: int) -> None:
-        value = self.serdes["city.traffic.batches.v1"].encode(
-            self._buffers[partition].record(self.component)
-        )
+        batch = self._buffers[partition]
+        value = self.serdes["city.traffic.batches.v1"].encode(batch.record(self.component))
         topic = self.topics["city.traffic.batches.v1"]
-        self.publisher.send(topic, str(partition).encode(), value, partition)
+        self.publisher.send(topic, str(partition).encode(), value, partition, batch.trace.headers)
+        self._batch_sent(batch.trace, batch.origin, (self.topics["city.traffic.v1"], topic))
         self._buffers[partition] = _BatchBuffer()
         self.batches_sent += 1
+
+    @staticmethod
+    def _batch_sent(
+        trace: telemetry.BatchTrace, origin: list[str], topics: tuple[str, str]
+    ) -> None:
+        """telemetry: end the batch's span; count its events out on both topics."""
+        trace.end(len(origin), origin[0], origin[-1])
+        for topic in topics:
+            telemetry.count_out(topic, len(origin))
 
     def send_batches(self) -> None:
         """Hand partly filled batches to the producer (before a pause, or at the end)."""

@@ -6,6 +6,7 @@ import logging
 
 import faust
 
+from citystream import telemetry
 from citystream.settings import Settings
 from streams.air.processor import SPEC as AIR
 from streams.app import create_app
@@ -34,7 +35,9 @@ def run(settings: Settings, names: list[str] | None = None, loglevel: str = "INF
     for processor in processors:
         agents.register(app, processor)
     agents.register_stats(app, processors)
-    worker = faust.Worker(app, loglevel=loglevel, quiet=True)
+    # telemetry: Faust configures logging itself; make it our JSON lines with trace ids
+    logging_config = telemetry.logging_config(telemetry.PROCESSOR, loglevel)
+    worker = faust.Worker(app, loglevel=loglevel, quiet=True, logging_config=logging_config)
     try:
         worker.execute_from_commandline()
     finally:

@@ -68,5 +68,9 @@ def settings(stack: Settings, tmp_path: Path) -> Iterator[Settings]:
             "sink_batch_seconds": 0.5,
             "processor_web_port": free_port(),
             "query_port": free_port(),
+            "processor_metrics_port": free_port(),
+            "sink_metrics_port": free_port(),
+            "ingest_metrics_port": free_port(),
+            "source_metrics_port": free_port(),
         }
     )

@@ -30,6 +30,7 @@ from clickhouse_connect.driver.client import Client
 from clickhouse_connect.driver.exceptions import ClickHouseError
 from confluent_kafka import Consumer, KafkaException, Message, TopicPartition
 
+from citystream import telemetry
 from citystream.kafka import Publisher
 from citystream.settings import Settings
 from connectors.sinks.query_endpoint import (
@@ -51,6 +52,7 @@ COMPONENT = "clickhouse-sink"
 KPI_TOPIC = "city.kpi.batches.v1"
 DLQ_TOPIC = "city.dlq.v1"
 KPI_TABLE = "kpi"
+TRACE_LINKS_TABLE = "kpi_trace_links"  # telemetry: KPI row <-> traces (README, Observability)
 ROLLUP_STATE_TABLE = "kpi_window_state"
 # Every scope some KPI of the catalogue has (segment, district, city, car_park, sensor, …):
 # a row with another scope is dead-lettered.
@@ -92,6 +94,7 @@ class Migration:
 
 
 _KPI_COLUMNS_DDL = ",\n    ".join(f"{name} {type_}" for name, type_ in KPI_COLUMNS)
+_TRACE_LINKS_DDL = ",\n    ".join(f"{n} {t}" for n, t in telemetry.TRACE_LINK_COLUMNS)
 
 # One row per window in the rollup's state: the value and samples of the version that wins
 # in ``kpi`` (argMax by the same ``version``), so a revised or re-inserted window replaces
@@ -183,6 +186,20 @@ SELECT kpi, entity_id AS district, window_start, window_end, value,
 FROM {{db}}.kpi FINAL
 WHERE scope = 'district' AND entity_id != '{UNKNOWN_DISTRICT}'
 WINDOW per_window AS (PARTITION BY kpi, window_start)""",
+        ),
+    ),
+    Migration(
+        6,
+        "create kpi_trace_links",
+        (
+            f"""CREATE TABLE IF NOT EXISTS {{db}}.{TRACE_LINKS_TABLE} (
+    {_TRACE_LINKS_DDL},
+    INDEX input_traces input_trace_ids TYPE bloom_filter GRANULARITY 4
+)
+ENGINE = MergeTree
+PARTITION BY toYYYYMM(window_start)
+ORDER BY (kpi, scope, entity_id, window_start, revision)
+TTL toDateTime(written_at) + INTERVAL 30 DAY""",
         ),
     ),
 )
@@ -370,6 +387,7 @@ class _Batch:
     offsets: dict[tuple[str, int], int] = field(default_factory=dict)
     since: float | None = None
     messages: int = 0
+    traces: telemetry.KpiTraces = field(default_factory=telemetry.KpiTraces)  # telemetry
 
     def tracked(self, messages: int) -> None:
         self.messages += messages
@@ -394,6 +412,7 @@ class ClickHouseSink:
         self.dead_lettered = 0
         self.insert_failures = 0
         self.last_insert_seconds = 0.0
+        self.freshness = telemetry.Freshness()  # telemetry: newest window_end per domain
         # Called after each successful insert with its rows (the benchmark times KPI delay).
         self.on_written: Callable[[Sequence[Mapping[str, Any]]], None] | None = None
         self.endpoint: QueryEndpoint | None = None
@@ -417,15 +436,22 @@ class ClickHouseSink:
             retention = Retention.from_settings(self.settings)
             return migrate(self._client, self.settings.clickhouse_database, retention)
 
-    def write(self, rows: Sequence[Mapping[str, Any]]) -> None:
-        """Insert ``rows`` (KPI record dicts) as one batch; raises if the insert fails."""
+    def write(
+        self, rows: Sequence[Mapping[str, Any]], traces: telemetry.KpiTraces | None = None
+    ) -> None:
+        """Insert ``rows`` (KPI record dicts) as one batch; raises if the insert fails.
+
+        ``traces`` (the trace context of the KPI messages, when tracing is on) become the
+        insert span's links and, in the same batch, rows of ``kpi_trace_links``.
+        """
         if not rows:
             return
         if self._client is None:
             raise RuntimeError("ClickHouseSink.setup() must run before write()")
         columns = kpi_columns(rows)
         started = time.perf_counter()
-        with self._db_lock:
+        # telemetry: the insert's span, linked to the KPI emissions it writes
+        with telemetry.insert_span(KPI_TABLE, len(rows), traces) as insert_trace_id, self._db_lock:
             self._client.insert(
                 KPI_TABLE,
                 columns,
@@ -434,11 +460,39 @@ class ClickHouseSink:
                 column_oriented=True,
                 database=self.settings.clickhouse_database,
             )
+            if traces is not None and traces.rows:  # telemetry
+                self._insert_trace_links(traces, insert_trace_id)
         self.last_insert_seconds = time.perf_counter() - started
+        telemetry.sink_inserted(len(rows), self.last_insert_seconds)  # telemetry
+        self.freshness.update(columns[0], columns[4])  # telemetry: kpi, window_end
         self.rows_inserted += len(rows)
         self.batches_inserted += 1
         if self.on_written is not None:
             self.on_written(rows)
+
+    def _insert_trace_links(self, traces: telemetry.KpiTraces, insert_trace_id: str) -> None:
+        """telemetry: one kpi_trace_links row per traced KPI row, one insert per batch."""
+        assert self._client is not None
+        self._client.insert(
+            TRACE_LINKS_TABLE,
+            telemetry.trace_link_columns(traces, insert_trace_id),
+            column_names=[n for n, _ in telemetry.TRACE_LINK_COLUMNS],
+            column_type_names=[t for _, t in telemetry.TRACE_LINK_COLUMNS],
+            column_oriented=True,
+            database=self.settings.clickhouse_database,
+        )
+
+    def seed_freshness(self) -> None:
+        """telemetry: start KPI freshness from what ClickHouse holds, so a restarted sink
+        reports a stale pipeline at once instead of no value until its first insert."""
+        if not telemetry.metrics_on():
+            return
+        result = self.query(
+            f"SELECT splitByChar('.', kpi)[1], toUnixTimestamp64Milli(max(window_end)) "
+            f"FROM {KPI_TABLE} GROUP BY 1"
+        )
+        for domain, newest_ms in result.rows:
+            self.freshness.newest[str(domain)] = int(newest_ms)
 
     def query(self, sql: str) -> QueryResult:
         """Run a read-only statement on the sink's read-only session, between inserts."""
@@ -572,6 +626,7 @@ class ClickHouseSink:
 
     def _accept_rows(self, msg: Message, rows: list[dict[str, Any]]) -> None:
         """Valid rows join the batch; an invalid one is dead-lettered on its own."""
+        first = len(self._batch.rows)
         for index, row in enumerate(rows):
             try:
                 check_record(row)
@@ -580,6 +635,9 @@ class ClickHouseSink:
                 self._dead_letter(msg, exc.reason, f"row {index}: {exc}", payload)
             else:
                 self._batch.rows.append(row)
+        if telemetry.tracing():  # telemetry: the KPI message's context, for links and rows
+            self._batch.traces.add(msg.headers(), self._batch.rows[first:])
+        telemetry.count_in(msg.topic() or KPI_TOPIC, len(rows))  # telemetry
 
     def _consumer_error(self, msg: Message) -> None:
         err = msg.error()
@@ -601,6 +659,7 @@ class ClickHouseSink:
             self.settings.topic(DLQ_TOPIC), reason.encode(), self._dlq_serde.encode(letter)
         )
         self.dead_lettered += 1
+        telemetry.dead_lettered(COMPONENT, reason)  # telemetry
         log.warning("dead-lettered %s: %s (%s)", origin, reason, detail)
 
     def _flush(self, consumer: Consumer) -> bool:
@@ -608,7 +667,7 @@ class ClickHouseSink:
         batch = self._batch
         if not batch.messages:
             return True
-        if batch.rows and not self._insert_with_retry(batch.rows):
+        if batch.rows and not self._insert_with_retry(batch.rows, batch.traces):
             return False
         assert self._publisher is not None
         self._publisher.flush()  # dead letters durable before their offsets are committed
@@ -616,16 +675,19 @@ class ClickHouseSink:
         self._batch = _Batch()
         return True
 
-    def _insert_with_retry(self, rows: list[dict[str, Any]]) -> bool:
+    def _insert_with_retry(
+        self, rows: list[dict[str, Any]], traces: telemetry.KpiTraces | None = None
+    ) -> bool:
         """Retry with exponential backoff until it works; False only when asked to stop."""
         attempt = 0
         while True:
             try:
-                self.write(rows)
+                self.write(rows, traces)
                 return True
             except RETRYABLE_INSERT_ERRORS as exc:
                 attempt += 1
                 self.insert_failures += 1
+                telemetry.sink_insert_failed()  # telemetry
                 delay = min(MAX_BACKOFF_SECONDS, 0.5 * 2 ** (attempt - 1))
                 log.error(
                     "insert of %d rows failed (attempt %d), retrying in %.1fs: %s",

@@ -14,6 +14,7 @@ from typing import Any
 
 import faust
 
+from citystream import telemetry
 from schemas.faust_codec import AvroCodec
 from streams.engine.processor import WindowedProcessor
 
@@ -21,6 +22,15 @@ from streams.engine.processor import WindowedProcessor
 def _origin(event: Any) -> str:
     message = event.message
     return f"{message.topic}/{message.partition}/{message.offset}"
+
+
+def _consumed(event: Any) -> Any:
+    """telemetry: the span and metrics of processing one message (context from its headers)."""
+    message, value = event.message, event.value
+    events = len(value["origin"]) if isinstance(value, dict) and "origin" in value else 1
+    return telemetry.consumed(
+        message.headers, message.topic, message.partition, message.offset, events
+    )
 
 
 def _owned(app: faust.App, event: Any) -> bool:
@@ -48,7 +58,9 @@ def register(app: faust.App, processor: WindowedProcessor) -> None:
         async for event in manual.events():
             if not _owned(app, event):
                 continue
-            for done in await processor.on_partial(event.value, _origin(event), event):
+            with _consumed(event):  # telemetry: continue the emitting stage's trace
+                done_events = await processor.on_partial(event.value, _origin(event), event)
+            for done in done_events:
                 await manual.ack(done)
 
     async def forget_moved(sender: Any, assigned: Any, **kwargs: Any) -> None:
@@ -72,8 +84,11 @@ def _register_input(app: faust.App, processor: WindowedProcessor, source: int, t
             if not _owned(app, event):
                 continue
             partition = event.message.partition
-            value = event.value
-            for done in await processor.on_batch(source, partition, value, _origin(event), event):
+            with _consumed(event):  # telemetry: continue the source batch's trace
+                done_events = await processor.on_batch(
+                    source, partition, event.value, _origin(event), event
+                )
+            for done in done_events:
                 await manual.ack(done)
 
 

@@ -20,6 +20,7 @@ from typing import Any
 import orjson
 from confluent_kafka import Consumer, TopicPartition
 
+from citystream import telemetry
 from citystream.kafka import Publisher
 from citystream.settings import Settings
 from schemas.deadletter import dead_letter
@@ -42,6 +43,7 @@ KPI_BATCH_ROWS = 5000  # ~300 KB per message
 KPI_FIELDS = ("kpi", "scope", "entity_id", "window_start", "window_end", "value", "samples",
               "revision", "computed_at")  # fmt: skip
 PARTIAL_ID_STRIDE = 1000  # input n's partition p publishes its partials as n * 1000 + p
+MERGE_STAGE = "merge"  # telemetry: lineage key of the merge stage (stage 1: (input, partition))
 
 
 @dataclass(frozen=True)
@@ -129,6 +131,9 @@ class WindowedProcessor:
         # The merge stage rebuilds from the partials it re-reads, watermarks included:
         # restoring later watermarks would close windows before their older parts arrive.
         self.merge_pending: Pending = deque()
+        # telemetry: which input messages fed which window, for the KPIs' span links
+        # (the merge stage keeps windows an hour longer for the trend windows)
+        self.lineage = telemetry.WindowLineage(2 * (self.size_ms + self.grace_ms) + 3_600_000)
 
     def _new_merge(self) -> MergeWindows:
         domain = self.spec.inputs[0].domain
@@ -188,7 +193,8 @@ class WindowedProcessor:
         self._count(windows.counters, before)
         if self.spec.dead_letters_input:
             self._dead_letter_late(emission, value)
-        await self._publish(emission)
+        self.lineage.fed((source, partition), emission.touched)  # telemetry
+        await self._publish(emission, (source, partition))
         pending.append((event, frozenset(emission.touched)))
         return _release(pending, windows.open_windows())
 
@@ -252,6 +258,7 @@ class WindowedProcessor:
         if not owned.get(self.topics[self.spec.partials_topic]):
             self.merge = self._new_merge()
             self.merge_pending.clear()
+        self.lineage.forget(lambda key: key == MERGE_STAGE or key in self.partitions)  # telemetry
 
     def _partition_count(self, name: str) -> int:
         topic = self.topics[name]
@@ -306,7 +313,9 @@ class WindowedProcessor:
             await self._flush()
             self.merge_pending.append((event, frozenset()))
             return _release(self.merge_pending, set())
-        await self._publish(Emission(kpis=self.merge.add(value, _now_ms())))
+        kpis = self.merge.add(value, _now_ms())
+        self.lineage.fed(MERGE_STAGE, self.merge.touched)  # telemetry
+        await self._publish(Emission(kpis=kpis), MERGE_STAGE)
         self.merge_pending.append((event, frozenset(self.merge.touched)))
         return _release(self.merge_pending, self.merge.open_windows())
 
@@ -316,9 +325,9 @@ class WindowedProcessor:
         """Emit what waits for input that is not coming (the end of a finite replay)."""
         idle = time.monotonic() - self.stats.last_input_monotonic >= self.settings.idle_timeout_s
         if idle:
-            for windows in list(self.partitions.values()):
-                await self._publish(windows.flush(self.reference.data, _now_ms()))
-        await self._publish(Emission(kpis=self.merge.emit_due(_now_ms())))
+            for key, windows in list(self.partitions.items()):
+                await self._publish(windows.flush(self.reference.data, _now_ms()), key)
+        await self._publish(Emission(kpis=self.merge.emit_due(_now_ms())), MERGE_STAGE)
 
     # --- output ------------------------------------------------------------------------
 
@@ -327,35 +336,51 @@ class WindowedProcessor:
         self.publisher.send(
             self.topics["city.dlq.v1"], reason.encode(), self.serdes["city.dlq.v1"].encode(record)
         )
+        telemetry.dead_lettered(self.component, reason)  # telemetry
 
-    async def _publish(self, emission: Emission) -> None:
-        """Send, then wait for the acks: Faust commits the input offset only after this."""
+    async def _publish(self, emission: Emission, stage: Any) -> None:
+        """Send, then wait for the acks: Faust commits the input offset only after this.
+
+        ``stage`` is (input, partition) for the first stage, MERGE_STAGE for the second.
+        """
+        # telemetry: an ``emit kpi`` span linked to the inputs; its context in the headers
+        with self.lineage.emit(stage, emission.kpis, emission.partial) as headers:
+            self._send_emission(emission, headers)
+        telemetry.window_emitted(emission.kpis, _now_ms())  # telemetry
+        if emission.kpis or emission.partial is not None or emission.late:
+            await self._flush()
+
+    def _send_emission(self, emission: Emission, headers: telemetry.Headers | None) -> None:
         kpi_serde, kpi_topic = self.serdes["city.kpi.v1"], self.topics["city.kpi.v1"]
+        per_record = telemetry.trace_context_only(headers)  # telemetry: short, one per record
         for record in emission.kpis:
             key = (
                 f"{record['kpi']}|{record['scope']}|{record['entity_id']}|{record['window_start']}"
             )
-            self.publisher.send(kpi_topic, key.encode(), kpi_serde.encode(record))
-        self._send_kpi_batches(emission.kpis)
+            self.publisher.send(kpi_topic, key.encode(), kpi_serde.encode(record), -1, per_record)
+        self._send_kpi_batches(emission.kpis, headers)
         self.stats.kpis_emitted += len(emission.kpis)
+        telemetry.count_out(kpi_topic, len(emission.kpis))  # telemetry
         if emission.partial is not None:
             partial = emission.partial
             self.publisher.send(
                 self.topics[self.spec.partials_topic],
                 str(partial["source_partition"]).encode(),
                 self.serdes[self.spec.partials_topic].encode(partial),
+                -1,
+                headers,
             )
             self.stats.partials_emitted += 1
-        if emission.kpis or emission.partial is not None or emission.late:
-            await self._flush()
 
-    def _send_kpi_batches(self, kpis: list[dict[str, Any]]) -> None:
+    def _send_kpi_batches(
+        self, kpis: list[dict[str, Any]], headers: telemetry.Headers | None = None
+    ) -> None:
         """The same records, column-wise, for the sink (one message per KPI_BATCH_ROWS)."""
         serde, topic = self.serdes["city.kpi.batches.v1"], self.topics["city.kpi.batches.v1"]
         for start in range(0, len(kpis), KPI_BATCH_ROWS):
             chunk = kpis[start : start + KPI_BATCH_ROWS]
             columns = {name: [r[name] for r in chunk] for name in KPI_FIELDS}
-            self.publisher.send(topic, None, serde.encode(columns))
+            self.publisher.send(topic, None, serde.encode(columns), -1, headers)
 
     async def _flush(self) -> None:
         await asyncio.get_running_loop().run_in_executor(None, self.publisher.flush)

@@ -294,7 +294,10 @@ def test_processor_probes_use_the_stats_page_the_processor_serves() -> None:
     assert '@app.page("/citystream/stats/")' in agents
     deployment = named(render(), "Deployment", "processor")
     container = deployment["spec"]["template"]["spec"]["containers"][0]
-    assert container["ports"] == [{"name": "web", "containerPort": 6066, "protocol": "TCP"}]
+    assert container["ports"] == [
+        {"name": "web", "containerPort": 6066, "protocol": "TCP"},
+        {"name": "metrics", "containerPort": 9464, "protocol": "TCP"},  # /metrics
+    ]
     for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
         assert container[probe]["httpGet"] == {"path": "/citystream/stats/", "port": "web"}
     assert plain_env(container)["CITYSTREAM_PROCESSOR_WEB_HOST"] == "0.0.0.0"

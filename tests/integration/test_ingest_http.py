@@ -315,3 +315,20 @@ def test_http_ingest_to_clickhouse_matches_independent_computation(
     }
     openapi = client.get("/openapi.json").json()
     assert "/ngsi-ld/v1/notify" in openapi["paths"]
+
+    # telemetry: the ingest's /metrics counts what it published and dead-lettered
+    from collections import Counter
+
+    from prometheus_client.parser import text_string_to_metric_families
+
+    text = httpx.get(f"http://127.0.0.1:{settings.ingest_metrics_port}/metrics").text
+    samples = [s for f in text_string_to_metric_families(text) for s in f.samples]
+    published = {
+        s.labels["topic"]: s.value for s in samples if s.name == "citystream_events_out_total"
+    }
+    assert published[settings.topic("city.traffic.v1")] == len(sent)
+    dead = Counter({
+        s.labels["reason"]: int(s.value) for s in samples
+        if s.name == "citystream_dead_letters_total" and s.labels["component"] == "http-ingest"
+    })  # fmt: skip
+    assert dead == Counter(d["reason"] for d in letters)

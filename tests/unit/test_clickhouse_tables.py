@@ -90,6 +90,7 @@ def test_setup_is_idempotent(local_settings: Settings) -> None:
             "kpi_daily",
             "kpi_equity",
             "kpi_latest",
+            "kpi_trace_links",
             "kpi_window_state",
             "kpi_window_state_mv",
             "schema_migrations",
@@ -431,3 +432,39 @@ def test_the_sink_accepts_every_catalogue_scope_and_nothing_else() -> None:
         check_record(kpi(scope="galaxy"))
     with pytest.raises(InvalidKpiRecord, match="negative"):
         check_record(kpi(samples=-1))
+
+
+def test_traced_rows_land_in_kpi_trace_links_and_freshness_is_seeded(
+    sink: ClickHouseSink,
+) -> None:
+    """telemetry: the link rows go in with the batch; a new sink starts from the table."""
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+    from citystream import telemetry
+
+    telemetry.setup("citystream-sink", span_exporter=InMemorySpanExporter(),
+                    metrics_port=free_port(), env={})  # fmt: skip
+    try:
+        traces = telemetry.KpiTraces()
+        parent = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+        later = kpi("seg-2", window_start=T0 + WINDOW, window_end=T0 + 2 * WINDOW)
+        traces.add([("traceparent", parent.encode()), ("citystream-input-traces", b"r1")],
+                   [kpi(), later])  # fmt: skip
+        sink.write([kpi(), later], traces)
+        assert sink.freshness.snapshot() == {"traffic": int((T0 + 2 * WINDOW).timestamp() * 1000)}
+        sql = (
+            "SELECT entity_id, kpi_trace_id, input_trace_ids, length(insert_trace_id) "
+            "FROM kpi_trace_links ORDER BY entity_id"
+        )
+        links = rows(sink, sql)
+        assert links == [
+            ["seg-1", "0af7651916cd43dd8448eb211c80319c", ["r1"], 32],
+            ["seg-2", "0af7651916cd43dd8448eb211c80319c", ["r1"], 32],
+        ]
+        sink.write([kpi("seg-3")])  # untraced rows: no link rows
+        assert rows(sink, "SELECT count() FROM kpi_trace_links") == [[2]]
+        sink.freshness = telemetry.Freshness()  # as a restarted sink
+        sink.seed_freshness()
+        assert sink.freshness.snapshot() == {"traffic": int((T0 + 2 * WINDOW).timestamp() * 1000)}
+    finally:
+        telemetry.shutdown()

@@ -87,6 +87,10 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 {{- include "citystream.topicPrefix" . -}}{{- include "citystream.setting" (dict "root" . "key" "sinkGroupId" "default" "citystream-sink-clickhouse") -}}
 {{- end -}}
 
+{{- define "citystream.processorMetricsPort" -}}
+{{- include "citystream.setting" (dict "root" . "key" "processorMetricsPort" "default" "9464") -}}
+{{- end -}}
+
 {{- define "citystream.processorWebPort" -}}
 {{- include "citystream.setting" (dict "root" . "key" "processorWebPort" "default" "6066") -}}
 {{- end -}}
