@@ -419,7 +419,7 @@ def cmd_process(args: argparse.Namespace) -> int:
         return 2
     wait_for_services(settings)
     _telemetry(settings, "process", settings.processor_metrics_port)
-    inputs = ("city.traffic.batches.v1", "city.traffic.partials.v1")
+    inputs = worker.input_topics(args.processors)
     group = settings.group(settings.processor_id)
     telemetry.observe_group_lag(settings, group, [settings.topic(t) for t in inputs])
     # Faust parses sys.argv itself; hand it a clean command line.

@@ -88,6 +88,7 @@ class Pipeline:
 
     settings: Settings
     services: dict[str, Service] = field(default_factory=dict)
+    processors: tuple[str, ...] = ()  # what `citystream process` runs (default: all)
     env: dict[str, str] = field(default_factory=dict)  # on top of the environment (OTEL_*)
 
     def start(self, *which: str) -> None:
@@ -97,7 +98,7 @@ class Pipeline:
         logs.mkdir(parents=True, exist_ok=True)
         for name in which or ("processor", "sink"):
             if name.startswith("processor"):
-                command = ["process", "--web-port", str(self.web_port(name))]
+                command = ["process", *self.processors, "--web-port", str(self.web_port(name))]
                 command += ["--metrics-port", str(self.metrics_port(name))]
             elif name == "alerts":
                 command = ["process", "alerts", "--web-port", str(self.settings.alerts_web_port)]

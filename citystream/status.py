@@ -24,8 +24,8 @@ from citystream.settings import Settings
 THROUGHPUT_TOPICS = ("city.traffic.v1", "city.traffic.batches.v1", "city.kpi.v1", "city.dlq.v1")
 FRESHNESS_SQL = (
     "SELECT splitByChar('.', kpi)[1] AS domain, max(window_end) AS newest, count() AS rows "
-    "FROM kpi GROUP BY domain ORDER BY domain"
-)
+    "FROM kpi WHERE NOT endsWith(kpi, '_1h') GROUP BY domain ORDER BY domain"
+)  # trend windows (_1h) reach past the data they hold: not a measure of freshness
 
 
 @dataclass
@@ -81,7 +81,11 @@ def registry_url(settings: Settings) -> str:
 
 
 def _processor_summary(stats: dict[str, Any]) -> str:
-    return f"accepted {stats['accepted']:,}, late {stats['late']:,}, idle {stats['idle_seconds']}s"
+    """One line for the worker: events accepted and late over its processors."""
+    accepted = sum(s["accepted"] for s in stats.values())
+    late = sum(s["late"] for s in stats.values())
+    idle = min(s["idle_seconds"] for s in stats.values())
+    return f"{len(stats)} processors: accepted {accepted:,}, late {late:,}, idle {idle}s"
 
 
 def _sink_probe(settings: Settings) -> str:
@@ -95,10 +99,12 @@ def _sink_probe(settings: Settings) -> str:
 
 
 def consumer_groups(settings: Settings) -> list[tuple[str, str]]:
+    from streams.worker import input_topics
+
     processor = settings.group(settings.processor_id)
     return [
-        (processor, settings.topic("city.traffic.batches.v1")),
-        (processor, settings.topic("city.traffic.partials.v1")),
+        *((processor, settings.topic(topic)) for topic in input_topics()),
+        (settings.group(settings.alerts_processor_id), settings.topic("city.kpi.batches.v1")),
         (settings.group(settings.sink_group_id), settings.topic("city.kpi.batches.v1")),
     ]
 

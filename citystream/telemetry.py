@@ -315,8 +315,13 @@ _CURRENT_INPUTS: ContextVar[tuple[str, ...]] = ContextVar("citystream_inputs", d
 
 
 @contextmanager
-def consumed(headers: Any, topic: str, partition: int, offset: int, events: int) -> Iterator[None]:
-    """Around the processing of one input message: continues its trace, counts and times it."""
+def consumed(
+    headers: Any, topic: str, partition: int, offset: int, events: int, consumer: str = ""
+) -> Iterator[None]:
+    """Around the processing of one input message: continues its trace, counts and times it.
+
+    ``consumer`` names the processor when several in one worker read the same topic.
+    """
     started = time.perf_counter()
     if not _state.tracing:
         yield
@@ -340,8 +345,9 @@ def consumed(headers: Any, topic: str, partition: int, offset: int, events: int)
                 yield
             finally:
                 _CURRENT_INPUTS.reset(token)
-    metrics().processing.record(time.perf_counter() - started, {"topic": topic})
-    metrics().events_in.add(events, {"topic": topic})
+    labels = {"topic": topic, "consumer": consumer} if consumer else {"topic": topic}
+    metrics().processing.record(time.perf_counter() - started, labels)
+    metrics().events_in.add(events, labels)
 
 
 @dataclass
@@ -605,7 +611,10 @@ def sink_insert_failed() -> None:
 
 
 class Freshness:
-    """The newest window_end written per domain (the KPI name before its first dot)."""
+    """The newest window_end written per domain (the KPI name before its first dot).
+
+    Trend KPIs (``_1h``) do not count: their hourly windows reach past the data they hold.
+    """
 
     def __init__(self) -> None:
         self.newest: dict[str, int] = {}
@@ -615,6 +624,8 @@ class Freshness:
             return
         newest = self.newest
         for kpi, end in zip(kpis, window_ends_ms, strict=True):
+            if kpi.endswith("_1h"):
+                continue
             domain = kpi.split(".", 1)[0]
             if end > newest.get(domain, -1):
                 newest[domain] = end

@@ -26,6 +26,12 @@ PROCESSORS: dict[str, ProcessorSpec] = {
 }
 
 
+def input_topics(names: list[str] | None = None) -> list[str]:
+    """Every topic the chosen processors (default: all) consume, each once."""
+    specs = [PROCESSORS[n] for n in names or PROCESSORS]
+    return list(dict.fromkeys(t for spec in specs for t in spec.input_topics))
+
+
 def run(settings: Settings, names: list[str] | None = None, loglevel: str = "INFO") -> None:
     """One worker process for ``names`` (default: every processor) in one consumer group."""
     processors = [WindowedProcessor(settings, PROCESSORS[n]) for n in names or PROCESSORS]

@@ -489,7 +489,7 @@ class ClickHouseSink:
             return
         result = self.query(
             f"SELECT splitByChar('.', kpi)[1], toUnixTimestamp64Milli(max(window_end)) "
-            f"FROM {KPI_TABLE} GROUP BY 1"
+            f"FROM {KPI_TABLE} WHERE NOT endsWith(kpi, '_1h') GROUP BY 1"
         )
         for domain, newest_ms in result.rows:
             self.freshness.newest[str(domain)] = int(newest_ms)

@@ -24,12 +24,12 @@ def _origin(event: Any) -> str:
     return f"{message.topic}/{message.partition}/{message.offset}"
 
 
-def _consumed(event: Any) -> Any:
+def _consumed(event: Any, processor: WindowedProcessor) -> Any:
     """telemetry: the span and metrics of processing one message (context from its headers)."""
     message, value = event.message, event.value
     events = len(value["origin"]) if isinstance(value, dict) and "origin" in value else 1
     return telemetry.consumed(
-        message.headers, message.topic, message.partition, message.offset, events
+        message.headers, message.topic, message.partition, message.offset, events, processor.name
     )
 
 
@@ -58,7 +58,7 @@ def register(app: faust.App, processor: WindowedProcessor) -> None:
         async for event in manual.events():
             if not _owned(app, event):
                 continue
-            with _consumed(event):  # telemetry: continue the emitting stage's trace
+            with _consumed(event, processor):  # telemetry: continue the emitting stage's trace
                 done_events = await processor.on_partial(event.value, _origin(event), event)
             for done in done_events:
                 await manual.ack(done)
@@ -84,7 +84,7 @@ def _register_input(app: faust.App, processor: WindowedProcessor, source: int, t
             if not _owned(app, event):
                 continue
             partition = event.message.partition
-            with _consumed(event):  # telemetry: continue the source batch's trace
+            with _consumed(event, processor):  # telemetry: continue the source batch's trace
                 done_events = await processor.on_batch(
                     source, partition, event.value, _origin(event), event
                 )

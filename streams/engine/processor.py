@@ -66,6 +66,11 @@ class ProcessorSpec:
     dead_letters_input: bool = True
 
     @property
+    def input_topics(self) -> tuple[str, ...]:
+        """What the processor's consumer group reads (for lag)."""
+        return (*(i.batch_topic for i in self.inputs), self.partials_topic)
+
+    @property
     def topics(self) -> tuple[str, ...]:
         names = [i.batch_topic for i in self.inputs]
         names += [self.partials_topic, "city.kpi.v1", "city.kpi.batches.v1", "city.dlq.v1"]

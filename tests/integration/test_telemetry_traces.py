@@ -154,8 +154,8 @@ def test_one_reading_is_one_connected_trace_from_source_to_clickhouse(
     ensure_topics(settings)
     register_schemas(settings)
     batches = settings.topic("city.traffic.batches.v1")
-    partials = settings.topic("city.traffic.partials.v1")
-    pipeline = Pipeline(settings)
+    partials = settings.topic("city.traffic.partials.v2")
+    pipeline = Pipeline(settings, processors=("traffic",))  # one processor: one trace to follow
     try:
         pipeline.start()
         source = AarhusReplaySource(settings, one_reading_file(tmp_path), METADATA)
@@ -215,7 +215,7 @@ def test_one_reading_is_one_connected_trace_from_source_to_clickhouse(
     entries = [json.loads(line) for line in processor_log if line.startswith('{"time"')]
     assert {e["service"] for e in entries} == {"citystream-processor"}
     assert any(e["logger"].startswith(("faust", "mode")) for e in entries)
-    assert any(e["logger"] == "streams.traffic.processor" for e in entries)
+    assert any(e["logger"] == "streams.engine.processor" for e in entries)
 
     # ClickHouse: every KPI row of the reading is found from its trace id, and back
     assert kpi_rows >= 3 and len(link_rows) == kpi_rows
