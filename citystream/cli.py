@@ -146,8 +146,12 @@ def parser() -> argparse.ArgumentParser:
         "--from", dest="since", help="topics: only windows starting at or after (ISO; UTC)"
     )
     verify.add_argument("--to", dest="until", help="topics: only windows starting before (ISO)")
-    verify.add_argument("--traffic", type=Path, default=DATA_DIR / "traffic_2014-08-02.csv.gz")
-    verify.add_argument("--metadata", type=Path, default=DATA_DIR / "traffic_metadata.csv")
+    _add_aarhus_files(verify)
+    verify.add_argument(
+        "--domains",
+        default="traffic,air,parking,devices",
+        help="aarhus: the KPI families to check (comma-separated)",
+    )
     sim = verify.add_argument_group("simulator (the same flags as the simulate run)")
     _add_simulation_args(sim)
     _add_common(verify)
@@ -497,13 +501,29 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
-    from citystream.verify import run_verify, run_verify_topics
+    from citystream.verify import run_verify_topics
 
     if args.dataset == "topics":
         return run_verify_topics(build_settings(args), args.since, args.until)
     if args.dataset == "simulator":
         return _verify_simulation(args)
-    return run_verify(build_settings(args), args.traffic, args.metadata)
+    return _verify_aarhus(args)
+
+
+def _verify_aarhus(args: argparse.Namespace) -> int:
+    from citystream.audit import AARHUS_DOMAINS, audit, expected_aarhus
+
+    settings = build_settings(args)
+    domains = [d.strip() for d in args.domains.split(",") if d.strip()]
+    if unknown := sorted(set(domains) - set(AARHUS_DOMAINS)):
+        print(f"citystream verify: unknown domains {unknown}; known: {AARHUS_DOMAINS}")
+        return 2
+    files = aarhus_files(args, settings)
+    if files is None:
+        return 2
+    failed = audit(settings, expected_aarhus(settings, files, domains))
+    print("verify: DIFFERENCES FOUND" if failed else "verify: OK")
+    return 1 if failed else 0
 
 
 def _verify_simulation(args: argparse.Namespace) -> int:

@@ -7,11 +7,10 @@ from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
 
+from citystream.audit import audit, expected_aarhus
 from citystream.kafka import ensure_topics, read_topic, register_schemas
 from citystream.pipeline import Pipeline
 from citystream.query import format_result, run_query
-from citystream.recompute_aarhus import recompute_air, recompute_parking
-from citystream.recompute_devices import recompute_devices
 from citystream.recompute_sim import expected_for_simulation
 from citystream.replay import (
     AarhusFiles,
@@ -22,7 +21,6 @@ from citystream.replay import (
     wait_processed,
 )
 from citystream.settings import Settings
-from citystream.verify import Key, Value, compare, recompute, stored_kpis
 from connectors.publishing import ENERGY, SERVICE, WASTE
 from connectors.sources.aarhus import ReplayReport
 from connectors.sources.simulator import CitySimulatorSource, SimulationConfig, load_reference
@@ -148,7 +146,11 @@ def run_demo(settings: Settings, files: AarhusFiles, keep_stack: bool) -> int:
             print(f"\nAlerts on city.alerts.v1: {alert_counts(settings)}\n")
             failed = [n for n, r in reports.items() if not print_reconciliation(n, r, stats[n])]
             step("7/7 audit: every KPI recomputed from the inputs, independently of the processors")
-            failed += audit(settings, files)
+            expected = expected_aarhus(settings, files)
+            expected["simulated"] = expected_for_simulation(
+                SIMULATED_DAY, load_reference(), settings
+            )
+            failed += audit(settings, expected)
             return 1 if failed else 0
         finally:
             pipeline.stop()
@@ -194,24 +196,3 @@ def alert_counts(settings: Settings) -> str:
         alert = serde.decode(value)
         counts[f"{alert['type']} {alert['state']}"] += 1
     return ", ".join(f"{k}: {n}" for k, n in sorted(counts.items())) or "none"
-
-
-def audit(settings: Settings, files: AarhusFiles) -> list[str]:
-    """`citystream verify` for every domain: the names of those with any difference."""
-    expected = {
-        "traffic": recompute(files.traffic, files.metadata, settings.partitions),
-        "air": recompute_air(files.air, files.metadata, settings.partitions),
-        "parking": recompute_parking(files.parking, files.car_parks, settings.partitions),
-        "devices": recompute_devices(files.traffic, files.air, files.metadata, settings.partitions),
-        "simulated": expected_for_simulation(SIMULATED_DAY, load_reference(), settings),
-    }
-    failed = []
-    for name, rows in expected.items():
-        stored: dict[Key, Value] = {}
-        for prefix in {key[0].split(".")[0] + "." for key in rows}:
-            stored.update(stored_kpis(settings, prefix))
-        result = compare(rows, stored)
-        print(f"{name:9} {result.summary().splitlines()[0]}  [{'OK' if result.ok else 'DIFF'}]")
-        if not result.ok:
-            failed.append(name)
-    return failed

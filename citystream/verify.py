@@ -198,16 +198,6 @@ def compare(expected: dict[Key, Value], actual: dict[Key, Value]) -> Comparison:
     return result
 
 
-def run_verify(settings: Settings, traffic: Path, metadata: Path) -> int:
-    expected = recompute(
-        traffic, metadata, settings.partitions, settings.window_minutes, settings.grace_minutes
-    )
-    result = compare(expected, stored_kpis(settings))
-    print(result.summary())
-    print("verify: OK" if result.ok else "verify: DIFFERENCES FOUND")
-    return 0 if result.ok else 1
-
-
 # --- from the raw topics --------------------------------------------------------------------
 
 
