@@ -82,6 +82,10 @@ def run_bench(settings: Settings, traffic: Path, metadata: Path) -> int:
     p50, p99, n = _measure_latency(_fresh(settings, "latency"), traffic, metadata)
     results["window close -> queryable"] = f"p50 {p50:,.0f} ms  p99 {p99:,.0f} ms  ({n:,} rows)"
 
+    print("== every domain at once: a week of Aarhus data and the simulator, 7 processors")
+    for name, text in _measure_all_domains(_fresh(settings, "domains"), traffic, metadata):
+        results[name] = text
+
     print("== ingest: HTTP (batched) and MQTT into Kafka")
     from citystream.bench_ingest import run_ingest_bench
 
@@ -93,6 +97,9 @@ def run_bench(settings: Settings, traffic: Path, metadata: Path) -> int:
     for name, text in results.items():
         print(f"  {name:26} {text}")
     return 0
+
+
+TRAFFIC = ("traffic",)  # the spine's stages measure the traffic processor alone
 
 
 # Spans go to the console exporter, i.e. the processor's log file: every span is built,
@@ -131,7 +138,7 @@ def _measure_processor(
     s: Settings, published: int, env: dict[str, str] | None = None
 ) -> tuple[float, int, float]:
     """Readings/s, KPI records out, and CPU µs per reading of one processor worker."""
-    pipeline = Pipeline(s, env=env or {"OTEL_SDK_DISABLED": "true"})
+    pipeline = Pipeline(s, processors=TRAFFIC, env=env or {"OTEL_SDK_DISABLED": "true"})
     try:
         pipeline.start("processor")
         pid = pipeline.services["processor"].process.pid
@@ -185,7 +192,7 @@ def _measure_two_workers(s: Settings, traffic: Path, metadata: Path) -> tuple[fl
     source = AarhusReplaySource(s, traffic, metadata)
     source.setup()
     published = source.run(print_replay_progress).published
-    pipeline = Pipeline(s)
+    pipeline = Pipeline(s, processors=TRAFFIC)
     try:
         pipeline.start("processor", "processor2")
         first_at = None
@@ -230,7 +237,7 @@ def _measure_latency(s: Settings, traffic: Path, metadata: Path) -> tuple[float,
     sink.on_written = record
     stop = threading.Event()
     thread = threading.Thread(target=sink.run, args=(stop,), daemon=True)
-    pipeline = Pipeline(s)
+    pipeline = Pipeline(s, processors=TRAFFIC)
     try:
         pipeline.start("processor")
         thread.start()
@@ -260,3 +267,90 @@ def _measure_latency(s: Settings, traffic: Path, metadata: Path) -> tuple[float,
 
 def _ms(value: Any) -> int:
     return int(value.timestamp() * 1000) if hasattr(value, "timestamp") else int(value)
+
+
+# Two worker processes on two cores: the traffic hot path alone, every other processor in
+# the other (each worker is its own consumer group, as two Deployments would be).
+WORKERS = (("traffic",), ("air", "parking", "devices", "energy", "waste", "service"))
+
+
+def _measure_all_domains(s: Settings, traffic: Path, metadata: Path) -> list[tuple[str, str]]:
+    """Per-processor throughput with every processor running at once on filled topics."""
+    published = _fill_every_domain(s, traffic, metadata)
+    pipelines = _start_workers(s)
+    try:
+        rates = _processor_rates(pipelines, published)
+    finally:
+        for pipeline in pipelines.values():
+            pipeline.stop()
+    return [
+        (f"  {name}", f"{rate:>10,.0f} events/s  ({published[name]:,} events)")
+        for name, rate in rates.items()
+    ]
+
+
+def _fill_every_domain(s: Settings, traffic: Path, metadata: Path) -> dict[str, int]:
+    """Readings of every domain in their topics: the week's files, a week of simulation."""
+    from citystream.replay import AarhusFiles, aarhus_sources, run_replays
+    from connectors.sources.simulator import CitySimulatorSource, SimulationConfig
+
+    ensure_topics(s)
+    register_schemas(s)
+    full = AarhusFiles.full(s.aarhus_dir)
+    files = full if not full.missing() else AarhusFiles.shipped()
+    files = files.with_overrides(traffic=traffic, metadata=metadata)
+    sources = aarhus_sources(s, files)
+    for source in sources.values():
+        source.setup()
+    reports = run_replays(sources, paced=False, announce=print)
+    published = {name: report.published for name, report in reports.items()}
+    published["devices"] = published["traffic"] + published["air"]
+    config = SimulationConfig(seed=1, start_ms=1_406_851_200_000, hours=7 * 24, meters=1000,
+                              bins=400, requests_per_hour=120)  # fmt: skip
+    simulator = CitySimulatorSource(s, config)  # as fast as it goes: the load generator
+    simulator.setup()
+    report = simulator.run()
+    print(f"simulator: {report.generated:,} events")
+    for name, topic in (("energy", "city.energy.v1"), ("waste", "city.waste.v1"),
+                        ("service", "city.service_requests.v1")):  # fmt: skip
+        published[name] = report.published[topic]
+    return published
+
+
+def _start_workers(s: Settings) -> dict[tuple[str, ...], Pipeline]:
+    pipelines = {}
+    for n, names in enumerate(WORKERS):
+        worker = s.model_copy(update={
+            "processor_id": f"bench-worker-{n}",
+            "processor_web_port": s.processor_web_port + 10 + n,
+            "processor_metrics_port": 0,
+        })  # fmt: skip
+        pipeline = Pipeline(worker, processors=names, env={"OTEL_SDK_DISABLED": "true"})
+        pipeline.start("processor")
+        pipelines[names] = pipeline
+    return pipelines
+
+
+def _processor_rates(
+    pipelines: dict[tuple[str, ...], Pipeline], published: dict[str, int], timeout: float = 900
+) -> dict[str, float]:
+    """Events/s of each processor from its first event to its last, all running at once."""
+    first: dict[str, float] = {}
+    rates: dict[str, float] = {}
+    deadline = time.monotonic() + timeout
+    while len(rates) < len(published):
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"processors did not finish in {timeout}s: done {sorted(rates)}")
+        for names, pipeline in pipelines.items():
+            pipeline.check_alive()
+            for name in names:
+                if name in rates:
+                    continue
+                stats = pipeline.processor_stats(domain=name)
+                seen = stats["accepted"] + stats["duplicates"] + stats["late"]
+                if seen and name not in first:
+                    first[name] = time.monotonic()
+                if seen >= published[name]:
+                    rates[name] = published[name] / max(1e-3, time.monotonic() - first[name])
+        time.sleep(0.05)
+    return rates

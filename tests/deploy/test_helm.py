@@ -148,6 +148,7 @@ def test_default_and_full_render_the_expected_objects() -> None:
         ("Service", "citystream-processor"),
         ("PodDisruptionBudget", "citystream-processor"),
         ("Deployment", "citystream-sink"),
+        ("Deployment", "citystream-alerts"),
         ("Job", "citystream-replay"),
         ("Job", "citystream-init"),
         ("Job", "citystream-migrate"),
@@ -449,3 +450,14 @@ def test_alert_rules_watch_the_groups_and_topics_the_app_uses() -> None:
     assert "CitystreamProcessorDown" in exprs, "extraRules are appended"
     for rule in rules:  # every label and annotation a string
         assert not check_model(rule.get("labels", {}), "dict(str, str)", rule["alert"])
+
+
+def test_the_alerts_processor_runs_alone_with_probes_on_its_stats_page() -> None:
+    deployment = named(render(), "Deployment", "alerts")
+    assert deployment["spec"]["replicas"] == 1  # its rule state is not partitioned
+    assert deployment["spec"]["strategy"] == {"type": "Recreate"}
+    container = deployment["spec"]["template"]["spec"]["containers"][0]
+    assert citystream_argv(container) == ["process", "alerts"]
+    assert container["ports"] == [{"name": "web", "containerPort": 6067, "protocol": "TCP"}]
+    for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
+        assert container[probe]["httpGet"] == {"path": "/citystream/stats/", "port": "web"}
