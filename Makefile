@@ -64,7 +64,7 @@ bench: $(STAMP) ## throughput and latency on the real stack (7-day Aarhus file)
 
 SOAK_MINUTES ?= 10
 SOAK_FAULT_EVERY ?= 30
-soak: $(STAMP) ## looped Aarhus traffic, a fault every SOAK_FAULT_EVERY s for SOAK_MINUTES, then verify (not in CI)
+soak: $(STAMP) ## looped Aarhus traffic + the city simulator, a fault every SOAK_FAULT_EVERY s for SOAK_MINUTES, then verify (not in CI)
 	$(CITYSTREAM) stack up
 	status=0; $(CITYSTREAM) soak --minutes $(SOAK_MINUTES) --fault-every $(SOAK_FAULT_EVERY) || status=$$?; \
 	  $(CITYSTREAM) stack down; exit $$status

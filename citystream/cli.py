@@ -174,6 +174,9 @@ def parser() -> argparse.ArgumentParser:
     soak.add_argument("--rate", type=float, default=5000.0, help="readings per second")
     soak.add_argument("--seed", type=int, default=20140802)
     soak.add_argument(
+        "--sim-rate", type=float, default=2000.0, help="simulator events/s beside it (0: none)"
+    )
+    soak.add_argument(
         "--traffic", type=Path, default=None, help="default: the 7-day file, else the shipped day"
     )
     soak.add_argument("--metadata", type=Path, default=DATA_DIR / "traffic_metadata.csv")
@@ -233,6 +236,7 @@ def _add_simulation_args(p: argparse.ArgumentParser | argparse._ArgumentGroup) -
 # the interactive commands keep human-readable logs.
 SERVICES = {
     "process": "citystream-processor",
+    "alerts": "citystream-alerts",
     "sink": "citystream-sink",
     "replay": "citystream-source",
     "ingest": "citystream-ingest",
@@ -434,15 +438,24 @@ def cmd_process(args: argparse.Namespace) -> int:
 
 def _process_alerts(args: argparse.Namespace) -> int:
     """The alerts processor runs alone: its own Faust app, consumer group and web port."""
+    from citystream import telemetry
     from citystream.kafka import ensure_topics
     from streams.alerts import agents
 
     if args.processors != ["alerts"]:
         print("error: alerts runs alone: citystream process alerts", file=sys.stderr)
         return 2
-    settings = build_settings(args, alerts_web_port=args.processor_web_port)
+    settings = build_settings(
+        args,
+        alerts_web_port=args.processor_web_port,
+        alerts_metrics_port=args.processor_metrics_port,
+    )
     wait_for_services(settings)
     ensure_topics(settings)  # city.alerts.v1 is read back before anything is produced
+    _telemetry(settings, "alerts", settings.alerts_metrics_port)
+    group = settings.group(settings.alerts_processor_id)
+    inputs = [settings.topic(t) for t in ("city.kpi.batches.v1", "city.service_requests.v1")]
+    telemetry.observe_group_lag(settings, group, inputs)
     sys.argv = [sys.argv[0], "worker"]
     agents.run(settings, loglevel=args.log_level)
     return 0
@@ -568,7 +581,7 @@ def cmd_soak(args: argparse.Namespace) -> int:
     source = AarhusLoop(traffic, args.metadata)
     return run_soak(
         settings, source, args.minutes, args.fault_every, args.rate, args.seed,
-        stack_config(settings),
+        stack_config(settings), args.sim_rate,
     )  # fmt: skip
 
 

@@ -109,6 +109,9 @@ class Settings(BaseSettings):
     ingest_metrics_port: int = Field(
         9466, ge=0, description="Prometheus /metrics port of the HTTP and MQTT ingest (0: off)"
     )
+    alerts_metrics_port: int = Field(
+        9468, ge=0, description="Prometheus /metrics port of the alerts processor (0: off)"
+    )
     source_metrics_port: int = Field(
         9467, ge=0, description="Prometheus /metrics port of a replay while it runs (0: off)"
     )

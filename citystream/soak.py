@@ -4,8 +4,10 @@ A source publishes for N minutes at a high rate while a fault is injected every 
 in turn: processor SIGKILL, sink SIGKILL, broker restart, a worker joining or leaving.
 Then the pipeline settles and the KPIs are recomputed from the raw topic
 (`verify topics`), so any source that writes `city.traffic.v1` can be soaked: the source
-is a :class:`SoakSource` (today: the Aarhus recording looped with shifted timestamps;
-a simulator can plug in the same way).
+is a :class:`SoakSource` (today: the Aarhus recording looped with shifted timestamps).
+Beside it the seeded city simulator feeds energy, waste and service requests at
+``sim_rate`` events/s, with duplicates and late events; their KPIs are recomputed from
+what reached their topics (citystream/recompute_sim.py) and compared as well.
 """
 
 from __future__ import annotations
@@ -139,6 +141,35 @@ def fault_injectors(
     }
 
 
+def start_simulator(s: Settings, seed: int, rate: float) -> tuple[Any, threading.Thread]:
+    """The city simulator as a load generator: a year of simulated time, capped at ``rate``."""
+    from connectors.sources.simulator import CitySimulatorSource, SimulationConfig
+
+    config = SimulationConfig(seed=seed, start_ms=1_406_851_200_000, hours=24 * 365,
+                              meters=500, bins=200, requests_per_hour=120,
+                              duplicate_fraction=0.01, late_fraction=0.01)  # fmt: skip
+    simulator = CitySimulatorSource(s, config, max_rate=rate)
+    simulator.setup()
+    thread = threading.Thread(target=simulator.run, daemon=True)
+    thread.start()
+    return simulator, thread
+
+
+def verify_simulated(s: Settings) -> Any:
+    """The simulated domains' KPIs recomputed from their topics, compared with ClickHouse."""
+    from citystream.recompute_sim import drop_late, published_events, recompute
+    from citystream.verify import compare, stored_kpis
+    from connectors.sources.simulator import load_reference
+
+    reference = load_reference()
+    events = drop_late(published_events(s, timeout_s=300), s.partitions)
+    expected = recompute(events, reference.emission_factors(), reference.sla_minutes())
+    stored = {}
+    for domain in ("energy.", "waste.", "service."):
+        stored.update(stored_kpis(s, domain))
+    return compare(expected, stored)
+
+
 def run_soak(
     settings: Settings,
     source: SoakSource,
@@ -147,6 +178,7 @@ def run_soak(
     rate: float,
     seed: int,
     stack_cfg: Any,
+    sim_rate: float = 2000.0,
 ) -> int:
     stamp = datetime.now(UTC).strftime("%Y%m%d%H%M%S")
     s = settings.model_copy(
@@ -166,6 +198,7 @@ def run_soak(
         rng.shuffle(order)
         thread = threading.Thread(target=publish, args=(s, source, rate, state), daemon=True)
         thread.start()
+        simulator = start_simulator(s, seed, sim_rate) if sim_rate > 0 else None
         print(f"soak: {source.name} at {rate:,.0f} readings/s for {minutes} min, "
               f"a fault every {fault_every}s (topics {s.topic_prefix}*)")  # fmt: skip
         end = began + minutes * 60
@@ -182,6 +215,9 @@ def run_soak(
             pipeline.check_alive()
         state.stop.set()
         thread.join(600)
+        if simulator is not None:
+            simulator[0].stop()
+            simulator[1].join(600)
         if state.error is not None:
             raise state.error
         print("soak: input stopped; waiting for the pipeline to settle ...")
@@ -189,6 +225,7 @@ def run_soak(
     finally:
         pipeline.stop()
     data, result = verify_topics(s)
+    simulated = verify_simulated(s) if sim_rate > 0 else None
     seconds = time.monotonic() - began
     print(f"soak summary ({seconds:.0f}s):")
     print(f"  readings published {state.published:,} "
@@ -198,6 +235,9 @@ def run_soak(
     for kind in faults:
         print(f"  {kind:<20} injected {injected[kind]}")
     print("  verify topics: " + result.summary().replace("\n", "\n  "))
+    if simulated is not None:
+        print("  simulated domains: " + simulated.summary().replace("\n", "\n  "))
     ok = result.ok and len(data.readings) == state.published
+    ok = ok and (simulated is None or simulated.ok)
     print("soak: OK" if ok else "soak: FAILED")
     return 0 if ok else 1

@@ -62,6 +62,7 @@ SOURCE = "citystream-source"
 PROCESSOR = "citystream-processor"
 SINK = "citystream-sink"
 INGEST = "citystream-ingest"
+ALERTS = "citystream-alerts"
 
 INPUT_TRACES_HEADER = "citystream-input-traces"  # comma-separated source trace ids
 # Per window, at most this many input messages are remembered for links, and this many

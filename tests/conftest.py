@@ -72,5 +72,6 @@ def settings(stack: Settings, tmp_path: Path) -> Iterator[Settings]:
             "sink_metrics_port": free_port(),
             "ingest_metrics_port": free_port(),
             "source_metrics_port": free_port(),
+            "alerts_metrics_port": free_port(),
         }
     )

@@ -26,6 +26,7 @@ from typing import Any
 
 import faust
 
+from citystream import telemetry
 from citystream.settings import Settings
 from schemas.faust_codec import AvroCodec
 from streams.alerts.processor import AlertsProcessor
@@ -42,11 +43,22 @@ def run(settings: Settings, loglevel: str = "INFO") -> None:
     }
     app = create_app(settings.model_copy(update=own))
     register(app, processor)
-    worker = faust.Worker(app, loglevel=loglevel, quiet=True)
+    # telemetry: JSON log lines with trace ids, as the other services
+    logging_config = telemetry.logging_config(telemetry.ALERTS, loglevel)
+    worker = faust.Worker(app, loglevel=loglevel, quiet=True, logging_config=logging_config)
     try:
         worker.execute_from_commandline()
     finally:
         processor.close()
+
+
+def _consumed(event: Any) -> Any:
+    """telemetry: continue the input's trace; count and time it (rows of a KPI batch)."""
+    message, value = event.message, event.value
+    rows = len(value["kpi"]) if isinstance(value, dict) and "kpi" in value else 1
+    return telemetry.consumed(
+        message.headers, message.topic, message.partition, message.offset, rows, "alerts"
+    )
 
 
 def _origin(event: Any) -> str:
@@ -79,9 +91,11 @@ def register(app: faust.App, processor: AlertsProcessor) -> None:
         kpi_stream[:] = [manual]
         async for event in manual.events():
             partition = event.message.partition
-            for done in await processor.on_kpi_batch(
-                partition, event.value, _origin(event), assigned(), event
-            ):
+            with _consumed(event):  # telemetry
+                done_events = await processor.on_kpi_batch(
+                    partition, event.value, _origin(event), assigned(), event
+                )
+            for done in done_events:
                 await manual.ack(done)
 
     @app.agent(requests, name="alerts.service_sla")
@@ -89,9 +103,11 @@ def register(app: faust.App, processor: AlertsProcessor) -> None:
         manual = stream.noack()  # acked once its request is closed or has a later event
         async for event in manual.events():
             message = event.message
-            for done in await processor.on_request(
-                message.partition, message.offset, event.value, _origin(event), event
-            ):
+            with _consumed(event):  # telemetry
+                done_events = await processor.on_request(
+                    message.partition, message.offset, event.value, _origin(event), event
+                )
+            for done in done_events:
                 await manual.ack(done)
 
     @app.timer(interval=1.0, name="alerts.tick")

@@ -25,6 +25,7 @@ from typing import Any, TypeVar
 
 import orjson
 
+from citystream import telemetry
 from citystream.kafka import Publisher
 from citystream.settings import Settings
 from schemas.deadletter import dead_letter
@@ -323,6 +324,7 @@ class AlertsProcessor:
             self.topics["city.dlq.v1"], reason.encode(), self.serdes["city.dlq.v1"].encode(record)
         )
         self._unflushed = True
+        telemetry.dead_lettered(COMPONENT, reason)  # telemetry
 
     def _flush_rejects(self) -> None:
         if self._unflushed:
@@ -335,6 +337,7 @@ class AlertsProcessor:
         for alert in alerts:
             self.publisher.send(topic, alert.key.encode(), serde.encode(alert.record()))
             log.info("alert %s %s: %s", alert.state, alert.alert_id, alert.message)
+        telemetry.count_out(topic, len(alerts))  # telemetry
         self.stats.raised += sum(1 for a in alerts if a.state == RAISED)
         self.stats.cleared += sum(1 for a in alerts if a.state == CLEARED)
         if alerts or self._unflushed:

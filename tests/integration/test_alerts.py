@@ -18,7 +18,7 @@ from confluent_kafka.schema_registry.avro import AvroDeserializer
 from confluent_kafka.serialization import MessageField, SerializationContext
 
 from citystream.kafka import Publisher, end_offsets, ensure_topics, register_schemas
-from citystream.pipeline import Pipeline
+from citystream.pipeline import Pipeline, http_get
 from citystream.settings import Settings
 from schemas.catalog import load_schema
 from schemas.registry import SchemaRegistry
@@ -198,6 +198,13 @@ def test_alerts_raise_and_clear_once_and_a_restart_raises_nothing_again(
         assert reasons == ["invalid_event", "invalid_row", "undecodable"]
         stats = pipeline.alerts_stats()
         assert stats["kpi_batches"] == 4 and stats["undecodable"] == 1
+        metrics = http_get(f"http://127.0.0.1:{s.alerts_metrics_port}/metrics")  # telemetry
+        alerts_topic = s.topic("city.alerts.v1")
+        assert f'citystream_events_out_total{{topic="{alerts_topic}"}} 9.0' in metrics
+        assert (
+            'citystream_dead_lettered_total{component="alerts-processor",reason="undecodable"}'
+            in metrics
+        )
         assert stats["active"] == 3 and stats["restored"] == 0
 
         # A crash, then more input: the restart re-reads its unacked input (every KPI
