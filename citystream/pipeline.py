@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import subprocess
 import sys
 import time
@@ -90,6 +91,7 @@ class Pipeline:
     services: dict[str, Service] = field(default_factory=dict)
     processors: tuple[str, ...] = ()  # what `citystream process` runs (default: all)
     env: dict[str, str] = field(default_factory=dict)  # on top of the environment (OTEL_*)
+    ports: dict[str, int] = field(default_factory=dict)  # extra workers' web/metrics ports
 
     def start(self, *which: str) -> None:
         """Start services by name: ``processor`` (``processor2``, … for more workers), ``sink``,
@@ -132,15 +134,25 @@ class Pipeline:
                     time.sleep(0.3)
 
     def web_port(self, name: str) -> int:
-        """``processor`` on the configured port, ``processorN`` on the next ones."""
-        suffix = name.removeprefix("processor")
-        return self.settings.processor_web_port + (int(suffix) - 1 if suffix else 0)
+        """``processor`` on the configured port, ``processorN`` on a free one, kept."""
+        if name == "processor":
+            return self.settings.processor_web_port
+        return self._extra_port("web", name)
 
     def metrics_port(self, name: str) -> int:
         """Like :meth:`web_port`; 0 (no /metrics) stays 0 for every worker."""
-        port = self.settings.processor_metrics_port
-        suffix = name.removeprefix("processor")
-        return port + (int(suffix) - 1 if suffix and port else 0)
+        if name == "processor" or not self.settings.processor_metrics_port:
+            return self.settings.processor_metrics_port
+        return self._extra_port("metrics", name)
+
+    def _extra_port(self, kind: str, name: str) -> int:
+        """A port the OS says is free now, the same for the service's whole life."""
+        key = f"{kind}:{name}"
+        if key not in self.ports:
+            with socket.socket() as sock:
+                sock.bind(("127.0.0.1", 0))
+                self.ports[key] = int(sock.getsockname()[1])
+        return self.ports[key]
 
     def processor_stats(self, name: str = "processor", domain: str = "traffic") -> dict[str, Any]:
         """The reconciliation counters of one KPI family's processor in a worker."""

@@ -74,7 +74,9 @@ def paced_replay(settings: Settings, speed: float, source: Path = FIXTURE) -> It
     """Processor and sink running, the 3-hour fixture replayed at ``speed``× real time."""
     ensure_topics(settings)
     register_schemas(settings)
-    pipeline = Pipeline(settings)
+    pipeline = Pipeline(
+        settings, processors=("traffic",)
+    )  # faults on the engine, checked on traffic
     try:
         pipeline.start()
         source = AarhusReplaySource(settings, source, METADATA, speed=speed)

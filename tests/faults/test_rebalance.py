@@ -46,7 +46,7 @@ def test_second_worker_joins_while_the_first_races_through_a_backlog(
     source = AarhusReplaySource(settings, day, METADATA)
     source.setup()
     source.run()
-    pipeline = Pipeline(settings)
+    pipeline = Pipeline(settings, processors=("traffic",))
     try:
         pipeline.start("processor", "sink")
         while pipeline.processor_stats()["accepted"] < 5_000:

@@ -54,7 +54,7 @@ def test_air_and_parking_kpis_match_the_independent_recomputation(
     air_file, parking_file = tmp_path / "air_test.csv.gz", tmp_path / "parking_test.csv.gz"
     with_rows(AIR_FIXTURE, air_file, list(BAD_AIR), duplicate=10)
     with_rows(PARKING_FIXTURE, parking_file, PARKING_EXTRA, duplicate=PARKING_DUPLICATE)
-    pipeline = Pipeline(settings)
+    pipeline = Pipeline(settings, processors=("air", "parking"))
     try:
         pipeline.start()
         sources: dict[str, CsvReplay[Any]] = {

@@ -51,7 +51,7 @@ def test_uptime_per_sensor_district_and_city_matches_the_oracle(
     quiet = silence(TRAFFIC_FIXTURE, traffic, "2014-08-02T07:")
     ensure_topics(settings)
     register_schemas(settings)
-    pipeline = Pipeline(settings)
+    pipeline = Pipeline(settings, processors=("traffic", "air", "devices"))
     try:
         pipeline.start()
         sources: dict[str, CsvReplay[Any]] = {

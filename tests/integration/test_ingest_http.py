@@ -73,7 +73,7 @@ def assert_kpis(settings: Settings, expected: dict[Key, tuple[float, int]]) -> N
     _, rows = run_query(
         settings,
         "SELECT kpi, scope, entity_id, toUnixTimestamp64Milli(window_start), value, samples "
-        "FROM kpi FINAL",
+        "FROM kpi FINAL WHERE startsWith(kpi, 'traffic.')",
     )
     actual = {(r[0], r[1], r[2], int(r[3])): (float(r[4]), int(r[5])) for r in rows}
     assert actual.keys() == expected.keys()
@@ -272,7 +272,7 @@ def test_http_ingest_to_clickhouse_matches_independent_computation(
     assert [i["reason"] for i in unknown.json()["items"]] == ["unknown_entity"] * 2
     assert client.post("/v1/events", json=[good], headers={"X-API-Key": "nope"}).status_code == 401
 
-    pipeline = Pipeline(settings)
+    pipeline = Pipeline(settings, processors=("traffic",))
     try:
         pipeline.start()
         stats = pipeline.wait_caught_up(len(sent), timeout=300)

@@ -285,7 +285,7 @@ def test_mqtt_ingest_to_clickhouse_matches_independent_computation(
         if process.poll() is None:
             assert stop_command(process) == 0, log_tail(settings, "ingest-mqtt")
 
-    pipeline = Pipeline(settings)
+    pipeline = Pipeline(settings, processors=("traffic",))
     try:
         pipeline.start()
         stats = pipeline.wait_caught_up(len(sent), timeout=300)

@@ -96,7 +96,7 @@ def test_whole_pipeline_with_faust_over_the_authenticated_listener(
     assert password not in repr(s) and password not in str(s.model_dump())
     ensure_topics(s)
     register_schemas(s)
-    pipeline = Pipeline(s)
+    pipeline = Pipeline(s, processors=("traffic",))
     try:
         pipeline.start()
         source = AarhusReplaySource(s, FIXTURE, METADATA)

@@ -47,7 +47,7 @@ def test_simulated_domains_match_the_recomputation_row_for_row(settings: Setting
         seed=5, start_ms=START, hours=4, meters=50, bins=40, requests_per_hour=120,
         duplicate_fraction=0.02, late_fraction=0.03, malformed_fraction=0.02,
     )  # fmt: skip
-    pipeline = Pipeline(settings)
+    pipeline = Pipeline(settings, processors=("energy", "waste", "service"))
     try:
         pipeline.start()
         source = CitySimulatorSource(settings, config)

@@ -170,7 +170,7 @@ def test_a_real_run_exports_connected_spans_to_an_otlp_receiver(
     monkeypatch.setenv("OTEL_RESOURCE_ATTRIBUTES", "deployment.environment.name=test")
     monkeypatch.setenv("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc")
     monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", f"http://127.0.0.1:{jaeger.ports['grpc']}")
-    pipeline = Pipeline(settings)
+    pipeline = Pipeline(settings, processors=("traffic",))
     try:
         pipeline.start()
         # the source speaks OTLP/HTTP, to the same receiver

@@ -43,7 +43,7 @@ def test_verify_topics_over_all_windows_and_a_range_then_catches_a_tampered_row(
     garbage = Publisher.create(settings)  # a subscriber-topic poison message is skipped
     garbage.send(settings.topic("city.traffic.v1"), b"x", b"not avro", 0)
     garbage.flush()
-    pipeline = Pipeline(settings)
+    pipeline = Pipeline(settings, processors=("traffic",))
     try:
         pipeline.start()
         source = AarhusReplaySource(settings, FIXTURE, METADATA)
