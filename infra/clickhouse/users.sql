@@ -14,17 +14,26 @@ CREATE DATABASE IF NOT EXISTS citystream;
 
 -- --- roles ----------------------------------------------------------------------------
 CREATE ROLE IF NOT EXISTS citystream_migrator_role;
-GRANT CREATE DATABASE, CREATE TABLE, CREATE VIEW ON citystream.* TO citystream_migrator_role;
+GRANT CREATE DATABASE, CREATE TABLE, CREATE VIEW, ALTER TABLE ON citystream.* TO citystream_migrator_role;
 GRANT SELECT, INSERT ON citystream.schema_migrations TO citystream_migrator_role;
-GRANT SELECT ON citystream.kpi TO citystream_migrator_role;  -- the view selects from it
+GRANT SELECT ON citystream.kpi TO citystream_migrator_role;
+GRANT SELECT, INSERT ON citystream.kpi_window_state TO citystream_migrator_role;  -- the rollup's backfill
+GRANT SELECT ON citystream.kpi_window_state_mv TO citystream_migrator_role;  -- the view selects from it
 
 CREATE ROLE IF NOT EXISTS citystream_sink_role;
 GRANT INSERT ON citystream.kpi TO citystream_sink_role;
+GRANT INSERT ON citystream.kpi_window_state TO citystream_sink_role;  -- through the rollup's view
+GRANT INSERT ON citystream.kpi_trace_links TO citystream_sink_role;  -- when tracing is on
 GRANT SELECT ON citystream.schema_migrations TO citystream_sink_role;
+GRANT SELECT ON system.tables TO citystream_sink_role;  -- the TTL check of migrate
 
 CREATE ROLE IF NOT EXISTS citystream_analyst_role;
 GRANT SELECT ON citystream.kpi TO citystream_analyst_role;
 GRANT SELECT ON citystream.kpi_latest TO citystream_analyst_role;
+GRANT SELECT ON citystream.kpi_daily TO citystream_analyst_role;
+GRANT SELECT ON citystream.kpi_window_state TO citystream_analyst_role;  -- kpi_daily reads it
+GRANT SELECT ON citystream.kpi_equity TO citystream_analyst_role;
+GRANT SELECT ON citystream.kpi_trace_links TO citystream_analyst_role;
 
 -- --- analysts' limits: read-only whatever the client asks for -------------------------
 CREATE SETTINGS PROFILE IF NOT EXISTS citystream_analyst_profile SETTINGS

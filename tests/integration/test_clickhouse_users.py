@@ -13,10 +13,11 @@ import re
 from pathlib import Path
 from typing import Any
 
+import pytest
 from clickhouse_connect.driver.client import Client
 
 from citystream.settings import Settings
-from connectors.sinks.clickhouse import connect, migrate
+from connectors.sinks.clickhouse import MIGRATIONS, Retention, connect, migrate
 
 USERS_SQL = Path(__file__).resolve().parents[2] / "infra/clickhouse/users.sql"
 
@@ -40,29 +41,39 @@ class RecordingClient:
         return getattr(self.client, name)
 
 
-def test_users_sql_parses_and_grants_only_real_tables(tmp_path: Path) -> None:
-    client = connect(Settings(data_dir=tmp_path))
-    migrate(client, "citystream")
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One chDB directory for the module: chDB opens one path per process."""
+    return tmp_path_factory.mktemp("users")
+
+
+def test_users_sql_parses_and_grants_only_real_tables(data_dir: Path) -> None:
+    client = connect(Settings(data_dir=data_dir))
+    migrate(client, "citystream", Retention())
     tables = {r[0] for r in client.query("SHOW TABLES FROM citystream").result_rows}
-    assert {"kpi", "kpi_latest", "schema_migrations"} <= tables
     sql = statements()
     assert len(sql) >= 15
     for statement in sql:
         ast = client.command(f"EXPLAIN AST {statement}")
         assert "Query" in str(ast), statement
     granted = set(re.findall(r"ON citystream\.(\w+)", " ".join(sql)))
-    assert granted == {"kpi", "kpi_latest", "schema_migrations"}
+    assert granted == tables
     sink_grants = [s for s in sql if s.endswith("TO citystream_sink_role")]
     assert sink_grants == [
         "GRANT INSERT ON citystream.kpi TO citystream_sink_role",
+        "GRANT INSERT ON citystream.kpi_window_state TO citystream_sink_role",
+        "GRANT INSERT ON citystream.kpi_trace_links TO citystream_sink_role",
         "GRANT SELECT ON citystream.schema_migrations TO citystream_sink_role",
+        "GRANT SELECT ON system.tables TO citystream_sink_role",
     ]
     assert "readonly = 1 CONST" in USERS_SQL.read_text()
 
 
-def test_sink_start_on_a_migrated_database_runs_no_ddl(tmp_path: Path) -> None:
-    client = connect(Settings(data_dir=tmp_path))
-    assert migrate(client, "citystream") == [1, 2]
+def test_sink_start_on_a_migrated_database_runs_no_ddl(data_dir: Path) -> None:
+    client = connect(Settings(data_dir=data_dir))
+    client.command("DROP DATABASE IF EXISTS citystream")
+    assert migrate(client, "citystream", Retention()) == [m.version for m in MIGRATIONS]
     spy = RecordingClient(client)
-    assert migrate(spy, "citystream") == []  # type: ignore[arg-type]
-    assert spy.commands == ["EXISTS TABLE `citystream`.schema_migrations"]
+    assert migrate(spy, "citystream", Retention()) == []  # type: ignore[arg-type]
+    assert spy.commands[0] == "EXISTS TABLE `citystream`.schema_migrations"
+    assert all(c.startswith(("EXISTS", "SELECT")) for c in spy.commands), spy.commands
