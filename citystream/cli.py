@@ -254,6 +254,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         logging.basicConfig(
             level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr
         )
+    # The registry client logs every HTTP request at INFO: noise on every screen.
+    for noisy in ("httpx", "httpx2"):
+        logging.getLogger(noisy).setLevel(max(logging.WARNING, logging.getLogger().level))
     handler = COMMANDS[args.command]
     try:
         return handler(args)
