@@ -53,11 +53,11 @@ from connectors.sources.ingest_common import (
     loads,
     parse_time,
     publish_accepted,
-    short_name,
     split_items,
     validate_event,
     validate_items,
 )
+from connectors.sources.ngsi_context import canonical_names
 
 COMPONENT = "http-ingest"
 log = logging.getLogger(__name__)
@@ -82,17 +82,20 @@ def _attribute(raw: Any) -> tuple[Any, str | None, str | None]:
     return value, unit, observed
 
 
-def ngsi_event(config: NgsiConfig, entity: Any) -> dict[str, Any]:
-    """One NGSI-LD entity as a canonical event dict; IngestError says why it cannot be."""
+def ngsi_event(config: NgsiConfig, entity: Any, context: Any = None) -> dict[str, Any]:
+    """One NGSI-LD entity as a canonical event dict; IngestError says why it cannot be.
+
+    Names resolve through the entity's ``@context`` (else the notification's ``context``,
+    else every shipped one) to Smart Data Model terms (:mod:`ngsi_context`).
+    """
     if not isinstance(entity, dict) or not isinstance(entity.get("type"), str):
         raise IngestError(INVALID_EVENT, "an NGSI-LD entity needs `id` and `type`")
     if not isinstance(entity.get("id"), str):
         raise IngestError(INVALID_EVENT, "an NGSI-LD entity needs `id` and `type`")
-    etype = short_name(entity["type"])
+    etype, attrs = canonical_names(entity, entity.get("@context", context))
     mapping = config.types.get(etype)
     if mapping is None:
         raise IngestError(UNKNOWN_ENTITY, f"entity type {etype!r} is not in the mapping file")
-    attrs = {short_name(k): v for k, v in entity.items() if k not in ("id", "type", "@context")}
     spec = DOMAINS[mapping.domain]
     values: dict[str, Any] = dict(mapping.constants)
     observed: str | None = None
@@ -167,6 +170,11 @@ def _sensor(
             if match:
                 return match.group("sensor")
     raise IngestError(UNKNOWN_ENTITY, f"no sensor mapped for {', '.join(candidates) or entity_id}")
+
+
+def notification_context(body: Any) -> Any:
+    """The ``@context`` of a Notification body, for entities that carry none."""
+    return body.get("@context") if isinstance(body, dict) else None
 
 
 def notification_entities(body: Any) -> list[Any]:
@@ -460,7 +468,8 @@ class IngestService:
         raw = await self._body(request)
         origin = f"ngsi-ld:{request[CLIENT]}:{request[REQUEST_ID]}"
         try:
-            entities = notification_entities(loads(raw))
+            body = loads(raw)
+            entities = notification_entities(body)
         except IngestError as exc:
             return await self._refuse_body(exc, origin, raw, "ngsi-ld")
         now_ms = int(self.clock() * 1000)
@@ -470,7 +479,7 @@ class IngestService:
             where = f"{origin}#{i}"
             item_raw = dumps(entity)
             try:
-                event = ngsi_event(self.ngsi, entity)
+                event = ngsi_event(self.ngsi, entity, notification_context(body))
             except IngestError as exc:
                 outcomes.append(Rejected(exc.reason, str(exc), where, item_raw))
                 continue

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import math
-import re
 import tomllib
 from collections import Counter, OrderedDict
 from dataclasses import dataclass, field
@@ -718,13 +717,3 @@ class RecentKeys:
         if len(self._keys) > self.capacity:
             self._keys.popitem(last=False)
         return False
-
-
-_IRI_TAIL = re.compile(r"[^/#:]+$")
-
-
-def short_name(name: str) -> str:
-    """``https://smartdatamodels.org/dataModel.Transportation/TrafficFlowObserved`` -> the
-    compact term, so expanded and compacted NGSI-LD names map alike."""
-    match = _IRI_TAIL.search(name)
-    return match.group(0) if match and ("/" in name or "#" in name) else name

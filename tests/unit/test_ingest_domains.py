@@ -340,3 +340,84 @@ def test_scalar_parking_datastreams_join_free_and_total() -> None:
     assert outcome.reading.record["vehicle_count"] == 100  # 130 - 30
     assert outcome.event_id == "parking:BUSGADEHUSET:1406887500000"
     assert tokens == [(1, 1), (2, 1)]
+
+
+# --- JSON-LD @context ----------------------------------------------------------------------
+
+SDM_ENV = "https://smartdatamodels.org/dataModel.Environment/"
+SDM_TRANSPORT = "https://smartdatamodels.org/dataModel.Transportation/"
+CORE = "https://uri.etsi.org/ngsi-ld/v1/ngsi-ld-core-context.jsonld"
+
+
+def traffic(**changes: Any) -> dict[str, Any]:
+    e = entity("TrafficFlowObserved-keyvalues.jsonld")
+    e.update(changes)
+    return e
+
+
+EXPECTED_TRAFFIC = {
+    "domain": "traffic",
+    "segment_id": "190744",
+    "event_time": "2016-12-07T11:15:00+00:00",
+    "vehicle_count": 197,
+    "avg_speed_kmh": 52.6,
+}
+
+
+def test_full_iris_resolve_to_the_smart_data_model_terms() -> None:
+    e = traffic()
+    for name in ("intensity", "averageVehicleSpeed", "dateObservedTo"):
+        e[SDM_TRANSPORT + name] = e.pop(name)
+    e["type"] = SDM_TRANSPORT + "TrafficFlowObserved"
+    assert ngsi_event(CONFIG.ngsi_ld, e) == EXPECTED_TRAFFIC
+
+
+def test_a_custom_inline_context_renames_attributes() -> None:
+    e = traffic(
+        **{
+            "@context": [
+                {
+                    "sdm": SDM_TRANSPORT,
+                    "flow": "sdm:intensity",
+                    "speed": {"@id": SDM_TRANSPORT + "averageVehicleSpeed"},
+                    "Flow": "sdm:TrafficFlowObserved",
+                },
+                CORE,
+            ],
+            "type": "Flow",
+        }
+    )
+    e["flow"], e["speed"] = e.pop("intensity"), e.pop("averageVehicleSpeed")
+    assert ngsi_event(CONFIG.ngsi_ld, e) == EXPECTED_TRAFFIC
+
+
+def test_a_custom_context_can_take_a_term_away() -> None:
+    # "intensity" now means something else: it must not be read as the traffic count
+    e = traffic(**{"@context": [{"intensity": "https://example.org/loudness"}, CORE]})
+    got = ngsi_event(CONFIG.ngsi_ld, e)
+    assert "vehicle_count" not in got
+    assert reject(got).reason == "invalid_event"
+
+
+def test_the_notification_context_applies_to_entities_without_one() -> None:
+    e = traffic()
+    del e["@context"]
+    e["flow"] = e.pop("intensity")
+    context = [{"flow": SDM_TRANSPORT + "intensity"}, CORE]
+    assert ngsi_event(CONFIG.ngsi_ld, e, context) == EXPECTED_TRAFFIC
+
+
+def test_remote_contexts_not_shipped_are_refused_never_fetched() -> None:
+    e = traffic(**{"@context": ["https://example.org/my-context.jsonld", CORE]})
+    with pytest.raises(IngestError) as err:
+        ngsi_event(CONFIG.ngsi_ld, e)
+    assert err.value.reason == "unknown_context"
+    assert "never fetched" in str(err.value)
+
+
+def test_air_quality_names_from_the_environment_context() -> None:
+    # the newer lower-case terms, as full IRIs of the Environment context
+    e = with_o3_pm10(entity("AirQualityObserved-keyvalues.jsonld"))
+    for upper in ("O3", "PM10", "CO", "SO2", "NO2"):
+        e[SDM_ENV + upper.lower()] = e.pop(upper)
+    assert ngsi_event(CONFIG.ngsi_ld, e)["ozone"] == 61.0
