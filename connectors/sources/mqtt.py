@@ -324,6 +324,9 @@ class MqttSource:
             client.username_pw_set(
                 self.settings.mqtt_username, password.get_secret_value() if password else None
             )
+        if self.settings.mqtt_ca_file is not None:
+            # TLS 1.2+, the broker's certificate checked against this CA and its host name
+            client.tls_set(ca_certs=str(self.settings.mqtt_ca_file))
         client.reconnect_delay_set(cfg.reconnect_min_s, cfg.reconnect_max_s)
         client.will_set(self.status_topic, self._status("offline"), qos=1, retain=True)
         client.on_connect = self._on_connect
