@@ -212,13 +212,27 @@ def test_air_and_parking_ingest_to_clickhouse_match_the_recount(
     )  # 600 of 700
     spot = entity("ParkingSpot-normalized.jsonld")  # free -> 0 of 1, district unknown
     spot["status"] = {**spot["status"], "observedAt": at(14)}
-    published = [aqo, aqo_kv, offstreet, offstreet_kv, spot]
+    # names through a custom @context, and as full IRIs: the same Smart Data Model terms
+    sdm = "https://smartdatamodels.org/dataModel.Parking/"
+    custom = {
+        "id": "urn:ngsi-ld:OffStreetParking:aarhus:KALKVAERKSVEJ",
+        "type": "OffStreetParking",
+        "taken": {"type": "Property", "value": 150},
+        sdm + "totalSpotNumber": {"type": "Property", "value": 210},
+        "observationDateTime": {"type": "Property", "value": at(13)},
+        "@context": [
+            {"taken": sdm + "occupiedSpotNumber"},
+            "https://raw.githubusercontent.com/smart-data-models/dataModel.Parking/master/context.jsonld",
+            "https://uri.etsi.org/ngsi-ld/v1/ngsi-ld-core-context.jsonld",
+        ],
+    }
+    published = [aqo, aqo_kv, offstreet, offstreet_kv, spot, custom]
     answer = client.post(
         "/ngsi-ld/v1/notify",
         content=json.dumps(notification(*published)),
         headers={"Content-Type": "application/ld+json"},
     )
-    assert answer.status_code == 202 and answer.json()["accepted"] == 5, answer.text
+    assert answer.status_code == 202 and answer.json()["accepted"] == 6, answer.text
     air += [
         AirRow("195041", iso_ms(at(12)), (61.0, 53.0, 5.0, 6.0, 34.0)),
         AirRow("195552", iso_ms(at(16)), (61.0, 53.0, 5.0, 6.0, 34.0)),
@@ -227,6 +241,7 @@ def test_air_and_parking_ingest_to_clickhouse_match_the_recount(
         ParkingRow("SKOLEBAKKEN", iso_ms(at(11)), 282, 414),
         ParkingRow("SALLING", iso_ms(at(20)), 600, 700),
         ParkingRow("santander:daoiz_velarde_1_5:3", iso_ms(at(14)), 0, 1),
+        ParkingRow("KALKVAERKSVEJ", iso_ms(at(13)), 150, 210),
     ]
     as_published = [
         entity("AirQualityObserved-normalized.jsonld"),  # CO 500 mg/m3: off the AQI table
@@ -235,11 +250,13 @@ def test_air_and_parking_ingest_to_clickhouse_match_the_recount(
         {**offstreet, "occupiedSpotNumber": {"type": "Property", "value": 415}},
         {**spot, "status": {"type": "Property", "value": "closed", "observedAt": at(15)}},
         {**offstreet, "type": "BikeHireDockingStation"},
+        {**custom, "@context": ["https://example.org/private-context.jsonld"]},  # not fetched
     ]
     answer = client.post("/ngsi-ld/v1/notify", json=notification(*as_published))
     got = [i["reason"] for i in answer.json()["items"]]
     assert got == ["invalid_event"] * 2 + ["wrong_unit"] + ["invalid_event"] * 2 + [
-        "unknown_entity"
+        "unknown_entity",
+        "unknown_context",
     ]
     rejects += got
 
