@@ -167,6 +167,9 @@ class Settings(BaseSettings):
     )
     mqtt_port: int = Field(1883, description="Mosquitto port of the local stack")
     mqtt_username: str | None = Field(None, description="MQTT user of the MQTT ingest")
+    mqtt_ca_file: Path | None = Field(
+        None, description="CA bundle of the MQTT broker's TLS certificate; set: MQTT over TLS"
+    )
     mqtt_password: SecretStr | None = Field(None, description="MQTT password (secret)")
 
     # --- city simulator (citystream simulate; flags override) ---------------------------

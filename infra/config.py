@@ -50,6 +50,9 @@ class StackConfig:
     mosquitto_port: int | None = None
     """MQTT port of the optional Mosquitto broker; None (the library default): no broker.
     The CLIs pass CITYSTREAM_MQTT_PORT (1883), see infra/mosquitto_service.py."""
+    mosquitto_tls_port: int | None = None
+    """Port of an extra MQTT-over-TLS listener of Mosquitto (certificate and CA of
+    infra/kafka_security.py); None: no such listener."""
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "data_dir", Path(self.data_dir).expanduser().resolve())
@@ -68,6 +71,7 @@ class StackConfig:
             "scram_port": self.scram_port,
             "tls_port": self.tls_port,
             "mosquitto_port": self.mosquitto_port,
+            "mosquitto_tls_port": self.mosquitto_tls_port,
         }
         for name, maybe in optional.items():
             if maybe is not None:

@@ -49,13 +49,14 @@ def ca_file(cfg: StackConfig) -> Path:
     return _dir(cfg) / "tls" / "ca.pem"
 
 
-def _broker_pem(cfg: StackConfig) -> Path:
+def broker_pem(cfg: StackConfig) -> Path:
+    """Key, certificate and CA of the local brokers (Kafka's TLS listener, Mosquitto's)."""
     return _dir(cfg) / "tls" / "broker.pem"
 
 
 def ensure_certificates(cfg: StackConfig) -> None:
     """A CA and a broker certificate for ``connect_host``/localhost, unless already there."""
-    if ca_file(cfg).is_file() and _broker_pem(cfg).is_file():
+    if ca_file(cfg).is_file() and broker_pem(cfg).is_file():
         return
     from cryptography import x509
     from cryptography.hazmat.primitives import hashes, serialization
@@ -94,7 +95,7 @@ def ensure_certificates(cfg: StackConfig) -> None:
     cert = build("citystream local broker", ca_cert.subject, key, ca_key, ca=False)
     pem = serialization.Encoding.PEM
     ca_file(cfg).parent.mkdir(parents=True, exist_ok=True)
-    broker = _broker_pem(cfg)
+    broker = broker_pem(cfg)
     fd = os.open(broker, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "wb") as out:  # Kafka's PEM keystore: key, then the chain
         out.write(
@@ -127,7 +128,7 @@ def listener_properties(cfg: StackConfig) -> dict[str, str]:
         extra += [
             f"listener.name.tls.scram-sha-512.sasl.jaas.config={_JAAS}",
             "listener.name.tls.ssl.keystore.type=PEM",
-            f"listener.name.tls.ssl.keystore.location={_broker_pem(cfg)}",
+            f"listener.name.tls.ssl.keystore.location={broker_pem(cfg)}",
         ]
     if extra:
         extra.insert(0, f"sasl.enabled.mechanisms={MECHANISM}")

@@ -16,7 +16,7 @@ import socket
 import string
 from pathlib import Path
 
-from infra import _proc
+from infra import _proc, kafka_security
 from infra._service import Progress, Service
 from infra.config import StackConfig
 from infra.errors import StackError
@@ -57,10 +57,32 @@ def write_config(cfg: StackConfig, port: int) -> Path:
     path = config_path(cfg)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(
-        template.substitute(port=port, bind_host=cfg.bind_host, user=getpass.getuser()),
+        template.substitute(
+            port=port,
+            bind_host=cfg.bind_host,
+            user=getpass.getuser(),
+            tls_listener=tls_listener(cfg),
+        ),
         encoding="utf-8",
     )
     return path
+
+
+def tls_listener(cfg: StackConfig) -> str:
+    """An MQTT-over-TLS listener when ``mosquitto_tls_port`` is set (clients trust
+    :func:`infra.kafka_security.ca_file`); else nothing."""
+    if cfg.mosquitto_tls_port is None:
+        return ""
+    kafka_security.ensure_certificates(cfg)
+    pem = kafka_security.broker_pem(cfg)  # the key, then the certificate chain
+    return "\n".join(
+        [
+            f"listener {cfg.mosquitto_tls_port} {cfg.bind_host}",
+            f"certfile {pem}",
+            f"keyfile {pem}",
+            "tls_version tlsv1.2",
+        ]
+    )
 
 
 def prepare(cfg: StackConfig, port: int) -> list[str]:

@@ -33,28 +33,31 @@ from aiohttp import web
 
 from citystream.kafka import DeliveryError
 from citystream.settings import Settings
-from connectors.publishing import EventPublisher, Reading, Rejected
+from connectors.publishing import AIR, PARKING, EventPublisher, Rejected
 from connectors.sources.ingest_common import (
     DOMAINS,
     INVALID_EVENT,
     INVALID_TIMESTAMP,
     UNKNOWN_ENTITY,
     Accepted,
+    AirEvent,
     IngestConfig,
     IngestError,
     NgsiConfig,
     NgsiTypeMapping,
+    ParkingEvent,
     SourceCounters,
     TrafficEvent,
     convert,
     dumps,
     loads,
     parse_time,
-    short_name,
+    publish_accepted,
     split_items,
     validate_event,
     validate_items,
 )
+from connectors.sources.ngsi_context import canonical_names
 
 COMPONENT = "http-ingest"
 log = logging.getLogger(__name__)
@@ -79,31 +82,60 @@ def _attribute(raw: Any) -> tuple[Any, str | None, str | None]:
     return value, unit, observed
 
 
-def ngsi_event(config: NgsiConfig, entity: Any) -> dict[str, Any]:
-    """One NGSI-LD entity as a canonical event dict; IngestError says why it cannot be."""
+def ngsi_event(config: NgsiConfig, entity: Any, context: Any = None) -> dict[str, Any]:
+    """One NGSI-LD entity as a canonical event dict; IngestError says why it cannot be.
+
+    Names resolve through the entity's ``@context`` (else the notification's ``context``,
+    else every shipped one) to Smart Data Model terms (:mod:`ngsi_context`).
+    """
     if not isinstance(entity, dict) or not isinstance(entity.get("type"), str):
         raise IngestError(INVALID_EVENT, "an NGSI-LD entity needs `id` and `type`")
     if not isinstance(entity.get("id"), str):
         raise IngestError(INVALID_EVENT, "an NGSI-LD entity needs `id` and `type`")
-    etype = short_name(entity["type"])
+    etype, attrs = canonical_names(entity, entity.get("@context", context))
     mapping = config.types.get(etype)
     if mapping is None:
         raise IngestError(UNKNOWN_ENTITY, f"entity type {etype!r} is not in the mapping file")
-    attrs = {short_name(k): v for k, v in entity.items() if k not in ("id", "type", "@context")}
     spec = DOMAINS[mapping.domain]
-    values: dict[str, Any] = {}
+    values: dict[str, Any] = dict(mapping.constants)
     observed: str | None = None
     for name, target in mapping.attributes.items():
         if name in attrs:
             value, unit, observed_at = _attribute(attrs[name])
+            value = _category(mapping, name, value)
+            unit = unit or mapping.units.get(name)
             values[target] = convert(value, spec.quantities[target], unit, name)
             observed = observed or observed_at
+    if "latitude" in spec.quantities and "location" in attrs:
+        values.update(_point(attrs["location"]))
     return {
         "domain": mapping.domain,
         spec.sensor_field: _sensor(mapping, config.sensors, entity["id"], attrs),
         "event_time": _event_time(mapping, attrs, observed),
         **values,
     }
+
+
+def _category(mapping: NgsiTypeMapping, name: str, value: Any) -> Any:
+    """A text value of a categorical attribute as its number (``occupied`` -> 1)."""
+    categories = mapping.categories.get(name)
+    if categories is None:
+        return value
+    if not isinstance(value, str) or value not in categories:
+        known = ", ".join(categories)
+        raise IngestError(INVALID_EVENT, f"{name} {value!r} is not one of: {known}")
+    return categories[value]
+
+
+def _point(raw: Any) -> dict[str, Any]:
+    """latitude/longitude of a GeoJSON Point ``location`` (other geometries: none)."""
+    geometry = _attribute(raw)[0]
+    if not isinstance(geometry, dict) or geometry.get("type") != "Point":
+        return {}
+    coordinates = geometry.get("coordinates")
+    if not isinstance(coordinates, list) or len(coordinates) < 2:
+        raise IngestError(INVALID_EVENT, "location: a Point needs [longitude, latitude]")
+    return {"longitude": coordinates[0], "latitude": coordinates[1]}
 
 
 def _event_time(mapping: NgsiTypeMapping, attrs: dict[str, Any], observed: str | None) -> str:
@@ -138,6 +170,11 @@ def _sensor(
             if match:
                 return match.group("sensor")
     raise IngestError(UNKNOWN_ENTITY, f"no sensor mapped for {', '.join(candidates) or entity_id}")
+
+
+def notification_context(body: Any) -> Any:
+    """The ``@context`` of a Notification body, for entities that carry none."""
+    return body.get("@context") if isinstance(body, dict) else None
 
 
 def notification_entities(body: Any) -> list[Any]:
@@ -216,7 +253,7 @@ class KafkaSide(Protocol):
     """What the service needs from Kafka; tests pass a fake."""
 
     def pending(self) -> int: ...
-    def reading(self, reading: Reading) -> None: ...
+    def accept(self, accepted: Accepted) -> None: ...
     def reject(self, rejected: Rejected) -> None: ...
     def send_batches(self) -> None: ...
     def flush(self, timeout: float) -> None: ...
@@ -232,8 +269,8 @@ class PublisherSide:
     def pending(self) -> int:
         return len(self.events.publisher.producer)
 
-    def reading(self, reading: Reading) -> None:
-        self.events.reading(reading)
+    def accept(self, accepted: Accepted) -> None:
+        publish_accepted(self.events, accepted)
 
     def reject(self, rejected: Rejected) -> None:
         self.events.reject(rejected)
@@ -431,7 +468,8 @@ class IngestService:
         raw = await self._body(request)
         origin = f"ngsi-ld:{request[CLIENT]}:{request[REQUEST_ID]}"
         try:
-            entities = notification_entities(loads(raw))
+            body = loads(raw)
+            entities = notification_entities(body)
         except IngestError as exc:
             return await self._refuse_body(exc, origin, raw, "ngsi-ld")
         now_ms = int(self.clock() * 1000)
@@ -441,7 +479,7 @@ class IngestService:
             where = f"{origin}#{i}"
             item_raw = dumps(entity)
             try:
-                event = ngsi_event(self.ngsi, entity)
+                event = ngsi_event(self.ngsi, entity, notification_context(body))
             except IngestError as exc:
                 outcomes.append(Rejected(exc.reason, str(exc), where, item_raw))
                 continue
@@ -468,7 +506,7 @@ class IngestService:
     async def _answer(self, outcomes: list[Outcome], request_id: str, source: str) -> web.Response:
         for outcome in outcomes:
             if isinstance(outcome, Accepted):
-                self.kafka.reading(outcome.reading)
+                self.kafka.accept(outcome)
             else:
                 self.kafka.reject(outcome)
         await self._durable()
@@ -563,7 +601,21 @@ _GUARDED = {
 
 def openapi_document() -> dict[str, Any]:
     """The service's OpenAPI 3.1 document; request schemas come from the pydantic models."""
-    event_schema = TrafficEvent.model_json_schema(ref_template="#/components/schemas/{model}")
+    event_schemas = {
+        model.__name__: model.model_json_schema(ref_template="#/components/schemas/{model}")
+        for model in (TrafficEvent, AirEvent, ParkingEvent)
+    }
+    any_event = {
+        "oneOf": [_ref(name) for name in event_schemas],
+        "discriminator": {
+            "propertyName": "domain",
+            "mapping": {
+                "traffic": "#/components/schemas/TrafficEvent",
+                "air": "#/components/schemas/AirEvent",
+                "parking": "#/components/schemas/ParkingEvent",
+            },
+        },
+    }
     item = {
         "type": "object",
         "required": ["index", "status"],
@@ -617,7 +669,7 @@ def openapi_document() -> dict[str, Any]:
                         "required": True,
                         "content": {
                             "application/json": {
-                                "schema": {"type": "array", "items": _ref("TrafficEvent")}
+                                "schema": {"type": "array", "items": _ref("Event")}
                             },
                             "application/x-ndjson": {
                                 "schema": {"type": "string", "description": "one event a line"}
@@ -649,7 +701,8 @@ def openapi_document() -> dict[str, Any]:
         },
         "components": {
             "schemas": {
-                "TrafficEvent": event_schema,
+                **event_schemas,
+                "Event": any_event,
                 "ItemResult": item,
                 "IngestResult": result,
                 "Notification": notification,
@@ -690,6 +743,6 @@ async def serve(service: IngestService, host: str, port: int, stop: asyncio.Even
 def build_service(settings: Settings, config: IngestConfig | None) -> IngestService:
     """Connects to the registry and Kafka (fails early, clearly) and reads the keys."""
     keys = ApiKeys.from_settings(settings)
-    events = EventPublisher(settings, COMPONENT)
+    events = EventPublisher(settings, COMPONENT, streams=(AIR, PARKING))
     events.setup()
     return IngestService(settings, config, PublisherSide(events), keys)

@@ -2,17 +2,17 @@
 unit conversion and the one validation path every incoming event goes through.
 
 Every source turns its payload into a *canonical event dict* (``domain`` + the fields of
-that domain's model), and :func:`validate_event` turns that into a :class:`Reading` or a
-:class:`Rejected` with a stable reason code. A domain is one pydantic model plus one
-:class:`DomainSpec`; adding air quality or parking is a new model, a new spec row here,
-an ``EventPublisher`` method and rows in the mapping file (no connector code changes).
+that domain's model), and :func:`validate_event` turns that into an :class:`Accepted`
+(a traffic :class:`Reading`, or the Avro record of another domain's :class:`EventStream`)
+or a :class:`Rejected` with a stable reason code. A domain is one pydantic model plus one
+:class:`DomainSpec` (traffic, air, parking); a new domain is a new model, a spec row here
+and rows in the mapping file (no connector code changes).
 """
 
 from __future__ import annotations
 
 import json
 import math
-import re
 import tomllib
 from collections import Counter, OrderedDict
 from dataclasses import dataclass, field
@@ -29,9 +29,10 @@ from pydantic import (
     StringConstraints,
     ValidationError,
     field_validator,
+    model_validator,
 )
 
-from connectors.publishing import Reading, Rejected
+from connectors.publishing import AIR, PARKING, EventPublisher, EventStream, Reading, Rejected
 
 # --- dead-letter reasons (README "Ingest") -----------------------------------------------
 
@@ -104,15 +105,92 @@ class TrafficEvent(BaseModel):
         return parse_time(value)
 
 
+Index = Annotated[float, Strict(), Field(ge=0, le=500)]
+
+
+class AirEvent(BaseModel):
+    """An air-quality reading: five pollutant sub-indices on the 0..500 AQI scale."""
+
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False, title="AirEvent")
+
+    domain: Literal["air"]
+    sensor_id: SensorId = Field(description="Sensor id (in Aarhus: the road segment id)")
+    event_time: datetime = Field(description="When the reading was taken, ISO 8601 with offset")
+    ozone: Index
+    particulate_matter: Index
+    carbon_monoxide: Index
+    sulfure_dioxide: Index = Field(description="Sulphur dioxide index (name as in the source)")
+    nitrogen_dioxide: Index
+    latitude: Annotated[float, Strict(), Field(ge=-90, le=90)] | None = None
+    longitude: Annotated[float, Strict(), Field(ge=-180, le=180)] | None = None
+
+    @field_validator("event_time", mode="before")
+    @classmethod
+    def _time(cls, value: object) -> datetime:
+        return parse_time(value)
+
+
+class ParkingEvent(BaseModel):
+    """A car park's occupancy; ``available_spaces`` may stand in for ``vehicle_count``."""
+
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False, title="ParkingEvent")
+
+    domain: Literal["parking"]
+    car_park_id: SensorId = Field(description="Car park id (Aarhus garagecode)")
+    event_time: datetime = Field(description="When the count was taken, ISO 8601 with offset")
+    vehicle_count: Count | None = Field(None, description="Vehicles parked")
+    total_spaces: Annotated[int, Strict(), Field(gt=0, le=2**31 - 1)]
+    available_spaces: Count | None = Field(
+        None, description="Free spaces; vehicle_count = total_spaces - available_spaces"
+    )
+
+    @field_validator("event_time", mode="before")
+    @classmethod
+    def _time(cls, value: object) -> datetime:
+        return parse_time(value)
+
+    @model_validator(mode="after")
+    def _occupancy(self) -> ParkingEvent:
+        if self.vehicle_count is None:
+            if self.available_spaces is None:
+                raise ValueError("give vehicle_count or available_spaces")
+            self.vehicle_count = self.total_spaces - self.available_spaces
+        if not 0 <= self.vehicle_count <= self.total_spaces:
+            raise ValueError(f"{self.vehicle_count} vehicles do not fit {self.total_spaces} spaces")
+        if (
+            self.available_spaces is not None
+            and self.vehicle_count + self.available_spaces > self.total_spaces
+        ):
+            raise ValueError("vehicle_count + available_spaces exceed total_spaces")
+        return self
+
+
 @dataclass(frozen=True)
 class DomainSpec:
-    """How mappings fill a domain's canonical model: its sensor field and unit kinds."""
+    """How mappings fill a domain's canonical model: its sensor field and unit kinds.
+
+    ``required`` is what an observation must complete: every group needs one of its
+    fields. ``stream`` is the domain's topic pair (None: traffic, published as Reading).
+    """
 
     model: type[BaseModel]
     sensor_field: str
     quantities: dict[str, str]  # canonical field -> unit kind (see UNITS)
-    required: tuple[str, ...]  # value fields an observation must complete
+    required: tuple[tuple[str, ...], ...]
+    stream: EventStream | None = None
 
+    def missing(self, values: dict[str, Any]) -> list[str]:
+        """The required groups ``values`` does not fill yet, as text."""
+        return [" or ".join(g) for g in self.required if not any(f in values for f in g)]
+
+
+POLLUTANT_FIELDS = {
+    "ozone": "aqi:o3",
+    "particulate_matter": "aqi:pm10",
+    "carbon_monoxide": "aqi:co",
+    "sulfure_dioxide": "aqi:so2",
+    "nitrogen_dioxide": "aqi:no2",
+}
 
 DOMAINS: dict[str, DomainSpec] = {
     "traffic": DomainSpec(
@@ -124,7 +202,25 @@ DOMAINS: dict[str, DomainSpec] = {
             "avg_measured_time_s": "duration",
             "median_measured_time_s": "duration",
         },
-        required=("vehicle_count", "avg_speed_kmh"),
+        required=(("vehicle_count",), ("avg_speed_kmh",)),
+    ),
+    "air": DomainSpec(
+        AirEvent,
+        sensor_field="sensor_id",
+        quantities={**POLLUTANT_FIELDS, "latitude": "degrees", "longitude": "degrees"},
+        required=tuple((f,) for f in POLLUTANT_FIELDS),
+        stream=AIR,
+    ),
+    "parking": DomainSpec(
+        ParkingEvent,
+        sensor_field="car_park_id",
+        quantities={
+            "vehicle_count": "count",
+            "total_spaces": "count",
+            "available_spaces": "count",
+        },
+        required=(("vehicle_count", "available_spaces"), ("total_spaces",)),
+        stream=PARKING,
     ),
 }
 
@@ -142,7 +238,126 @@ UNITS: dict[str, dict[str, float]] = {
         "HM": 1.609344,
     },
     "duration": {"s": 1.0, "SEC": 1.0, "min": 60.0, "MIN": 60.0},
+    "degrees": {"deg": 1.0, "DD": 1.0},
 }
+
+# --- air: concentrations -> US EPA AQI sub-indices --------------------------------------
+# Breakpoints of the US EPA AQI (Technical Assistance Document, 2024): (C_lo, C_hi, I_lo,
+# I_hi) in the table's unit, and the decimals a concentration is truncated to first.
+# O3 uses the 8-hour table, which ends at 0.200 ppm (AQI 300): higher values need 1-hour
+# averages and are refused, as is anything beyond AQI 500.
+AQI_TABLES: dict[str, tuple[str, int, tuple[tuple[float, float, int, int], ...]]] = {
+    "aqi:o3": (
+        "ppm",
+        3,
+        (
+            (0.0, 0.054, 0, 50),
+            (0.055, 0.070, 51, 100),
+            (0.071, 0.085, 101, 150),
+            (0.086, 0.105, 151, 200),
+            (0.106, 0.200, 201, 300),
+        ),
+    ),
+    "aqi:pm10": (
+        "ug/m3",
+        0,
+        (
+            (0, 54, 0, 50),
+            (55, 154, 51, 100),
+            (155, 254, 101, 150),
+            (255, 354, 151, 200),
+            (355, 424, 201, 300),
+            (425, 504, 301, 400),
+            (505, 604, 401, 500),
+        ),
+    ),
+    "aqi:co": (
+        "ppm",
+        1,
+        (
+            (0.0, 4.4, 0, 50),
+            (4.5, 9.4, 51, 100),
+            (9.5, 12.4, 101, 150),
+            (12.5, 15.4, 151, 200),
+            (15.5, 30.4, 201, 300),
+            (30.5, 40.4, 301, 400),
+            (40.5, 50.4, 401, 500),
+        ),
+    ),
+    "aqi:so2": (
+        "ppb",
+        0,
+        (
+            (0, 35, 0, 50),
+            (36, 75, 51, 100),
+            (76, 185, 101, 150),
+            (186, 304, 151, 200),
+            (305, 604, 201, 300),
+            (605, 804, 301, 400),
+            (805, 1004, 401, 500),
+        ),
+    ),
+    "aqi:no2": (
+        "ppb",
+        0,
+        (
+            (0, 53, 0, 50),
+            (54, 100, 51, 100),
+            (101, 360, 101, 150),
+            (361, 649, 151, 200),
+            (650, 1249, 201, 300),
+            (1250, 1649, 301, 400),
+            (1650, 2049, 401, 500),
+        ),
+    ),
+}
+# g/mol, for mass concentration -> mixing ratio at 25 degC and 1 atm (24.45 L/mol)
+MOLAR_MASS = {"aqi:o3": 48.00, "aqi:co": 28.01, "aqi:so2": 64.07, "aqi:no2": 46.01}
+MOLAR_VOLUME = 24.45
+# unit (symbol or UN/CEFACT code) -> (dimension, factor to ug/m3 or to ppb)
+CONCENTRATION_UNITS: dict[str, tuple[str, float]] = {
+    "AQI": ("index", 1.0),
+    "ug/m3": ("mass", 1.0),
+    "µg/m3": ("mass", 1.0),
+    "GQ": ("mass", 1.0),
+    "mg/m3": ("mass", 1000.0),
+    "GP": ("mass", 1000.0),
+    "ppb": ("ratio", 1.0),
+    "61": ("ratio", 1.0),
+    "ppm": ("ratio", 1000.0),
+    "59": ("ratio", 1000.0),
+}
+for _kind in AQI_TABLES:
+    UNITS[_kind] = {
+        unit: factor
+        for unit, (dimension, factor) in CONCENTRATION_UNITS.items()
+        if dimension != "ratio" or _kind in MOLAR_MASS  # PM10 has no mixing ratio
+    }
+
+
+def aqi_index(kind: str, value: float, unit: str) -> float:
+    """A concentration in ``unit`` as its EPA AQI sub-index (``AQI``: already an index)."""
+    dimension, factor = CONCENTRATION_UNITS[unit]
+    if dimension == "index":
+        return float(value)
+    if value < 0:
+        raise IngestError(INVALID_EVENT, f"negative concentration {value} {unit}")
+    table_unit, decimals, table = AQI_TABLES[kind]
+    amount = value * factor  # ug/m3 or ppb
+    if dimension == "mass" and table_unit != "ug/m3":
+        amount = amount * MOLAR_VOLUME / MOLAR_MASS[kind]  # -> ppb
+    if table_unit == "ppm":
+        amount /= 1000.0
+    scale = 10**decimals
+    truncated = math.floor(amount * scale + 1e-9) / scale
+    for c_lo, c_hi, i_lo, i_hi in table:
+        if truncated <= c_hi:
+            return float(
+                math.floor((i_hi - i_lo) / (c_hi - c_lo) * (truncated - c_lo) + i_lo + 0.5)
+            )
+    raise IngestError(
+        INVALID_EVENT, f"{value} {unit} is beyond the AQI table of {kind[4:].upper()}"
+    )
 
 
 def convert(value: object, kind: str, unit: str | None, what: str) -> object:
@@ -153,6 +368,8 @@ def convert(value: object, kind: str, unit: str | None, what: str) -> object:
         return value  # the model reports the wrong type
     if isinstance(value, float) and not math.isfinite(value):
         return value  # the model reports NaN/inf
+    if kind in AQI_TABLES:
+        return aqi_index(kind, value, unit or "AQI")
     factor = UNITS[kind][unit] if unit is not None else 1.0
     if kind in ("count", "duration"):
         scaled = value * factor
@@ -177,9 +394,28 @@ def _errors(exc: ValidationError) -> str:
 
 
 @dataclass(frozen=True, slots=True)
+class DomainRecord:
+    """A non-traffic canonical event, as :meth:`EventPublisher.event` takes it."""
+
+    stream: EventStream
+    record: dict[str, Any]
+    origin: str
+
+
+@dataclass(frozen=True, slots=True)
 class Accepted:
-    reading: Reading
+    reading: Reading | DomainRecord
     event_id: str
+
+
+def publish_accepted(events: EventPublisher, accepted: Accepted) -> None:
+    """An accepted event onto its domain's topics; ``source`` is the publishing component."""
+    item = accepted.reading
+    if isinstance(item, Reading):
+        events.reading(item)
+    else:
+        record = {**item.record, "source": events.component}
+        events.event(item.stream.topic, record, item.origin)
 
 
 def validate_event(
@@ -198,11 +434,19 @@ def validate_event(
     except ValidationError as exc:
         timing = any(e["loc"][:1] == ("event_time",) for e in exc.errors())
         return Rejected(INVALID_TIMESTAMP if timing else INVALID_EVENT, _errors(exc), origin, raw)
-    assert isinstance(model, TrafficEvent)  # the only domain so far
-    event_ms = int(model.event_time.timestamp() * 1000)
+    event_time: datetime = model.event_time  # type: ignore[attr-defined]  # every model has it
+    event_ms = int(event_time.timestamp() * 1000)
     if event_ms > now_ms + max_future_ms:
         ahead = (event_ms - now_ms) / 1000
         return Rejected(FUTURE_TIMESTAMP, f"event_time is {ahead:.0f}s in the future", origin, raw)
+    sensor = str(getattr(model, spec.sensor_field))
+    if spec.stream is not None:
+        record = model.model_dump(exclude={"domain", "event_time", "available_spaces"})
+        record.update(event_time=event_ms, event_time_ms=event_ms)
+        return Accepted(
+            DomainRecord(spec.stream, record, origin), event_id(str(domain), sensor, event_ms)
+        )
+    assert isinstance(model, TrafficEvent)
     reading = Reading(
         segment_id=model.segment_id,
         event_time_ms=event_ms,
@@ -309,11 +553,13 @@ class MqttConfig(_Strict):
 
 
 class DatastreamMapping(_Strict):
-    """One SensorThings Datastream: which sensor and domain, and what its result fills.
+    """One SensorThings Datastream or MultiDatastream: sensor, domain, what its result fills.
 
-    Either ``result`` (the result is an object: member name -> canonical field) or
-    ``field`` (the result is a scalar for that one canonical field). ``units`` /
-    ``unit`` say what the Datastream's unitOfMeasurement is, per canonical field.
+    Exactly one of ``result`` (the result is an object: member name -> canonical field),
+    ``field`` (the result is a scalar for that one canonical field) or ``components``
+    (a MultiDatastream: the result is an array, one canonical field per position, ""
+    for a position to ignore). ``units`` / ``unit`` say what the unitOfMeasurement is,
+    per canonical field.
     """
 
     id: str
@@ -321,8 +567,13 @@ class DatastreamMapping(_Strict):
     sensor: str
     result: dict[str, str] | None = None
     field: str | None = None
+    components: list[str] | None = None
     units: dict[str, str] = Field(default_factory=dict)
     unit: str | None = None
+
+    @property
+    def multi(self) -> bool:
+        return self.components is not None
 
     @field_validator("id", "sensor", mode="before")
     @classmethod
@@ -331,10 +582,18 @@ class DatastreamMapping(_Strict):
 
 
 class NgsiTypeMapping(_Strict):
-    """One Smart Data Models entity type: attributes -> canonical fields, time, sensor."""
+    """One Smart Data Models entity type: attributes -> canonical fields, time, sensor.
+
+    ``units``: the unit of an attribute that comes without ``unitCode`` (key-values).
+    ``categories``: a text attribute's values as numbers (ParkingSpot ``status``).
+    ``constants``: canonical fields every entity of the type has (a spot has 1 space).
+    """
 
     domain: str
     attributes: dict[str, str]
+    units: dict[str, str] = Field(default_factory=dict)
+    categories: dict[str, dict[str, int]] = Field(default_factory=dict)
+    constants: dict[str, int | float] = Field(default_factory=dict)
     time: list[str] = Field(default_factory=lambda: ["dateObservedTo", "dateObserved"])
     sensor: list[str] = Field(default_factory=lambda: ["id"])
     id_pattern: str | None = Field(
@@ -351,7 +610,7 @@ class IngestConfig(_Strict):
     mqtt: MqttConfig = Field(default_factory=lambda: MqttConfig.model_validate({}))
     datastreams: list[DatastreamMapping] = Field(default_factory=list)
     ngsi_ld: NgsiConfig = Field(default_factory=lambda: NgsiConfig.model_validate({}))
-    _by_id: dict[str, DatastreamMapping] = PrivateAttr(default_factory=dict)
+    _by_id: dict[tuple[bool, str], DatastreamMapping] = PrivateAttr(default_factory=dict)
 
     def model_post_init(self, _context: Any) -> None:
         for ds in self.datastreams:
@@ -359,15 +618,18 @@ class IngestConfig(_Strict):
         for name, mapping in self.ngsi_ld.types.items():
             spec = _domain(mapping.domain, f"ngsi_ld.types.{name}")
             for attr, target in mapping.attributes.items():
-                _target(spec, target, f"ngsi_ld.types.{name}.attributes.{attr}")
+                where = f"ngsi_ld.types.{name}.attributes.{attr}"
+                _check_unit(spec, _target(spec, target, where), mapping.units.get(attr), where)
+            for target in mapping.constants:
+                _target(spec, target, f"ngsi_ld.types.{name}.constants")
             if mapping.id_pattern and "(?P<sensor>" not in mapping.id_pattern:
                 raise ValueError(f"ngsi_ld.types.{name}.id_pattern needs a (?P<sensor>...) group")
-        self._by_id = {ds.id: ds for ds in self.datastreams}
+        self._by_id = {(ds.multi, ds.id): ds for ds in self.datastreams}
         if len(self._by_id) != len(self.datastreams):
-            raise ValueError("datastream ids must be unique")
+            raise ValueError("datastream ids must be unique (per Datastream / MultiDatastream)")
 
-    def datastream(self, ds_id: str) -> DatastreamMapping | None:
-        return self._by_id.get(ds_id)
+    def datastream(self, ds_id: str, multi: bool = False) -> DatastreamMapping | None:
+        return self._by_id.get((multi, ds_id))
 
 
 def _domain(name: str, where: str) -> DomainSpec:
@@ -390,9 +652,18 @@ def _check_unit(spec: DomainSpec, target: str, unit: str | None, where: str) -> 
 def _check_datastream(ds: DatastreamMapping) -> None:
     where = f"datastream {ds.id}"
     spec = _domain(ds.domain, where)
-    if (ds.result is None) == (ds.field is None):
-        raise ValueError(f"{where}: give exactly one of `result` (object) or `field` (scalar)")
-    targets = list(ds.result.values()) if ds.result else [ds.field or ""]
+    shapes = [ds.result is not None, ds.field is not None, ds.components is not None]
+    if sum(shapes) != 1:
+        raise ValueError(
+            f"{where}: give exactly one of `result` (object), `field` (scalar) "
+            "or `components` (MultiDatastream array)"
+        )
+    if ds.result is not None:
+        targets = list(ds.result.values())
+    elif ds.components is not None:
+        targets = [c for c in ds.components if c]
+    else:
+        targets = [ds.field or ""]
     for target in targets:
         _target(spec, target, where)
     for target, unit in ds.units.items():
@@ -446,13 +717,3 @@ class RecentKeys:
         if len(self._keys) > self.capacity:
             self._keys.popitem(last=False)
         return False
-
-
-_IRI_TAIL = re.compile(r"[^/#:]+$")
-
-
-def short_name(name: str) -> str:
-    """``https://smartdatamodels.org/dataModel.Transportation/TrafficFlowObserved`` -> the
-    compact term, so expanded and compacted NGSI-LD names map alike."""
-    match = _IRI_TAIL.search(name)
-    return match.group(0) if match and ("/" in name or "#" in name) else name

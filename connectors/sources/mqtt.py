@@ -14,6 +14,8 @@ Topic formats (per subscription in the config file):
   mapping file says which sensor and domain a Datastream is; an object ``result`` fills
   several fields at once, a scalar one fills one field and is joined with the other
   Datastreams of the same sensor and phenomenonTime.
+  ``.../MultiDatastreams(<id>)/Observations``: the result is an array, one canonical
+  field per position (an air reading's five pollutants in one observation).
 - ``events``: canonical events (an object, an array or NDJSON), as ``POST /v1/events``.
 """
 
@@ -33,7 +35,7 @@ from typing import Any
 import paho.mqtt.client as mqtt
 
 from citystream.settings import Settings
-from connectors.publishing import EventPublisher, Rejected
+from connectors.publishing import AIR, PARKING, EventPublisher, Rejected
 from connectors.sources.ingest_common import (
     DOMAINS,
     INCOMPLETE_OBSERVATION,
@@ -50,6 +52,7 @@ from connectors.sources.ingest_common import (
     dumps,
     loads,
     parse_time,
+    publish_accepted,
     split_items,
     validate_event,
     validate_items,
@@ -57,7 +60,9 @@ from connectors.sources.ingest_common import (
 
 COMPONENT = "mqtt-ingest"
 log = logging.getLogger(__name__)
-_DATASTREAM_TOPIC = re.compile(r"(?:^|/)Datastreams\((?P<id>[^()]*)\)/Observations$")
+_DATASTREAM_TOPIC = re.compile(
+    r"(?:^|/)(?P<multi>Multi)?Datastreams\((?P<id>[^()]*)\)/Observations$"
+)
 
 
 # --- SensorThings mapping (pure) -----------------------------------------------------
@@ -65,8 +70,14 @@ _DATASTREAM_TOPIC = re.compile(r"(?:^|/)Datastreams\((?P<id>[^()]*)\)/Observatio
 
 def datastream_id(topic: str) -> str | None:
     """``v1.1/Datastreams(42)/Observations`` -> "42" (quotes of string ids removed)."""
+    found = datastream_ref(topic)
+    return found[1] if found else None
+
+
+def datastream_ref(topic: str) -> tuple[bool, str] | None:
+    """(is a MultiDatastream, id) of an Observations topic."""
     match = _DATASTREAM_TOPIC.search(topic)
-    return match.group("id").strip("'\"") if match else None
+    return (bool(match.group("multi")), match.group("id").strip("'\"")) if match else None
 
 
 @dataclass(frozen=True)
@@ -95,10 +106,12 @@ class Part:
 
 def observation_part(config: IngestConfig, topic: str, body: Any) -> tuple[Part, bool]:
     """One SensorThings observation as a Part, and whether it is complete on its own."""
-    ds_id = datastream_id(topic)
-    mapping = config.datastream(ds_id) if ds_id is not None else None
+    ref = datastream_ref(topic)
+    mapping = config.datastream(ref[1], ref[0]) if ref is not None else None
     if mapping is None:
-        raise IngestError(UNKNOWN_DATASTREAM, f"Datastream {ds_id!r} is not in the mapping file")
+        kind = "MultiDatastream" if ref and ref[0] else "Datastream"
+        ds_id = ref[1] if ref else None
+        raise IngestError(UNKNOWN_DATASTREAM, f"{kind} {ds_id!r} is not in the mapping file")
     if not isinstance(body, dict) or "result" not in body:
         raise IngestError(INVALID_EVENT, "an Observation needs a JSON object with `result`")
     when = body.get("phenomenonTime") or body.get("resultTime")
@@ -110,11 +123,22 @@ def observation_part(config: IngestConfig, topic: str, body: Any) -> tuple[Part,
     part = Part(
         mapping.domain, mapping.sensor, str(when), int(event_time.timestamp() * 1000), values
     )
-    return part, mapping.result is not None
+    return part, mapping.field is None
 
 
 def _result_values(mapping: DatastreamMapping, result: Any, parameters: Any) -> dict[str, Any]:
     kinds = DOMAINS[mapping.domain].quantities
+    if mapping.components is not None:
+        if not isinstance(result, list) or len(result) != len(mapping.components):
+            n = len(mapping.components)
+            raise IngestError(
+                INVALID_EVENT, f"MultiDatastream {mapping.id}: result must be an array of {n}"
+            )
+        return {
+            target: convert(value, kinds[target], mapping.units.get(target), target)
+            for target, value in zip(mapping.components, result, strict=True)
+            if target
+        }
     if mapping.result is not None:
         if not isinstance(result, dict):
             raise IngestError(INVALID_EVENT, f"Datastream {mapping.id}: result must be an object")
@@ -159,7 +183,7 @@ class Joiner:
         entry.values.update(part.values)
         entry.raws.append(raw)
         entry.tokens.append(token)
-        if all(f in entry.values for f in DOMAINS[part.domain].required):
+        if not DOMAINS[part.domain].missing(entry.values):
             del self.pending[part.key]
             return part.event(entry.values), entry.tokens
         return None
@@ -169,7 +193,7 @@ class Joiner:
         out = []
         for key in [k for k, p in self.pending.items() if now - p.since >= self.timeout_s]:
             entry = self.pending.pop(key)
-            missing = [f for f in DOMAINS[entry.part.domain].required if f not in entry.values]
+            missing = DOMAINS[entry.part.domain].missing(entry.values)
             detail = f"no {', '.join(missing)} within {self.timeout_s:.0f}s for {key}"
             raw = b"\n".join(entry.raws)
             out.append((Rejected(INCOMPLETE_OBSERVATION, detail, "mqtt:join", raw), entry.tokens))
@@ -278,7 +302,7 @@ class MqttSource:
     def setup(self, events: EventPublisher | None = None) -> None:
         """Connect to Kafka and the registry, and start the broker connection."""
         if events is None:
-            events = EventPublisher(self.settings, COMPONENT)
+            events = EventPublisher(self.settings, COMPONENT, streams=(AIR, PARKING))
             events.setup()
         self.events = events
         self.client = self._client()
@@ -300,6 +324,9 @@ class MqttSource:
             client.username_pw_set(
                 self.settings.mqtt_username, password.get_secret_value() if password else None
             )
+        if self.settings.mqtt_ca_file is not None:
+            # TLS 1.2+, the broker's certificate checked against this CA and its host name
+            client.tls_set(ca_certs=str(self.settings.mqtt_ca_file))
         client.reconnect_delay_set(cfg.reconnect_min_s, cfg.reconnect_max_s)
         client.will_set(self.status_topic, self._status("offline"), qos=1, retain=True)
         client.on_connect = self._on_connect
@@ -412,7 +439,7 @@ class MqttSource:
         outcomes, tokens = result
         for outcome in outcomes:
             if isinstance(outcome, Accepted):
-                self.events.reading(outcome.reading)
+                publish_accepted(self.events, outcome)
                 counters.accepted += 1
             else:
                 self.events.reject(outcome)

@@ -249,7 +249,7 @@ def test_http_ingest_to_clickhouse_matches_independent_computation(
         {**good, "vehicle_count": "12"},
         {**good, "avg_speed_kmh": float("nan")},
         {**good, "event_time": "2099-01-01T00:00:00Z"},
-        {**good, "domain": "air"},
+        {**good, "domain": "noise"},
     ]
     bad = client.post(
         "/v1/events",
@@ -265,8 +265,9 @@ def test_http_ingest_to_clickhouse_matches_independent_computation(
     assert client.post("/v1/events", content=b"[{oops").status_code == 400
     unknown = client.post(
         "/ngsi-ld/v1/notify",
-        json=notification(
-            entity("AirQualityObserved-keyvalues.jsonld"), entity("ParkingSpot-normalized.jsonld")
+        json=notification(  # entity types the mapping file does not name
+            {**entity("AirQualityObserved-keyvalues.jsonld"), "type": "WaterQualityObserved"},
+            {**entity("ParkingSpot-normalized.jsonld"), "type": "ParkingGroup"},
         ),
     )
     assert [i["reason"] for i in unknown.json()["items"]] == ["unknown_entity"] * 2

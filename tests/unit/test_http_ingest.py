@@ -17,7 +17,7 @@ from openapi_spec_validator import validate
 
 from citystream.kafka import DeliveryError
 from citystream.settings import Settings
-from connectors.publishing import Reading, Rejected
+from connectors.publishing import Rejected
 from connectors.sources.http_ingest import (
     ApiKeys,
     IngestService,
@@ -25,7 +25,7 @@ from connectors.sources.http_ingest import (
     notification_entities,
     openapi_document,
 )
-from connectors.sources.ingest_common import IngestError, TrafficEvent, load_config
+from connectors.sources.ingest_common import Accepted, IngestError, TrafficEvent, load_config
 
 REPO = Path(__file__).resolve().parents[2]
 NGSI = REPO / "tests/fixtures/ngsi-ld"
@@ -36,7 +36,7 @@ KEY = {"X-API-Key": "s3cret-key"}
 
 class FakeKafka:
     def __init__(self) -> None:
-        self.readings: list[Reading] = []
+        self.readings: list[Any] = []  # Reading, or DomainRecord of air and parking
         self.rejected: list[Rejected] = []
         self.queued = 0
         self.flushes = 0
@@ -46,8 +46,8 @@ class FakeKafka:
     def pending(self) -> int:
         return self.queued
 
-    def reading(self, reading: Reading) -> None:
-        self.readings.append(reading)
+    def accept(self, accepted: Accepted) -> None:
+        self.readings.append(accepted.reading)
 
     def reject(self, rejected: Rejected) -> None:
         self.rejected.append(rejected)
@@ -125,7 +125,7 @@ def test_array_of_events_answers_per_item_and_publishes_only_valid_ones() -> Non
         event(event_time="2030-01-01T00:00:00Z"),
         event(event_time="2014-08-02T06:05:00"),
         event(extra=1),
-        {"domain": "parking", "segment_id": "x"},
+        {"domain": "energy", "segment_id": "x"},
     ]
 
     async def scenario(client: TestClient[Any, Any], kafka: FakeKafka) -> None:
@@ -316,7 +316,7 @@ def test_ngsi_sensor_from_relationship_pattern_expanded_names_and_units() -> Non
 @pytest.mark.parametrize(
     ("change", "reason"),
     [
-        ({"type": "AirQualityObserved"}, "unknown_entity"),
+        ({"type": "WeatherObserved"}, "unknown_entity"),
         ({"id": "urn:ngsi-ld:TrafficFlowObserved:nowhere"}, "unknown_entity"),
         (
             {"averageVehicleSpeed": {"type": "Property", "value": 5, "unitCode": "CEL"}},
@@ -355,18 +355,24 @@ def test_notify_endpoint_answers_per_entity() -> None:
         answer = await resp.json()
         assert [i.get("reason") for i in answer["items"]] == [
             None,
-            "unknown_entity",
-            "unknown_entity",
+            "invalid_event",  # the published example has no O3 and no PM10
+            None,  # a free ParkingSpot: a one-space car park, empty
             "invalid_event",
         ]
         bad = await client.post("/ngsi-ld/v1/notify", data=b'{"type": "x"}', headers=headers)
         assert bad.status == 400
         stats = await (await client.get("/stats")).json()
-        assert stats["ngsi-ld"]["accepted"] == 1
-        assert stats["ngsi-ld"]["rejected_by_reason"] == {"unknown_entity": 2, "invalid_event": 2}
+        assert stats["ngsi-ld"]["accepted"] == 2
+        assert stats["ngsi-ld"]["rejected_by_reason"] == {"invalid_event": 3}
 
     kafka = run(scenario)
-    assert [r.segment_id for r in kafka.readings] == ["190744"]
+    assert kafka.readings[0].segment_id == "190744"
+    spot = kafka.readings[1].record
+    assert (spot["car_park_id"], spot["vehicle_count"], spot["total_spaces"]) == (
+        "santander:daoiz_velarde_1_5:3",
+        0,
+        1,
+    )
     payload = kafka.rejected[0].raw
     assert isinstance(payload, bytes) and b"AirQualityObserved" in payload
 

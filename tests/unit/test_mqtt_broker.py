@@ -59,3 +59,13 @@ def test_config_is_rendered_with_port_and_loopback(tmp_path: Path) -> None:
 def test_ports_must_be_distinct(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="distinct"):
         StackConfig(data_dir=tmp_path, mosquitto_port=9092)
+
+
+def test_tls_listener_uses_the_stack_certificate(tmp_path: Path) -> None:
+    cfg = StackConfig(data_dir=tmp_path, mosquitto_port=21996, mosquitto_tls_port=21997)
+    text = mosquitto_service.write_config(cfg, 21996).read_text()
+    pem = tmp_path.resolve() / "kafka" / "tls" / "broker.pem"
+    assert f"listener 21997 127.0.0.1\ncertfile {pem}\nkeyfile {pem}" in text
+    assert pem.is_file() and (tmp_path.resolve() / "kafka" / "tls" / "ca.pem").is_file()
+    plain = StackConfig(data_dir=tmp_path, mosquitto_port=21996)
+    assert "certfile" not in mosquitto_service.write_config(plain, 21996).read_text()

@@ -170,7 +170,7 @@ def test_plain_json_events_in_an_array_or_ndjson(ingest: MqttIngest) -> None:
     assert result is not None
     assert [type(o).__name__ for o in result[0]] == ["Accepted", "Rejected"]
     assert isinstance(result[0][1], Rejected) and result[0][1].reason == "invalid_json"
-    unknown = ingest.handle(msg("citystream/events/c", {**good, "domain": "air"}), NOW)
+    unknown = ingest.handle(msg("citystream/events/c", {**good, "domain": "noise"}), NOW)
     assert unknown is not None and isinstance(unknown[0][0], Rejected)
     assert unknown[0][0].reason == "unknown_domain"
 
@@ -178,7 +178,7 @@ def test_plain_json_events_in_an_array_or_ndjson(ingest: MqttIngest) -> None:
 @pytest.mark.parametrize(
     ("mapping", "message"),
     [
-        ({"domain": "air", "field": "pm10"}, "unknown domain 'air'"),
+        ({"domain": "noise", "field": "db"}, "unknown domain 'noise'"),
         ({"domain": "traffic", "field": "speed"}, "'speed' is not a value field"),
         (
             {"domain": "traffic", "field": "vehicle_count", "result": {"a": "vehicle_count"}},
