@@ -49,10 +49,25 @@ def stack() -> Settings:
 
 
 def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
+    return free_ports(1)[0]
+
+
+def free_ports(count: int) -> list[int]:
+    """``count`` different ports free now: all bound at once, so none is handed out twice."""
+    sockets = [socket.socket() for _ in range(count)]
+    try:
+        for sock in sockets:
+            sock.bind(("127.0.0.1", 0))
+        return [int(sock.getsockname()[1]) for sock in sockets]
+    finally:
+        for sock in sockets:
+            sock.close()
+
+
+PORT_SETTINGS = (
+    "processor_web_port", "query_port", "processor_metrics_port", "sink_metrics_port",
+    "ingest_metrics_port", "source_metrics_port", "alerts_metrics_port", "alerts_web_port",
+)  # fmt: skip
 
 
 @pytest.fixture
@@ -66,12 +81,6 @@ def settings(stack: Settings, tmp_path: Path) -> Iterator[Settings]:
             "processor_id": "traffic",
             "idle_timeout_s": 2.0,
             "sink_batch_seconds": 0.5,
-            "processor_web_port": free_port(),
-            "query_port": free_port(),
-            "processor_metrics_port": free_port(),
-            "sink_metrics_port": free_port(),
-            "ingest_metrics_port": free_port(),
-            "source_metrics_port": free_port(),
-            "alerts_metrics_port": free_port(),
+            **dict(zip(PORT_SETTINGS, free_ports(len(PORT_SETTINGS)), strict=True)),
         }
     )
