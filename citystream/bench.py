@@ -47,7 +47,7 @@ def run_bench(settings: Settings, traffic: Path, metadata: Path) -> int:
     s = _fresh(settings, "throughput")
     ensure_topics(s)
     register_schemas(s)
-    results: dict[str, str] = {}
+    results = _Results()
 
     print(f"== source: replaying {traffic.name} alone")
     source = AarhusReplaySource(s, traffic, metadata)
@@ -97,6 +97,14 @@ def run_bench(settings: Settings, traffic: Path, metadata: Path) -> int:
     for name, text in results.items():
         print(f"  {name:26} {text}")
     return 0
+
+
+class _Results(dict[str, str]):
+    """Each figure is printed as soon as it is measured, so a failed later stage loses none."""
+
+    def __setitem__(self, name: str, text: str) -> None:
+        print(f"  -> {name}: {text.strip()}", flush=True)
+        super().__setitem__(name, text)
 
 
 TRAFFIC = ("traffic",)  # the spine's stages measure the traffic processor alone

@@ -113,8 +113,8 @@ class Pipeline:
 
     def wait_ready(self, which: tuple[str, ...], timeout: float = 120.0) -> None:
         def probe(name: str) -> Any:
-            if name.startswith("processor"):
-                return self.processor_stats(name)
+            if name.startswith("processor"):  # any processor's counters: the page answers
+                return http_get(f"http://127.0.0.1:{self.web_port(name)}/citystream/stats/")
             if name == "alerts":
                 return self.alerts_stats()
             return http_get(f"http://127.0.0.1:{self.settings.query_port}/health")
