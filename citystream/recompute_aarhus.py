@@ -228,6 +228,8 @@ def aggregate_air(
         windows += [("hopping", s) for s in hopping_starts(r.ts, size, HOP_MINUTES * MINUTE_MS)]
         for family, start in windows:
             for scope, entity in (*scopes, ("city", CITY)):
+                if family == "hopping" and scope == "segment":
+                    continue  # trends are for districts and the city
                 acc = sums[(family, scope, entity, start)]
                 acc[0] += 1
                 for i, value in enumerate(r.values):

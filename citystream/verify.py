@@ -111,6 +111,8 @@ def aggregate(
         district = str(meta[segment]["POINT_1_POSTAL_CODE"]) if segment in meta else "unknown"
         for suffix, start in _windows_of(window, size):
             for scope, entity in (("segment", segment), ("district", district), ("city", "aarhus")):
+                if suffix and scope == "segment":
+                    continue  # trends are for districts and the city
                 acc = sums[(suffix, scope, entity, start)]
                 acc[0] += 1
                 acc[1] += vehicles

@@ -29,6 +29,7 @@ TUMBLING = "tumbling 15 min"
 HOPPING = "hopping 1 h every 15 min"
 HOURLY = "tumbling 1 h"
 SEGMENT_SCOPES = ("segment", "district", "city")
+TREND_SCOPES = ("district", "city")  # per segment: sum the four tumbling rows in a query
 POLLUTANTS = (
     "ozone",
     "particulate_matter",
@@ -53,7 +54,7 @@ def _traffic() -> list[Kpi]:
         for n, u, f in base
     ]  # fmt: skip
     out += [
-        Kpi(f"traffic.{n}_1h", u, f, HOPPING, SEGMENT_SCOPES, topic, proc) for n, u, f in base[:2]
+        Kpi(f"traffic.{n}_1h", u, f, HOPPING, TREND_SCOPES, topic, proc) for n, u, f in base[:2]
     ]
     return out
 
@@ -68,7 +69,7 @@ def _air() -> list[Kpi]:
     aqi = "mean over readings of max(ozone, particulate_matter, carbon_monoxide, "
     aqi += "sulfure_dioxide, nitrogen_dioxide)"
     out.append(Kpi("air.aqi", "index", aqi, TUMBLING, SEGMENT_SCOPES, topic, proc))
-    out.append(Kpi("air.aqi_1h", "index", aqi, HOPPING, SEGMENT_SCOPES, topic, proc))
+    out.append(Kpi("air.aqi_1h", "index", aqi, HOPPING, TREND_SCOPES, topic, proc))
     return out
 
 

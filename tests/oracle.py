@@ -36,6 +36,8 @@ def expected_kpis(rows: list[list[str]]) -> dict[tuple[str, str, str, int], tupl
         windows = [("", window)] + [("_1h", window - back * 60_000) for back in (0, 15, 30, 45)]
         for suffix, start in windows:
             for scope, entity in (("segment", rid), ("district", district), ("city", "aarhus")):
+                if suffix and scope == "segment":
+                    continue  # trends are for districts and the city
                 a = acc[(suffix, scope, entity, start)]
                 a[0] += 1
                 a[1] += int(count)

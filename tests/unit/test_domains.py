@@ -63,7 +63,7 @@ def test_air_means_and_aqi() -> None:
     assert kpis[("air.ozone_mean", "city", "aarhus", T0)][0] == pytest.approx(71 / 3)
     # the hourly trend windows holding T0's quarter all see the same three readings
     assert kpis[("air.aqi_1h", "district", "8000", T0 - 45 * MIN)] == (55.0, 2)
-    assert ("air.ozone_mean_1h", "segment", "a", T0) not in kpis
+    assert ("air.aqi_1h", "segment", "a", T0) not in kpis  # trends: districts and the city
 
 
 def test_traffic_trend_covers_four_windows() -> None:
@@ -72,10 +72,11 @@ def test_traffic_trend_covers_four_windows() -> None:
         for m, n, v in ((1, 10, 40.0), (20, 30, 60.0), (50, 0, 0.0))
     ]
     kpis = run(Traffic(), rows, SEGMENTS)
-    assert kpis[("traffic.vehicle_count_1h", "segment", "a", T0)] == (40.0, 3)
-    assert kpis[("traffic.avg_speed_kmh_1h", "segment", "a", T0)] == (55.0, 3)
+    assert kpis[("traffic.vehicle_count_1h", "district", "8000", T0)] == (40.0, 3)
+    assert kpis[("traffic.avg_speed_kmh_1h", "city", "aarhus", T0)] == (55.0, 3)
     assert kpis[("traffic.vehicle_count_1h", "city", "aarhus", T0 + 15 * MIN)] == (30.0, 2)
     assert kpis[("traffic.vehicle_count", "segment", "a", T0 + 15 * MIN)] == (30.0, 1)
+    assert not any(k[0].endswith("_1h") and k[1] == "segment" for k in kpis)
 
 
 def park(car_park: str, minute: int, count: int, total: int) -> dict[str, Any]:

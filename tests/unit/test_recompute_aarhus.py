@@ -91,8 +91,7 @@ def test_air_means_aqi_scopes_duplicates_and_invalid_rows(tmp_path: Path) -> Non
     assert {k[0] for k in kpis if k[3] == W0 and k[1] == "segment" and k[2] == "158895"} == {
         *(f"air.{p}_mean" for p in (*POLLUTANTS, "nitrogen_dioxide")),
         "air.aqi",
-        "air.aqi_1h",
-    }
+    }  # trends (air.aqi_1h) are for districts and the city only
 
 
 def test_air_hopping_hour_and_late_readings(tmp_path: Path) -> None:
@@ -107,7 +106,8 @@ def test_air_hopping_hour_and_late_readings(tmp_path: Path) -> None:
         air("200,20,30,40,50", "06:20:00"),  # window ends 04:30Z + 15 min grace < 06:00Z: late
     )
     kpis = recompute_air(path, METADATA, partitions=1)
-    hour = {k[3]: v for k, v in kpis.items() if k[:3] == ("air.aqi_1h", "segment", "158895")}
+    hour = {k[3]: v for k, v in kpis.items() if k[:3] == ("air.aqi_1h", "district", "8200")}
+    assert not any(k[0] == "air.aqi_1h" and k[1] == "segment" for k in kpis)
     assert hour[W0 - 45 * MIN] == (50.0, 1)
     assert hour[W0 - 15 * MIN] == (70.0, 2)
     assert hour[W0] == (70.0, 2)  # [04:00Z, 05:00Z) holds 06:05 and 06:40 local, not 07:10
