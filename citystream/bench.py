@@ -343,7 +343,7 @@ def _processor_rates(
     pipelines: dict[tuple[str, ...], Pipeline], published: dict[str, int], timeout: float = 900
 ) -> dict[str, float]:
     """Events/s of each processor from its first event to its last, all running at once."""
-    first: dict[str, float] = {}
+    first: dict[str, tuple[float, int]] = {}  # when each was first seen busy, and its count
     rates: dict[str, float] = {}
     deadline = time.monotonic() + timeout
     while len(rates) < len(published):
@@ -357,8 +357,10 @@ def _processor_rates(
                 stats = pipeline.processor_stats(domain=name)
                 seen = stats["accepted"] + stats["duplicates"] + stats["late"]
                 if seen and name not in first:
-                    first[name] = time.monotonic()
+                    first[name] = (time.monotonic(), seen)
                 if seen >= published[name]:
-                    rates[name] = published[name] / max(1e-3, time.monotonic() - first[name])
+                    since, counted = first[name]
+                    elapsed = max(1e-3, time.monotonic() - since)
+                    rates[name] = (published[name] - counted) / elapsed
         time.sleep(0.05)
     return rates

@@ -226,14 +226,6 @@ def headers_for(span: trace.Span, input_traces: Iterable[str] = ()) -> Headers:
     return headers
 
 
-def trace_context_only(headers: Headers | None) -> Headers | None:
-    """Just ``traceparent``/``tracestate``: for the one-record-per-message KPI topic, where
-    the list of input traces would cost more than the record (the batches carry it)."""
-    if headers is None:
-        return None
-    return [(k, v) for k, v in headers if k != INPUT_TRACES_HEADER]
-
-
 def _header_map(headers: Any) -> dict[str, str]:
     """Kafka headers in any client's shape (list of pairs, mapping, None) as strings."""
     if not headers:
