@@ -154,11 +154,21 @@ class Pipeline:
                 self.ports[key] = int(sock.getsockname()[1])
         return self.ports[key]
 
-    def processor_stats(self, name: str = "processor", domain: str = "traffic") -> dict[str, Any]:
-        """The reconciliation counters of one KPI family's processor in a worker."""
-        url = f"http://127.0.0.1:{self.web_port(name)}/citystream/stats/"
-        result: dict[str, Any] = json.loads(http_get(url))[domain]
+    def processor_stats(self, name: str = "processor", domain: str | None = None) -> dict[str, Any]:
+        """The reconciliation counters of one KPI family's processor in a worker (default:
+        the first it runs, traffic in a worker that runs them all)."""
+        result: dict[str, Any] = self.worker_stats(name)[domain or self.main_processor]
         return result
+
+    def worker_stats(self, name: str = "processor") -> dict[str, dict[str, Any]]:
+        """Every processor's counters in one worker, by processor name."""
+        url = f"http://127.0.0.1:{self.web_port(name)}/citystream/stats/"
+        result: dict[str, dict[str, Any]] = json.loads(http_get(url))
+        return result
+
+    @property
+    def main_processor(self) -> str:
+        return self.processors[0] if self.processors else "traffic"
 
     def alerts_stats(self) -> dict[str, Any]:
         url = f"http://127.0.0.1:{self.settings.alerts_web_port}/citystream/stats/"
@@ -226,8 +236,8 @@ def wait_settled(pipeline: Pipeline, timeout: float = 600.0) -> dict[str, Any]:
     while time.monotonic() < deadline:
         pipeline.check_alive()
         workers = [n for n in pipeline.services if n.startswith("processor")]
-        every = [pipeline.processor_stats(n) for n in workers]
-        stats = every[0]
+        every = [p for n in workers for p in pipeline.worker_stats(n).values()]
+        stats = pipeline.processor_stats(workers[0])
         end = sum(end_offsets(s, kpi_topic).values())
         if end != last_end:
             last_end, quiet_since = end, time.monotonic()

@@ -198,13 +198,11 @@ def test_alerts_raise_and_clear_once_and_a_restart_raises_nothing_again(
         assert reasons == ["invalid_event", "invalid_row", "undecodable"]
         stats = pipeline.alerts_stats()
         assert stats["kpi_batches"] == 4 and stats["undecodable"] == 1
-        metrics = http_get(f"http://127.0.0.1:{s.alerts_metrics_port}/metrics")  # telemetry
-        alerts_topic = s.topic("city.alerts.v1")
-        assert f'citystream_events_out_total{{topic="{alerts_topic}"}} 9.0' in metrics
-        assert (
-            'citystream_dead_lettered_total{component="alerts-processor",reason="undecodable"}'
-            in metrics
-        )
+        metrics = http_get(f"http://127.0.0.1:{s.alerts_metrics_port}/metrics").splitlines()
+        out = [m for m in metrics if m.startswith("citystream_events_out_total{")]
+        assert any(s.topic("city.alerts.v1") in m and m.endswith(" 9.0") for m in out), out
+        dead = [m for m in metrics if m.startswith("citystream_dead_letters_total{")]
+        assert any('reason="undecodable"' in m for m in dead), dead
         assert stats["active"] == 3 and stats["restored"] == 0
 
         # A crash, then more input: the restart re-reads its unacked input (every KPI
