@@ -112,12 +112,19 @@ def local_stack(settings: Settings, keep: bool) -> Iterator[None]:
 
 
 def run_demo(settings: Settings, files: AarhusFiles, keep_stack: bool) -> int:
-    # A fresh namespace per run, so the replay is not judged late against an earlier one.
+    # A fresh namespace per run, so the replay is not judged late against an earlier one,
+    # and fresh tables, so the audit compares this run's KPIs only.
     run = time.strftime("demo%Y%m%d%H%M%S.")
-    settings = settings.model_copy(update={"topic_prefix": settings.topic_prefix + run})
-    step("1/6 starting Kafka (KRaft) and Apicurio Registry")
+    update: dict[str, object] = {"topic_prefix": settings.topic_prefix + run}
+    if settings.embedded_clickhouse and not settings.clickhouse_url:
+        tables = (settings.data_dir / "demo" / run.rstrip(".") / "clickhouse").resolve()
+        update["clickhouse_url"] = f"chdb://{tables}"
+    else:
+        update["clickhouse_database"] = f"{settings.clickhouse_database}_{run.rstrip('.')}"
+    settings = settings.model_copy(update=update)
+    step("1/7 starting Kafka (KRaft) and Apicurio Registry")
     with local_stack(settings, keep_stack):
-        step(f"2/6 creating topics and registering schemas (prefix {run})")
+        step(f"2/7 creating topics and registering schemas (prefix {run})")
         ensure_topics(settings)
         for topic, schema_id in register_schemas(settings).items():
             print(f"    {topic}-value: schema id {schema_id}")
@@ -151,6 +158,9 @@ def run_demo(settings: Settings, files: AarhusFiles, keep_stack: bool) -> int:
                 SIMULATED_DAY, load_reference(), settings
             )
             failed += audit(settings, expected)
+            where = settings.clickhouse_url or settings.resolved_clickhouse_url
+            print(f"\nThis run's tables: {where} (database {settings.clickhouse_database});")
+            print('query them with CITYSTREAM_CLICKHOUSE_URL=<that> citystream query "SQL"')
             return 1 if failed else 0
         finally:
             pipeline.stop()
