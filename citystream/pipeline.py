@@ -236,8 +236,12 @@ def wait_settled(pipeline: Pipeline, timeout: float = 600.0) -> dict[str, Any]:
     while time.monotonic() < deadline:
         pipeline.check_alive()
         workers = [n for n in pipeline.services if n.startswith("processor")]
-        every = [p for n in workers for p in pipeline.worker_stats(n).values()]
-        stats = pipeline.processor_stats(workers[0])
+        try:
+            every = [p for n in workers for p in pipeline.worker_stats(n).values()]
+            stats = pipeline.processor_stats(workers[0])
+        except OSError:  # a worker's web server restarting (e.g. after a broker restart)
+            time.sleep(0.5)
+            continue
         end = sum(end_offsets(s, kpi_topic).values())
         if end != last_end:
             last_end, quiet_since = end, time.monotonic()
