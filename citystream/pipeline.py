@@ -179,6 +179,14 @@ class Pipeline:
         for service in self.services.values():
             service.check_alive()
 
+    def restart_exited(self) -> list[str]:
+        """Start again every service that exited, as an orchestrator would; their names."""
+        exited = [n for n, svc in self.services.items() if svc.process.poll() is not None]
+        for name in exited:
+            self.services.pop(name)
+            self.start(name)
+        return exited
+
     def kill(self, name: str) -> None:
         """SIGKILL, as a crash or an OOM kill would: no cleanup, no final commit."""
         service = self.services.pop(name)

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from citystream.kafka import ensure_topics, register_schemas
-from citystream.pipeline import Pipeline, wait_settled
+from citystream.pipeline import Pipeline, PipelineError, wait_settled
 from citystream.settings import Settings
 from citystream.verify import verify_topics
 from connectors.publishing import EventPublisher, Reading, Rejected
@@ -212,7 +212,8 @@ def run_soak(
                 elapsed = time.monotonic() - began
                 print(f"  {elapsed:6.0f}s  {kind:<20} readings published {state.published:,}")
                 next_fault = time.monotonic() + fault_every
-            pipeline.check_alive()
+            for name in pipeline.restart_exited():  # e.g. a flush timed out in an outage
+                injected[f"{name} crashed, restarted"] += 1
         state.stop.set()
         thread.join(600)
         if simulator is not None:
@@ -221,7 +222,17 @@ def run_soak(
         if state.error is not None:
             raise state.error
         print("soak: input stopped; waiting for the pipeline to settle ...")
-        wait_settled(pipeline, timeout=900)
+        settle_by = time.monotonic() + 900
+        while True:
+            try:
+                wait_settled(pipeline, timeout=max(30.0, settle_by - time.monotonic()))
+                break
+            except PipelineError:
+                restarted = pipeline.restart_exited()
+                if not restarted or time.monotonic() > settle_by:
+                    raise
+                for name in restarted:
+                    injected[f"{name} crashed, restarted"] += 1
     finally:
         pipeline.stop()
     data, result = verify_topics(s)
@@ -232,8 +243,8 @@ def run_soak(
           f"({state.published / max(state.seconds, 1):,.0f}/s while publishing), "
           f"dead-lettered by the source {state.dead_lettered:,}")  # fmt: skip
     print(f"  read back from {s.topic('city.traffic.v1')}: {len(data.readings):,}")
-    for kind in faults:
-        print(f"  {kind:<20} injected {injected[kind]}")
+    for kind in [*faults, *sorted(set(injected) - set(faults))]:
+        print(f"  {kind:<20} {injected[kind]}")
     print("  verify topics: " + result.summary().replace("\n", "\n  "))
     if simulated is not None:
         print("  simulated domains: " + simulated.summary().replace("\n", "\n  "))
