@@ -162,7 +162,7 @@ _MOVED = (KafkaError.NOT_LEADER_FOR_PARTITION, KafkaError.LEADER_NOT_AVAILABLE)
 T = TypeVar("T")
 
 
-def _retrying(what: str, timeout: float, call: Callable[[], T]) -> T:
+def retrying(what: str, timeout: float, call: Callable[[], T]) -> T:
     """``call()``, again while the error is transient (a broker restarting moves leaders
     and the group coordinator), until ``timeout``."""
     deadline = time.monotonic() + timeout
@@ -191,7 +191,7 @@ def end_offsets(settings: Settings, topic: str, timeout: float = 10.0) -> dict[i
         finally:
             consumer.close()
 
-    return _retrying(f"end offsets of {topic}", timeout, read)
+    return retrying(f"end offsets of {topic}", timeout, read)
 
 
 def committed_offsets(
@@ -207,7 +207,7 @@ def committed_offsets(
         finally:
             consumer.close()
 
-    return _retrying(f"committed offsets of {group}", timeout, read)
+    return retrying(f"committed offsets of {group}", timeout, read)
 
 
 def partition_lag(settings: Settings, group: str, topic: str) -> dict[int, int]:

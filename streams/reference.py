@@ -9,10 +9,12 @@ from __future__ import annotations
 import logging
 import uuid
 from collections.abc import Callable
+from functools import partial
 from typing import Any
 
 from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
 
+from citystream.kafka import retrying
 from schemas.serde import AvroSerde, SerdeError
 
 log = logging.getLogger(__name__)
@@ -61,7 +63,10 @@ class CompactedTable:
             self._assign(timeout)
         ends = {}
         for tp in self._consumer.assignment():
-            _, high = self._consumer.get_watermark_offsets(tp, timeout=timeout)
+            # retried: right after a broker (re)start a partition may have no leader yet
+            _, high = retrying(
+                f"end offset of {self.topic}", timeout, partial(self._watermarks, tp, timeout)
+            )
             ends[tp.partition] = high
         changed = 0
         while any(self._position(p) < high for p, high in ends.items()):
@@ -69,6 +74,10 @@ class CompactedTable:
                 if msg.error() is None:
                     changed += self._apply(msg)
         return changed
+
+    def _watermarks(self, tp: TopicPartition, timeout: float) -> tuple[int, int]:
+        low, high = self._consumer.get_watermark_offsets(tp, timeout=timeout)
+        return int(low), int(high)
 
     def _position(self, partition: int) -> int:
         (tp,) = self._consumer.position([TopicPartition(self.topic, partition)])
