@@ -7,7 +7,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from streams.engine.windows import (
-    CITY,
     TREND_SUFFIX,
     UNKNOWN,
     Batch,
@@ -15,7 +14,7 @@ from streams.engine.windows import (
     Group,
     GroupKey,
     KpiValue,
-    group,
+    district_and_city,
 )
 from streams.kpis import POLLUTANTS
 
@@ -71,9 +70,7 @@ class Air(Domain[AirSums]):
     ) -> None:
         info = reference.get(entity)
         sums = _as_sums(acc)
-        for key in (("district", info.district if info else UNKNOWN), ("city", CITY)):
-            g = group(groups, *key)
-            g.samples += acc.samples
+        for g in district_and_city(groups, info.district if info else UNKNOWN, acc.samples):
             for name, amount in sums.items():
                 g.add(name, amount)
 

@@ -15,7 +15,6 @@ from typing import Any
 
 from citystream.kafka import partition_for
 from streams.engine.windows import (
-    CITY,
     HOUR_MS,
     UNKNOWN,
     Batch,
@@ -23,7 +22,7 @@ from streams.engine.windows import (
     Group,
     GroupKey,
     KpiValue,
-    group,
+    district_and_city,
 )
 
 UPTIME = "devices.uptime_pct"
@@ -86,9 +85,7 @@ class Uptime(Domain[Received]):
         groups: dict[GroupKey, Group],
     ) -> None:
         info = reference.get(entity)
-        for key in (("district", info.district if info else UNKNOWN), ("city", CITY)):
-            g = group(groups, *key)
-            g.samples += acc.readings
+        for g in district_and_city(groups, info.district if info else UNKNOWN, acc.readings):
             g.add("uptime_sum", uptime_pct(acc.readings))
             g.add("sensors", 1.0)
 

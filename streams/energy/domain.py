@@ -10,7 +10,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from streams.engine.windows import CITY, Batch, Domain, Group, GroupKey, KpiValue, group
+from streams.engine.windows import Batch, Domain, Group, GroupKey, KpiValue, district_and_city
 
 KWH = "energy.kwh"
 CO2E = "energy.co2e_kg"
@@ -61,9 +61,7 @@ class Energy(Domain[Consumption]):
         groups: dict[GroupKey, Group],
     ) -> None:
         co2e = self._co2e(acc, reference)
-        for key in (("district", acc.district), ("city", CITY)):
-            g = group(groups, *key)
-            g.samples += acc.samples
+        for g in district_and_city(groups, acc.district, acc.samples):
             g.add("kwh", acc.kwh)
             g.add("co2e_meters", 0.0 if co2e is None else 1.0)
             g.add("co2e", co2e or 0.0)

@@ -120,6 +120,14 @@ def group(groups: dict[GroupKey, Group], scope: str, entity: str) -> Group:
     return found
 
 
+def district_and_city(groups: dict[GroupKey, Group], district: str, samples: int) -> list[Group]:
+    """The groups an entity's window counts in, its samples added to each: callers add sums."""
+    found = [group(groups, "district", district), group(groups, "city", CITY)]
+    for g in found:
+        g.samples += samples
+    return found
+
+
 def kpi_record(
     kpi: str, scope: str, entity: str, key: WindowKey, value: float, samples: int,
     revision: int, now_ms: int,

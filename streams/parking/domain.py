@@ -6,7 +6,15 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from streams.engine.windows import CITY, UNKNOWN, Batch, Domain, Group, GroupKey, KpiValue, group
+from streams.engine.windows import (
+    UNKNOWN,
+    Batch,
+    Domain,
+    Group,
+    GroupKey,
+    KpiValue,
+    district_and_city,
+)
 
 OCCUPANCY = "parking.occupancy_pct"
 
@@ -56,9 +64,7 @@ class Parking(Domain[LastCount]):
         reference: Mapping[str, Any],
         groups: dict[GroupKey, Group],
     ) -> None:
-        for key in (("district", str(reference.get(entity, UNKNOWN))), ("city", CITY)):
-            g = group(groups, *key)
-            g.samples += acc.samples
+        for g in district_and_city(groups, str(reference.get(entity, UNKNOWN)), acc.samples):
             g.add("occupied", acc.occupied)
             g.add("capacity", acc.capacity)
 

@@ -12,7 +12,6 @@ from dataclasses import dataclass
 from typing import Any, NamedTuple
 
 from streams.engine.windows import (
-    CITY,
     TREND_SUFFIX,
     UNKNOWN,
     Batch,
@@ -20,7 +19,7 @@ from streams.engine.windows import (
     Group,
     GroupKey,
     KpiValue,
-    group,
+    district_and_city,
 )
 
 VEHICLE_COUNT = "traffic.vehicle_count"
@@ -86,9 +85,7 @@ class Traffic(Domain[Sums]):
         self, entity: str, acc: Sums, reference: Mapping[str, Any], groups: dict[GroupKey, Group]
     ) -> None:
         info = reference.get(entity)
-        for key in (("district", info.district if info else UNKNOWN), ("city", CITY)):
-            g = group(groups, *key)
-            g.samples += acc.samples
+        for g in district_and_city(groups, info.district if info else UNKNOWN, acc.samples):
             g.add("vehicles", acc.vehicles)
             g.add("speed_weighted", acc.speed_weighted)
 

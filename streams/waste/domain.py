@@ -6,7 +6,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from streams.engine.windows import CITY, Batch, Domain, Group, GroupKey, KpiValue, group
+from streams.engine.windows import Batch, Domain, Group, GroupKey, KpiValue, district_and_city
 
 OVER_80 = "waste.bins_over_80pct"
 FULL_PCT = 80.0
@@ -45,9 +45,7 @@ class Waste(Domain[LastFill]):
         reference: Mapping[str, Any],
         groups: dict[GroupKey, Group],
     ) -> None:
-        for key in (("district", acc.district), ("city", CITY)):
-            g = group(groups, *key)
-            g.samples += acc.samples
+        for g in district_and_city(groups, acc.district, acc.samples):
             g.add("over_80", 1.0 if acc.fill_pct > FULL_PCT else 0.0)
 
     def group_kpis(self, scope: str, group: Group, trend: bool) -> list[KpiValue]:
