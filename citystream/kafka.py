@@ -6,7 +6,7 @@ import logging
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
-from typing import TypeVar
+from typing import Protocol, TypeVar
 
 from confluent_kafka import (
     OFFSET_BEGINNING,
@@ -17,7 +17,7 @@ from confluent_kafka import (
     Producer,
     TopicPartition,
 )
-from confluent_kafka.admin import AdminClient, NewTopic
+from confluent_kafka.admin import AdminClient, ClusterMetadata, NewTopic, TopicMetadata
 
 from citystream.settings import Settings
 from schemas.catalog import TOPICS, TopicSpec, load_schema
@@ -160,6 +160,66 @@ def partition_for(key: bytes, partitions: int) -> int:
 
 _MOVED = (KafkaError.NOT_LEADER_FOR_PARTITION, KafkaError.LEADER_NOT_AVAILABLE)
 T = TypeVar("T")
+TOPIC_WAIT_S = 60.0  # a busy broker (thousands of partitions) takes seconds to show a new topic
+_NOT_YET = (KafkaError.UNKNOWN_TOPIC_OR_PART, KafkaError.LEADER_NOT_AVAILABLE)
+
+
+class TopicUnavailable(RuntimeError):
+    """A topic did not appear (or had a partition without a leader) within the wait."""
+
+
+class _MetadataClient(Protocol):
+    def list_topics(self, topic: str | None = None, timeout: float = -1) -> ClusterMetadata: ...
+
+
+def wait_for_topic(
+    client: _MetadataClient, topic: str, timeout: float = TOPIC_WAIT_S, poll_s: float = 0.2
+) -> TopicMetadata:
+    """The topic's metadata once it exists and every partition has a leader.
+
+    Right after a topic is created, or after a broker (re)start with many partitions to
+    load, the metadata says ``UNKNOWN_TOPIC_OR_PART`` or has leaderless partitions for a
+    while. Every place that looks a topic up calls this instead of failing on the first
+    answer: it says once what it waits for, and raises :class:`TopicUnavailable` naming the
+    topic and Kafka's last answer when ``timeout`` runs out.
+    """
+    deadline = time.monotonic() + timeout
+    announced = False
+    while True:
+        problem = _topic_problem(client, topic, max(1.0, min(10.0, deadline - time.monotonic())))
+        if isinstance(problem, TopicMetadata):
+            if announced:
+                log.info("topic %s is ready", topic)
+            return problem
+        if time.monotonic() >= deadline:
+            raise TopicUnavailable(f"topic {topic} not ready after {timeout:.0f}s: {problem}")
+        if not announced:
+            log.info("waiting up to %.0fs for topic %s (%s)", timeout, topic, problem)
+            announced = True
+        time.sleep(poll_s)
+
+
+def _topic_problem(client: _MetadataClient, topic: str, timeout: float) -> TopicMetadata | str:
+    """The metadata when the topic is usable, else why not (a transient answer only)."""
+    try:
+        meta = client.list_topics(topic, timeout=timeout).topics.get(topic)
+    except KafkaException as exc:
+        error = exc.args[0]
+        if error.retriable() or error.code() in (*_MOVED, KafkaError._TRANSPORT):
+            return error.str()
+        raise
+    if meta is None:
+        return "not in the metadata yet"
+    if meta.error is not None:
+        if meta.error.code() in _NOT_YET or meta.error.retriable():
+            return str(meta.error.str())
+        raise TopicUnavailable(f"topic {topic}: {meta.error}")
+    if not meta.partitions:
+        return "no partitions yet"
+    leaderless = [p for p, pm in meta.partitions.items() if pm.leader < 0]
+    if leaderless:
+        return f"partitions {sorted(leaderless)} have no leader yet"
+    return meta
 
 
 def retrying(what: str, timeout: float, call: Callable[[], T]) -> T:

@@ -10,15 +10,13 @@ simulator, MQTT, HTTP) publishes through here, so the processors see them all.
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
 
-from confluent_kafka import KafkaError
 
 from citystream import telemetry
-from citystream.kafka import Publisher, partition_for
+from citystream.kafka import Publisher, partition_for, wait_for_topic
 from citystream.settings import Settings
 from schemas.deadletter import dead_letter
 from schemas.registry import SchemaRegistry
@@ -154,22 +152,8 @@ class EventPublisher:
             for s in self.streams.values()
         }
 
-    def _partition_count(self, wait_s: float = 30.0) -> int:
-        """A topic created just before may take a moment to appear in the metadata of a
-        busy broker: wait for it that long, then fail with Kafka's error."""
-        topic = self.topics["city.traffic.v1"]
-        deadline = time.monotonic() + wait_s
-        while True:
-            meta = self.publisher.producer.list_topics(topic, timeout=30).topics[topic]
-            unknown = (
-                meta.error is not None and meta.error.code() == KafkaError.UNKNOWN_TOPIC_OR_PART
-            )
-            if not unknown or time.monotonic() > deadline:
-                break
-            time.sleep(0.2)
-        if meta.error is not None:
-            raise RuntimeError(f"topic {topic}: {meta.error}")
-        return len(meta.partitions)
+    def _partition_count(self) -> int:
+        return len(wait_for_topic(self.publisher.producer, self.topics["city.traffic.v1"]).partitions)
 
     def road_segment(self, segment: dict[str, Any]) -> None:
         value = self.serdes["city.road_segments.v1"].encode(segment)

@@ -21,7 +21,7 @@ import orjson
 from confluent_kafka import Consumer, TopicPartition
 
 from citystream import telemetry
-from citystream.kafka import Publisher
+from citystream.kafka import Publisher, wait_for_topic
 from citystream.settings import Settings
 from schemas.deadletter import dead_letter
 from schemas.faust_codec import Undecodable
@@ -266,11 +266,7 @@ class WindowedProcessor:
         self.lineage.forget(lambda key: key == MERGE_STAGE or key in self.partitions)  # telemetry
 
     def _partition_count(self, name: str) -> int:
-        topic = self.topics[name]
-        meta = self.publisher.producer.list_topics(topic, timeout=30).topics[topic]
-        if meta.error is not None:
-            raise RuntimeError(f"topic {topic}: {meta.error}")
-        return len(meta.partitions)
+        return len(wait_for_topic(self.publisher.producer, self.topics[name]).partitions)
 
     def _count(self, after: Counters, before: Counters) -> None:
         self.stats.counters.merge(
