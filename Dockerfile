@@ -31,7 +31,7 @@ RUN /opt/citystream/bin/pip install --no-compile . \
        fi \
     && /opt/citystream/bin/pip uninstall --yes pip \
     && /opt/citystream/bin/python -m compileall -q -j 0 /opt/citystream/lib \
-    && /opt/citystream/bin/python -c "import citystream.cli, citystream.kafka, citystream.query, connectors.sinks.clickhouse, connectors.sources.aarhus, streams.worker" \
+    && /opt/citystream/bin/python -c "import citystream.cli, core.kafka, citystream.query, connectors.sinks.clickhouse, connectors.sources.aarhus, streams.worker" \
     && /opt/citystream/bin/citystream --help > /dev/null
 
 # --- runtime: slim, non-root ----------------------------------------------------------------

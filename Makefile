@@ -39,7 +39,8 @@ test: export CITYSTREAM_KAFKA_SCRAM_PORT ?= 9094
 test: export CITYSTREAM_KAFKA_TLS_PORT ?= 9095
 test: $(STAMP) mosquitto asyncapi-tools otel-receiver ## lint, then every test on the real stack (started and stopped here)
 	$(BIN)/ruff check .
-	$(BIN)/mypy citystream schemas streams connectors infra
+	$(BIN)/mypy core citystream schemas streams connectors infra
+	$(BIN)/lint-imports
 	$(MAKE) --no-print-directory deploy-check
 	$(CITYSTREAM) stack up
 	set -o pipefail; status=0; \
@@ -52,7 +53,8 @@ unit: $(STAMP) asyncapi-tools ## unit tests only (no services)
 lint: $(STAMP) ## ruff and mypy
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
-	$(BIN)/mypy citystream schemas streams connectors infra
+	$(BIN)/mypy core citystream schemas streams connectors infra
+	$(BIN)/lint-imports
 
 format: $(STAMP) ## apply ruff formatting and safe fixes
 	$(BIN)/ruff format .

@@ -1,3 +1,5 @@
-"""citystream: city sensor and service events to auditable KPIs."""
+"""citystream: city sensor and service events to auditable KPIs (the CLI and tools layer)."""
 
-__version__ = "0.1.0"
+from core import __version__
+
+__all__ = ["__version__"]

@@ -11,8 +11,8 @@ from typing import Any
 
 from citystream.recompute_aarhus import recompute_air, recompute_parking
 from citystream.recompute_devices import recompute_devices
-from citystream.settings import Settings
 from citystream.verify import Key, Value, compare, recompute, stored_kpis
+from core.settings import Settings
 
 AARHUS_DOMAINS = ("traffic", "air", "parking", "devices")
 

@@ -15,12 +15,12 @@ import time
 from pathlib import Path
 from typing import Any
 
-from citystream.kafka import end_offsets, ensure_topics, register_schemas
 from citystream.pipeline import Pipeline
 from citystream.progress import print_replay_progress
-from citystream.settings import Settings
 from connectors.sinks.clickhouse import ClickHouseSink
 from connectors.sources.aarhus import AarhusReplaySource
+from core.kafka import end_offsets, ensure_topics, register_schemas
+from core.settings import Settings
 
 
 def _fresh(settings: Settings, name: str) -> Settings:
@@ -121,7 +121,7 @@ def _measure_traced_processor(
     """The processor's rate over input that carries trace context, tracing on."""
     from opentelemetry.sdk.trace.export import ConsoleSpanExporter
 
-    from citystream import telemetry
+    from core import telemetry
 
     ensure_topics(s)
     register_schemas(s)

@@ -20,9 +20,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from citystream.kafka import ensure_topics, register_schemas
 from citystream.pipeline import launch
-from citystream.settings import Settings
+from core.kafka import ensure_topics, register_schemas
+from core.settings import Settings
 
 METADATA = Path(__file__).resolve().parent.parent / "data" / "aarhus" / "traffic_metadata.csv"
 BASE_MS = 1_481_108_400_000  # 2016-12-07T11:00:00Z

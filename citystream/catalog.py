@@ -1,6 +1,6 @@
 """`citystream catalog`: the KPI and topic catalogues, generated from the code that defines them.
 
-The README's KPI table and ``docs/asyncapi.yaml`` are rendered from ``streams/kpis.py`` KPIS,
+The README's KPI table and ``docs/asyncapi.yaml`` are rendered from ``core/kpis.py`` KPIS,
 ``schemas/catalog.py`` TOPICS and the ``.avsc`` files, and tests compare the committed
 copies with a fresh rendering, so the documentation cannot drift from what runs.
 """
@@ -14,8 +14,8 @@ from typing import Any
 
 import yaml
 
+from core.kpis import KPIS, Kpi
 from schemas.catalog import TOPICS, TopicSpec, load_schema
-from streams.kpis import KPIS, Kpi
 
 REPO = Path(__file__).resolve().parent.parent
 README = REPO / "README.md"

@@ -11,8 +11,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from citystream.settings import Settings
-from citystream.startup import ServiceUnavailable, wait_for_services
+from core.settings import Settings
+from core.startup import ServiceUnavailable, wait_for_services
 
 DATA_DIR = Path(__file__).resolve().parent.parent / "data" / "aarhus"
 
@@ -247,7 +247,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser().parse_args(argv)
     level = getattr(args, "log_level", "INFO")
     if args.command in SERVICES:
-        from citystream import telemetry
+        from core import telemetry
 
         telemetry.setup_json_logging(SERVICES[args.command], level)
     else:
@@ -267,14 +267,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
     finally:
         if args.command in SERVICES:
-            from citystream import telemetry
+            from core import telemetry
 
             telemetry.shutdown()  # export the spans still buffered
 
 
 def _telemetry(settings: Settings, command: str, metrics_port: int) -> None:
     """Tracing from OTEL_*, and /metrics on ``metrics_port`` (0: none) for this service."""
-    from citystream import telemetry
+    from core import telemetry
 
     telemetry.setup(
         SERVICES[command], metrics_host=settings.metrics_host, metrics_port=metrics_port
@@ -311,7 +311,7 @@ def stack_config(settings: Settings) -> Any:
 
 
 def cmd_init(args: argparse.Namespace) -> int:
-    from citystream.kafka import ensure_topics, register_schemas
+    from core.kafka import ensure_topics, register_schemas
 
     settings = build_settings(args)
     created = ensure_topics(settings)
@@ -332,8 +332,8 @@ def cmd_migrate(args: argparse.Namespace) -> int:
 
 
 def cmd_replay(args: argparse.Namespace) -> int:
-    from citystream.kafka import ensure_topics
     from citystream.replay import aarhus_sources, run_replays, summary
+    from core.kafka import ensure_topics
 
     settings = build_settings(args)
     files = aarhus_files(args, settings)
@@ -384,9 +384,9 @@ def _simulation(args: argparse.Namespace) -> tuple[Settings, Any]:
 
 
 def cmd_simulate(args: argparse.Namespace) -> int:
-    from citystream.kafka import ensure_topics
     from citystream.progress import print_simulation_progress
     from connectors.sources.simulator import CitySimulatorSource, SimulationConfigError
+    from core.kafka import ensure_topics
 
     try:
         settings, config = _simulation(args)
@@ -414,7 +414,7 @@ def cmd_simulate(args: argparse.Namespace) -> int:
 
 
 def cmd_process(args: argparse.Namespace) -> int:
-    from citystream import telemetry
+    from core import telemetry
     from streams import worker
 
     if "alerts" in args.processors:
@@ -441,8 +441,8 @@ def cmd_process(args: argparse.Namespace) -> int:
 
 def _process_alerts(args: argparse.Namespace) -> int:
     """The alerts processor runs alone: its own Faust app, consumer group and web port."""
-    from citystream import telemetry
-    from citystream.kafka import ensure_topics
+    from core import telemetry
+    from core.kafka import ensure_topics
     from streams.alerts import agents
 
     if args.processors != ["alerts"]:
@@ -486,8 +486,8 @@ def cmd_sink(args: argparse.Namespace) -> int:
 
 
 def _observe_sink(settings: Settings, sink: Any) -> None:
-    from citystream import telemetry
     from connectors.sinks.clickhouse import KPI_TOPIC
+    from core import telemetry
 
     group = settings.group(settings.sink_group_id)
     telemetry.observe_group_lag(settings, group, [settings.topic(KPI_TOPIC)])
@@ -605,8 +605,8 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 def cmd_ingest(args: argparse.Namespace) -> int:
-    from citystream.kafka import ensure_topics
     from connectors.sources.ingest_common import load_config
+    from core.kafka import ensure_topics
 
     settings = build_settings(
         args, ingest_config=args.ingest_config, ingest_http_port=args.ingest_http_port

@@ -8,7 +8,6 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 from citystream.audit import audit, expected_aarhus
-from citystream.kafka import ensure_topics, read_topic, register_schemas
 from citystream.pipeline import Pipeline
 from citystream.query import format_result, run_query
 from citystream.recompute_sim import expected_for_simulation
@@ -20,10 +19,11 @@ from citystream.replay import (
     summary,
     wait_processed,
 )
-from citystream.settings import Settings
 from connectors.publishing import ENERGY, SERVICE, WASTE
 from connectors.sources.aarhus import ReplayReport
 from connectors.sources.simulator import CitySimulatorSource, SimulationConfig, load_reference
+from core.kafka import ensure_topics, read_topic, register_schemas
+from core.settings import Settings
 
 SUMMARY_QUERIES = {
     "Vehicles per district per hour (busiest hours first, top 12)": """

@@ -17,8 +17,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from citystream.kafka import end_offsets, group_lag
-from citystream.settings import Settings
+from core.kafka import end_offsets, group_lag
+from core.settings import Settings
 
 
 class PipelineError(RuntimeError):

@@ -22,7 +22,6 @@ import orjson
 from clickhouse_connect.driver.client import Client
 from clickhouse_connect.driver.exceptions import ClickHouseError
 
-from citystream.settings import Settings
 from connectors.sinks.clickhouse import connect
 from connectors.sinks.query_endpoint import (
     READ_ONLY_SETTINGS,
@@ -31,6 +30,7 @@ from connectors.sinks.query_endpoint import (
     execute_read_only,
     read_only_statement,
 )
+from core.settings import Settings
 
 OutputFormat = Literal["table", "csv", "json"]
 FORMATS: tuple[OutputFormat, ...] = ("table", "csv", "json")

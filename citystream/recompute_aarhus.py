@@ -2,7 +2,7 @@
 
 For auditors and for the tests. Like :mod:`citystream.verify` for traffic, it shares no
 parsing or aggregation code with the sources or the processors: it is the KPI catalogue
-(``streams/kpis.py``) written a second time, as plainly as possible, so a bug on either
+(``core/kpis.py``) written a second time, as plainly as possible, so a bug on either
 side shows up as a difference. It follows verify's rules:
 
 - rows are taken in file order; a row the source would dead-letter is skipped;
@@ -39,8 +39,6 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from citystream.kafka import partition_for
-from citystream.settings import Settings
 from citystream.verify import (
     AARHUS,
     Comparison,
@@ -51,6 +49,8 @@ from citystream.verify import (
     read_metadata,
     stored_kpis,
 )
+from core.kafka import partition_for
+from core.settings import Settings
 
 CITY = "aarhus"
 MINUTE_MS = 60_000

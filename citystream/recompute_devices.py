@@ -18,9 +18,9 @@ from collections import defaultdict
 from collections.abc import Iterable
 from pathlib import Path
 
-from citystream.kafka import partition_for
 from citystream.recompute_aarhus import Admission, valid_air
 from citystream.verify import Key, Value, _rows, _valid, read_metadata
+from core.kafka import partition_for
 
 HOUR_MS = 3_600_000
 PER_HOUR = 12

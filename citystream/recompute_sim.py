@@ -2,7 +2,7 @@
 
 The events come from regenerating a simulation from its seed (:func:`simulated_events`)
 or from reading the ``city.<domain>.v1`` topics back (:func:`published_events`). The
-KPIs are the formulas of ``streams/kpis.py`` written a second time, as plainly as
+KPIs are the formulas of ``core/kpis.py`` written a second time, as plainly as
 possible, sharing no aggregation code with the processors, so a bug on either side shows
 up as a difference (compare with :func:`citystream.verify.compare`).
 
@@ -37,8 +37,8 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
-from citystream.kafka import end_offsets, partition_for
-from citystream.settings import Settings
+from core.kafka import end_offsets, partition_for
+from core.settings import Settings
 
 if TYPE_CHECKING:
     from connectors.sources.simulator import Reference, SimulationConfig

@@ -16,10 +16,10 @@ from typing import Any
 
 from citystream.pipeline import Pipeline, PipelineError
 from citystream.progress import replay_progress
-from citystream.settings import Settings
 from connectors.sources.aarhus import AarhusReplaySource, CsvReplay, ReplayReport
 from connectors.sources.aarhus_air import AarhusAirReplay
 from connectors.sources.aarhus_parking import AarhusParkingReplay
+from core.settings import Settings
 
 SHIPPED_DIR = Path(__file__).resolve().parent.parent / "data" / "aarhus"
 

@@ -22,12 +22,12 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Protocol
 
-from citystream.kafka import ensure_topics, register_schemas
 from citystream.pipeline import Pipeline, PipelineError, wait_settled
-from citystream.settings import Settings
 from citystream.verify import verify_topics
 from connectors.publishing import EventPublisher, Reading, Rejected
 from connectors.sources.aarhus import iter_readings, read_segments
+from core.kafka import ensure_topics, register_schemas
+from core.settings import Settings
 
 DAY_MS = 86_400_000
 

@@ -18,8 +18,8 @@ from typing import Any
 
 from confluent_kafka import Consumer, TopicPartition
 
-from citystream.kafka import end_offsets, partition_lag
-from citystream.settings import Settings
+from core.kafka import end_offsets, partition_lag
+from core.settings import Settings
 
 THROUGHPUT_TOPICS = ("city.traffic.v1", "city.traffic.batches.v1", "city.kpi.v1", "city.dlq.v1")
 FRESHNESS_SQL = (

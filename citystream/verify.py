@@ -24,9 +24,9 @@ from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from citystream.kafka import partition_for
 from citystream.query import run_query
-from citystream.settings import Settings
+from core.kafka import partition_for
+from core.settings import Settings
 
 Key = tuple[str, str, str, int]  # kpi, scope, entity_id, window_start (epoch ms)
 Value = tuple[float, int]  # value, samples
@@ -223,7 +223,7 @@ def _topic_values(settings: Settings, topic: str) -> Iterator[tuple[Any, Any]]:
     from confluent_kafka.schema_registry.avro import AvroDeserializer
     from confluent_kafka.serialization import MessageField, SerializationContext
 
-    from citystream.kafka import end_offsets
+    from core.kafka import end_offsets
 
     decode = AvroDeserializer(SchemaRegistryClient(settings.registry_config()))
     context = SerializationContext(topic, MessageField.VALUE)

@@ -14,10 +14,9 @@ from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
 
-
-from citystream import telemetry
-from citystream.kafka import Publisher, partition_for, wait_for_topic
-from citystream.settings import Settings
+from core import telemetry
+from core.kafka import Publisher, partition_for, wait_for_topic
+from core.settings import Settings
 from schemas.deadletter import dead_letter
 from schemas.registry import SchemaRegistry
 from schemas.serde import AvroSerde
@@ -153,7 +152,9 @@ class EventPublisher:
         }
 
     def _partition_count(self) -> int:
-        return len(wait_for_topic(self.publisher.producer, self.topics["city.traffic.v1"]).partitions)
+        return len(
+            wait_for_topic(self.publisher.producer, self.topics["city.traffic.v1"]).partitions
+        )
 
     def road_segment(self, segment: dict[str, Any]) -> None:
         value = self.serdes["city.road_segments.v1"].encode(segment)

@@ -7,7 +7,7 @@ import ssl
 import faust
 from faust.types.auth import CredentialsT
 
-from citystream.settings import Settings
+from core.settings import Settings
 
 
 def kafka_credentials(settings: Settings) -> CredentialsT | None:

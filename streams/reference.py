@@ -14,7 +14,7 @@ from typing import Any
 
 from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
 
-from citystream.kafka import retrying
+from core.kafka import retrying
 from schemas.serde import AvroSerde, SerdeError
 
 log = logging.getLogger(__name__)

@@ -6,8 +6,8 @@ import logging
 
 import faust
 
-from citystream import telemetry
-from citystream.settings import Settings
+from core import telemetry
+from core.settings import Settings
 from streams.air.processor import SPEC as AIR
 from streams.app import create_app
 from streams.devices.processor import SPEC as DEVICES

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from citystream.settings import Settings
+from core.settings import Settings
 
 REPO = Path(__file__).resolve().parent.parent
 

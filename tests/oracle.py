@@ -12,7 +12,7 @@ from pathlib import Path
 from zoneinfo import ZoneInfo
 
 from citystream.query import run_query
-from citystream.settings import Settings
+from core.settings import Settings
 
 REPO = Path(__file__).resolve().parents[1]
 METADATA = REPO / "data/aarhus/traffic_metadata.csv"

@@ -30,19 +30,19 @@ from clickhouse_connect.driver.client import Client
 from clickhouse_connect.driver.exceptions import ClickHouseError
 from confluent_kafka import Consumer, KafkaException, Message, TopicPartition
 
-from citystream import telemetry
-from citystream.kafka import Publisher
-from citystream.settings import Settings
 from connectors.sinks.query_endpoint import (
     READ_ONLY_SETTINGS,
     QueryEndpoint,
     QueryResult,
     execute_read_only,
 )
+from core import telemetry
+from core.kafka import Publisher
+from core.kpis import KPIS
+from core.settings import Settings
 from schemas.deadletter import dead_letter
 from schemas.registry import SchemaRegistry
 from schemas.serde import AvroSerde, SerdeError
-from streams.kpis import KPIS
 
 log = logging.getLogger(__name__)
 

@@ -29,9 +29,9 @@ from pathlib import Path
 from typing import IO, Any, Generic, TypeVar
 from zoneinfo import ZoneInfo
 
-from citystream.settings import Settings
 from connectors.publishing import EventPublisher, EventStream, Reading, Rejected
 from connectors.sources.pacing import Pacer
+from core.settings import Settings
 
 COMPONENT = "aarhus-replay"
 AARHUS_TZ = ZoneInfo("Europe/Copenhagen")

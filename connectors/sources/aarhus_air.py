@@ -18,7 +18,6 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any
 
-from citystream.settings import Settings
 from connectors.publishing import AIR, Rejected
 from connectors.sources.aarhus import (
     ReplayReport,
@@ -29,6 +28,7 @@ from connectors.sources.aarhus import (
     iter_rows,
     local_to_utc_ms,
 )
+from core.settings import Settings
 
 COMPONENT = "aarhus-air-replay"
 # air-quality index scale: 0 (clean) .. 500 (hazardous); the recording spans 15..215

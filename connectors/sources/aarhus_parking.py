@@ -17,7 +17,6 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any
 
-from citystream.settings import Settings
 from connectors.publishing import PARKING, Rejected
 from connectors.sources.aarhus import (
     ReplayReport,
@@ -30,6 +29,7 @@ from connectors.sources.aarhus import (
     read_reference,
     whole_count,
 )
+from core.settings import Settings
 
 COMPONENT = "aarhus-parking-replay"
 CAR_PARKS_TOPIC = "city.car_parks.v1"

@@ -31,8 +31,6 @@ from typing import Any, Protocol
 
 from aiohttp import web
 
-from citystream.kafka import DeliveryError
-from citystream.settings import Settings
 from connectors.publishing import AIR, PARKING, EventPublisher, Rejected
 from connectors.sources.ingest_common import (
     DOMAINS,
@@ -58,6 +56,8 @@ from connectors.sources.ingest_common import (
     validate_items,
 )
 from connectors.sources.ngsi_context import canonical_names
+from core.kafka import DeliveryError
+from core.settings import Settings
 
 COMPONENT = "http-ingest"
 log = logging.getLogger(__name__)

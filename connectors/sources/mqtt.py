@@ -34,7 +34,6 @@ from typing import Any
 
 import paho.mqtt.client as mqtt
 
-from citystream.settings import Settings
 from connectors.publishing import AIR, PARKING, EventPublisher, Rejected
 from connectors.sources.ingest_common import (
     DOMAINS,
@@ -57,6 +56,7 @@ from connectors.sources.ingest_common import (
     validate_event,
     validate_items,
 )
+from core.settings import Settings
 
 COMPONENT = "mqtt-ingest"
 log = logging.getLogger(__name__)

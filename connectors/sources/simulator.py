@@ -41,9 +41,9 @@ from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from citystream.settings import Settings
 from connectors.publishing import ENERGY, SERVICE, WASTE, EventPublisher, Rejected
 from connectors.sources.pacing import Pacer, RateCap
+from core.settings import Settings
 
 COMPONENT = "city-simulator"
 REFERENCE_DIR = Path(__file__).resolve().parents[2] / "data" / "reference"

@@ -6,6 +6,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from core.kpis import POLLUTANTS
 from streams.engine.windows import (
     TREND_SUFFIX,
     UNKNOWN,
@@ -16,7 +17,6 @@ from streams.engine.windows import (
     KpiValue,
     district_and_city,
 )
-from streams.kpis import POLLUTANTS
 
 AQI = "air.aqi"
 

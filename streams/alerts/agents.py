@@ -26,8 +26,8 @@ from typing import Any
 
 import faust
 
-from citystream import telemetry
-from citystream.settings import Settings
+from core import telemetry
+from core.settings import Settings
 from schemas.faust_codec import AvroCodec
 from streams.alerts.processor import AlertsProcessor
 from streams.app import create_app

@@ -25,9 +25,9 @@ from typing import Any, TypeVar
 
 import orjson
 
-from citystream import telemetry
-from citystream.kafka import Publisher
-from citystream.settings import Settings
+from core import telemetry
+from core.kafka import Publisher
+from core.settings import Settings
 from schemas.deadletter import dead_letter
 from schemas.faust_codec import Undecodable
 from schemas.registry import SchemaRegistry

@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from citystream.kafka import partition_for
+from core.kafka import partition_for
 from streams.engine.windows import (
     HOUR_MS,
     UNKNOWN,

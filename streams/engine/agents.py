@@ -14,7 +14,7 @@ from typing import Any
 
 import faust
 
-from citystream import telemetry
+from core import telemetry
 from schemas.faust_codec import AvroCodec
 from streams.engine.processor import WindowedProcessor
 

@@ -20,9 +20,9 @@ from typing import Any
 import orjson
 from confluent_kafka import Consumer, TopicPartition
 
-from citystream import telemetry
-from citystream.kafka import Publisher, wait_for_topic
-from citystream.settings import Settings
+from core import telemetry
+from core.kafka import Publisher, wait_for_topic
+from core.settings import Settings
 from schemas.deadletter import dead_letter
 from schemas.faust_codec import Undecodable
 from schemas.registry import SchemaRegistry

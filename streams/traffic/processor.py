@@ -1,7 +1,7 @@
 """Traffic processor: city.traffic.batches.v1 → segment, district and city KPIs (1 h trends too).
 
 Dataflow: streams/engine/agents.py; rules on time: streams/engine/windows.py; formulas:
-streams/traffic/domain.py, as the KPI catalogue (streams/kpis.py) states them.
+streams/traffic/domain.py, as the KPI catalogue (core/kpis.py) states them.
 """
 
 from __future__ import annotations

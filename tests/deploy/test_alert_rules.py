@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 import yaml
 
-from citystream import telemetry
+from core import telemetry
 from tests.conftest import free_port
 from tests.deploy.manifests import CHART, FULL_VALUES, REPO, _tool, render, run
 

@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from citystream.cli import parser
-from citystream.settings import Settings
+from core.settings import Settings
 from tests.deploy.manifests import AHEAD_OF_CODE, COMPOSE_FILE, REPO, compose_spec, run
 
 

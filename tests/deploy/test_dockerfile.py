@@ -9,7 +9,7 @@ import sys
 import tomllib
 from pathlib import Path
 
-from citystream.settings import Settings
+from core.settings import Settings
 from streams.app import create_app
 from tests.deploy.manifests import REPO, run
 

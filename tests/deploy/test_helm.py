@@ -16,7 +16,7 @@ import yaml
 from pydantic import SecretStr
 
 from citystream.cli import parser
-from citystream.settings import Settings
+from core.settings import Settings
 from tests.deploy.manifests import (
     AHEAD_OF_CODE,
     CHART,

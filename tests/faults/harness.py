@@ -10,11 +10,11 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from citystream.kafka import ensure_topics, register_schemas
 from citystream.pipeline import Pipeline, wait_settled
-from citystream.settings import Settings
 from citystream.verify import compare, recompute, stored_kpis
 from connectors.sources.aarhus import AarhusReplaySource, ReplayReport
+from core.kafka import ensure_topics, register_schemas
+from core.settings import Settings
 from tests.oracle import METADATA, REPO
 
 FIXTURE = REPO / "tests/fixtures/traffic_2014-08-02_0600-0900.csv.gz"

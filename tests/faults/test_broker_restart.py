@@ -14,7 +14,7 @@ import time
 import pytest
 
 from citystream.cli import stack_config
-from citystream.settings import Settings
+from core.settings import Settings
 from infra.stack import status, stop_service, up
 from tests.faults.harness import FIXTURE_ROWS, paced_replay, wait_until_accepted
 

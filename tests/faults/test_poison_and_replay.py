@@ -14,11 +14,11 @@ import random
 
 import pytest
 
-from citystream.kafka import Publisher
 from citystream.pipeline import wait_settled
-from citystream.settings import Settings
 from citystream.verify import stored_kpis
 from connectors.sources.aarhus import AarhusReplaySource
+from core.kafka import Publisher
+from core.settings import Settings
 from tests.faults.harness import FIXTURE, FIXTURE_ROWS, METADATA, paced_replay, wait_until_accepted
 from tests.integration.test_traffic_pipeline import read_dead_letters
 

@@ -12,7 +12,7 @@ import time
 
 import pytest
 
-from citystream.settings import Settings
+from core.settings import Settings
 from tests.faults.harness import FIXTURE_ROWS, paced_replay, wait_until_accepted
 
 pytestmark = pytest.mark.integration

@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-from citystream.settings import Settings
+from core.settings import Settings
 from tests.faults.harness import paced_replay
 
 pytestmark = pytest.mark.integration
@@ -33,10 +33,10 @@ def test_second_worker_joins_while_the_first_races_through_a_backlog(
     settings: Settings,
 ) -> None:
     """A day of readings waits in Kafka; a second worker joins while the first is busy."""
-    from citystream.kafka import ensure_topics, register_schemas
     from citystream.pipeline import Pipeline, wait_settled
     from citystream.verify import compare, recompute, stored_kpis
     from connectors.sources.aarhus import AarhusReplaySource
+    from core.kafka import ensure_topics, register_schemas
     from tests.faults.harness import METADATA, REPO
 
     day = REPO / "data/aarhus/traffic_2014-08-02.csv.gz"

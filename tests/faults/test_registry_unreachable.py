@@ -18,7 +18,7 @@ from urllib.parse import urlsplit
 import pytest
 
 from citystream.pipeline import http_get, launch
-from citystream.settings import Settings
+from core.settings import Settings
 from tests.conftest import free_port
 
 pytestmark = pytest.mark.integration
@@ -58,7 +58,7 @@ def test_processor_waits_for_the_registry_then_starts(settings: Settings, tmp_pa
             "startup_timeout_s": 90,
         }
     )
-    from citystream.kafka import ensure_topics
+    from core.kafka import ensure_topics
 
     ensure_topics(s)
     log = tmp_path / "processor.log"

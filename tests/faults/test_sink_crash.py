@@ -13,7 +13,7 @@ import time
 import pytest
 
 from citystream.query import run_query
-from citystream.settings import Settings
+from core.settings import Settings
 from tests.faults.harness import paced_replay
 
 pytestmark = pytest.mark.integration

@@ -13,15 +13,15 @@ from typing import Any
 
 import pytest
 
-from citystream.kafka import ensure_topics, register_schemas
 from citystream.pipeline import Pipeline
 from citystream.recompute_aarhus import recompute_air, recompute_parking
 from citystream.replay import AarhusFiles, run_replays, wait_processed
-from citystream.settings import Settings
 from citystream.verify import Key, Value, compare, stored_kpis
 from connectors.sources.aarhus import CsvReplay
 from connectors.sources.aarhus_air import AarhusAirReplay
 from connectors.sources.aarhus_parking import AarhusParkingReplay
+from core.kafka import ensure_topics, register_schemas
+from core.settings import Settings
 from tests.integration.test_air_parking_replay import (
     AIR_FIXTURE,
     BAD_AIR,

@@ -17,9 +17,9 @@ from confluent_kafka.schema_registry import SchemaRegistryClient
 from confluent_kafka.schema_registry.avro import AvroDeserializer
 from confluent_kafka.serialization import MessageField, SerializationContext
 
-from citystream.kafka import Publisher, end_offsets, ensure_topics, register_schemas
 from citystream.pipeline import Pipeline, http_get
-from citystream.settings import Settings
+from core.kafka import Publisher, end_offsets, ensure_topics, register_schemas
+from core.settings import Settings
 from schemas.catalog import load_schema
 from schemas.registry import SchemaRegistry
 from tests.conftest import free_port

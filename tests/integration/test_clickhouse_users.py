@@ -16,8 +16,8 @@ from typing import Any
 import pytest
 from clickhouse_connect.driver.client import Client
 
-from citystream.settings import Settings
 from connectors.sinks.clickhouse import MIGRATIONS, Retention, connect, migrate
+from core.settings import Settings
 
 USERS_SQL = Path(__file__).resolve().parents[2] / "infra/clickhouse/users.sql"
 

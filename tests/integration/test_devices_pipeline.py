@@ -12,14 +12,14 @@ from typing import Any
 
 import pytest
 
-from citystream.kafka import ensure_topics, register_schemas
 from citystream.pipeline import Pipeline
 from citystream.recompute_devices import recompute_devices
 from citystream.replay import AarhusFiles, run_replays, wait_processed
-from citystream.settings import Settings
 from citystream.verify import compare, stored_kpis
 from connectors.sources.aarhus import AarhusReplaySource, CsvReplay
 from connectors.sources.aarhus_air import AarhusAirReplay
+from core.kafka import ensure_topics, register_schemas
+from core.settings import Settings
 from tests.integration.test_air_parking_replay import AIR_FIXTURE
 from tests.oracle import REPO
 

@@ -27,10 +27,10 @@ from citystream.recompute_aarhus import (
     read_car_park_districts,
 )
 from citystream.replay import AarhusFiles, wait_processed
-from citystream.settings import Settings
 from citystream.verify import compare, read_metadata, stored_kpis
 from connectors.publishing import EventPublisher
 from connectors.sources.aarhus_parking import CAR_PARKS_TOPIC, read_car_parks
+from core.settings import Settings
 from tests.integration.test_ingest_http import (
     METADATA,
     entity,

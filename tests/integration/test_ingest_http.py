@@ -25,13 +25,13 @@ from confluent_kafka.schema_registry.avro import AvroDeserializer
 from confluent_kafka.serialization import MessageField, SerializationContext
 from pydantic import SecretStr
 
-from citystream.kafka import end_offsets, ensure_topics, register_schemas
 from citystream.pipeline import Pipeline, launch
 from citystream.query import run_query
-from citystream.settings import Settings
 from citystream.verify import aggregate, read_metadata
 from connectors.publishing import EventPublisher
 from connectors.sources.aarhus import read_segments
+from core.kafka import end_offsets, ensure_topics, register_schemas
+from core.settings import Settings
 from tests.conftest import free_port
 
 pytestmark = pytest.mark.integration

@@ -21,7 +21,7 @@ import paho.mqtt.client as mqtt
 import pytest
 
 from citystream.pipeline import Pipeline
-from citystream.settings import Settings
+from core.settings import Settings
 from infra import _proc, mosquitto_service
 from infra.config import StackConfig
 from tests.conftest import free_port

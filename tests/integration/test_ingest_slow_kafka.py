@@ -21,8 +21,8 @@ import httpx
 import pytest
 from pydantic import SecretStr
 
-from citystream.kafka import ensure_topics, register_schemas
-from citystream.settings import Settings
+from core.kafka import ensure_topics, register_schemas
+from core.settings import Settings
 from infra import _proc, kafka_service
 from infra.config import StackConfig
 from tests.conftest import free_port

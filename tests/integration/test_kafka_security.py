@@ -15,12 +15,12 @@ from confluent_kafka import Consumer, TopicPartition
 from pydantic import SecretStr
 
 from citystream.cli import stack_config
-from citystream.kafka import Publisher, ensure_topics, register_schemas
 from citystream.pipeline import Pipeline
-from citystream.settings import Settings
-from citystream.startup import CredentialsRejected, wait_for_services
 from citystream.verify import compare, recompute, stored_kpis
 from connectors.sources.aarhus import AarhusReplaySource
+from core.kafka import Publisher, ensure_topics, register_schemas
+from core.settings import Settings
+from core.startup import CredentialsRejected, wait_for_services
 from infra import kafka_security
 from tests.oracle import METADATA, REPO
 

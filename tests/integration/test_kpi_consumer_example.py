@@ -12,8 +12,8 @@ from typing import Any
 
 import pytest
 
-from citystream.kafka import Publisher, ensure_topics, register_schemas
-from citystream.settings import Settings
+from core.kafka import Publisher, ensure_topics, register_schemas
+from core.settings import Settings
 from schemas.catalog import TOPICS
 from schemas.registry import SchemaRegistry
 

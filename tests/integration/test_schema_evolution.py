@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 from confluent_kafka.schema_registry.error import SchemaRegistryError
 
-from citystream.settings import Settings
+from core.settings import Settings
 from schemas.catalog import AVRO_DIR, load_schema
 from schemas.registry import SchemaRegistry
 from schemas.serde import AvroSerde

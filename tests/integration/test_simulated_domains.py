@@ -7,14 +7,14 @@ import time
 
 import pytest
 
-from citystream.kafka import ensure_topics
 from citystream.pipeline import Pipeline, wait_settled
 from citystream.recompute_sim import expected_for_simulation
-from citystream.settings import Settings
 from citystream.verify import compare, stored_kpis
 from connectors.publishing import ENERGY, SERVICE, WASTE
 from connectors.sources.simulator import CitySimulatorSource, SimulationConfig, load_reference
-from streams.kpis import KPIS
+from core.kafka import ensure_topics
+from core.kpis import KPIS
+from core.settings import Settings
 from tests.integration.test_traffic_pipeline import read_dead_letters
 
 pytestmark = pytest.mark.integration

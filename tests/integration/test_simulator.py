@@ -12,7 +12,6 @@ from typing import Any
 import pytest
 
 from citystream.cli import main
-from citystream.kafka import end_offsets, ensure_topics, partition_for
 from citystream.recompute_sim import (
     expected_for_simulation,
     millis,
@@ -21,7 +20,6 @@ from citystream.recompute_sim import (
     recompute,
     simulated_events,
 )
-from citystream.settings import Settings
 from connectors.publishing import ENERGY, SERVICE, WASTE
 from connectors.sinks.clickhouse import ClickHouseSink
 from connectors.sources.simulator import (
@@ -35,6 +33,8 @@ from connectors.sources.simulator import (
     simulate,
     validate_event,
 )
+from core.kafka import end_offsets, ensure_topics, partition_for
+from core.settings import Settings
 from tests.integration.test_traffic_pipeline import read_dead_letters
 
 pytestmark = pytest.mark.integration

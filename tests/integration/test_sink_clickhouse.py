@@ -17,9 +17,7 @@ from typing import Any
 import pytest
 from confluent_kafka import Consumer, TopicPartition
 
-from citystream.kafka import Publisher, ensure_topics, register_schemas
 from citystream.query import run_query
-from citystream.settings import Settings
 from connectors.sinks.clickhouse import (
     DLQ_TOPIC,
     KPI_COLUMN_NAMES,
@@ -27,6 +25,8 @@ from connectors.sinks.clickhouse import (
     ClickHouseSink,
     connect,
 )
+from core.kafka import Publisher, ensure_topics, register_schemas
+from core.settings import Settings
 from schemas.registry import SchemaRegistry
 
 pytestmark = pytest.mark.integration
@@ -175,7 +175,7 @@ def query_in_subprocess(settings: Settings, port: int, sql: str) -> subprocess.C
     """Another process, as an analyst's `citystream query` would be."""
     code = (
         "import json, sys\n"
-        "from citystream.settings import Settings\n"
+        "from core.settings import Settings\n"
         "from citystream.query import run_query\n"
         "print(json.dumps(run_query(Settings(), sys.argv[1])))\n"
     )

@@ -11,12 +11,12 @@ from pathlib import Path
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from citystream import telemetry
-from citystream.kafka import ensure_topics, register_schemas
 from citystream.pipeline import Pipeline, http_get
-from citystream.settings import Settings
 from citystream.status import collect, render
 from connectors.sources.aarhus import AarhusReplaySource, ReplayReport
+from core import telemetry
+from core.kafka import ensure_topics, register_schemas
+from core.settings import Settings
 from tests.oracle import METADATA
 
 pytestmark = pytest.mark.integration

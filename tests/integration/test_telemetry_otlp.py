@@ -20,9 +20,9 @@ from typing import Any
 
 import pytest
 
-from citystream.kafka import ensure_topics, register_schemas
 from citystream.pipeline import Pipeline, http_get, launch
-from citystream.settings import Settings
+from core.kafka import ensure_topics, register_schemas
+from core.settings import Settings
 from tests.conftest import free_port
 from tests.oracle import METADATA
 

@@ -23,12 +23,12 @@ import pytest
 from confluent_kafka import Consumer, TopicPartition
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
-from citystream import telemetry
-from citystream.kafka import end_offsets, ensure_topics, register_schemas
 from citystream.pipeline import Pipeline
 from citystream.query import run_query
-from citystream.settings import Settings
 from connectors.sources.aarhus import AarhusReplaySource
+from core import telemetry
+from core.kafka import end_offsets, ensure_topics, register_schemas
+from core.settings import Settings
 from tests.oracle import METADATA
 
 pytestmark = pytest.mark.integration

@@ -16,11 +16,11 @@ from confluent_kafka.schema_registry import SchemaRegistryClient
 from confluent_kafka.schema_registry.avro import AvroDeserializer
 from confluent_kafka.serialization import MessageField, SerializationContext
 
-from citystream.kafka import Publisher, end_offsets, ensure_topics, register_schemas
 from citystream.pipeline import Pipeline
-from citystream.settings import Settings
 from citystream.verify import compare, recompute, stored_kpis
 from connectors.sources.aarhus import AarhusReplaySource
+from core.kafka import Publisher, end_offsets, ensure_topics, register_schemas
+from core.settings import Settings
 from tests.oracle import METADATA, expected_kpis, kpis_in_clickhouse
 
 pytestmark = pytest.mark.integration

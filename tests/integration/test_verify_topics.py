@@ -9,12 +9,12 @@ from pathlib import Path
 import pytest
 
 from citystream.cli import main
-from citystream.kafka import Publisher, ensure_topics, register_schemas
 from citystream.pipeline import Pipeline, settings_env
-from citystream.settings import Settings
 from citystream.verify import in_range, parse_instant, recompute
 from connectors.sinks.clickhouse import connect
 from connectors.sources.aarhus import AarhusReplaySource
+from core.kafka import Publisher, ensure_topics, register_schemas
+from core.settings import Settings
 from tests.oracle import METADATA, REPO
 
 pytestmark = pytest.mark.integration

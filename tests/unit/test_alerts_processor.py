@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections import deque
 
-from citystream.settings import Settings
+from core.settings import Settings
 from streams.alerts.processor import RETAIN_MS, AlertsProcessor, release
 
 M15 = 15 * 60_000

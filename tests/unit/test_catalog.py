@@ -27,9 +27,9 @@ from citystream.catalog import (
     with_kpi_table,
 )
 from citystream.cli import main
+from core.kpis import KPIS, Kpi
 from schemas.catalog import TOPICS, load_schema
 from streams.engine.windows import MergeWindows, PartitionWindows
-from streams.kpis import KPIS, Kpi
 from streams.traffic.domain import SegmentInfo, Traffic
 
 REPO = Path(__file__).resolve().parents[2]
@@ -107,7 +107,7 @@ def test_every_kpi_the_traffic_windows_emit_is_in_the_catalogue() -> None:
     assert {"segment", "district", "city"} <= {scope for _, scope in scopes}  # both stages ran
     assert {"traffic.congestion_index", "traffic.vehicle_count_1h"} <= {k for k, _ in scopes}
     for name, scope in scopes:
-        assert name in KPIS, f"{name} is emitted but not defined in streams/kpis.py"
+        assert name in KPIS, f"{name} is emitted but not defined in core/kpis.py"
         assert scope in KPIS[name].scopes, f"{name} emitted at scope {scope}"
 
 

@@ -17,7 +17,6 @@ import orjson
 import pytest
 
 from citystream.query import QueryError, format_result, run_query
-from citystream.settings import Settings
 from connectors.sinks.clickhouse import (
     KPI_COLUMNS,
     MIGRATIONS,
@@ -30,7 +29,8 @@ from connectors.sinks.clickhouse import (
     migrate,
 )
 from connectors.sinks.query_endpoint import RejectedQuery, read_only_statement
-from streams.kpis import KPIS
+from core.kpis import KPIS
+from core.settings import Settings
 
 T0 = datetime(2024, 5, 1, 8, 0, tzinfo=UTC)
 WINDOW = timedelta(minutes=15)
@@ -440,7 +440,7 @@ def test_traced_rows_land_in_kpi_trace_links_and_freshness_is_seeded(
     """telemetry: the link rows go in with the batch; a new sink starts from the table."""
     from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
-    from citystream import telemetry
+    from core import telemetry
 
     telemetry.setup("citystream-sink", span_exporter=InMemorySpanExporter(),
                     metrics_port=free_port(), env={})  # fmt: skip

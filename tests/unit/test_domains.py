@@ -6,12 +6,12 @@ from typing import Any
 
 import pytest
 
-from citystream.kafka import partition_for
+from core.kafka import partition_for
+from core.kpis import KPIS
 from streams.air.domain import Air
 from streams.devices.domain import Uptime
 from streams.energy.domain import Energy
 from streams.engine.windows import HOUR_MS, Domain, MergeWindows, PartitionWindows
-from streams.kpis import KPIS
 from streams.parking.domain import Parking
 from streams.service.domain import Service, nearest_rank
 from streams.traffic.domain import SegmentInfo, Traffic

@@ -15,8 +15,6 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 from openapi_spec_validator import validate
 
-from citystream.kafka import DeliveryError
-from citystream.settings import Settings
 from connectors.publishing import Rejected
 from connectors.sources.http_ingest import (
     ApiKeys,
@@ -26,6 +24,8 @@ from connectors.sources.http_ingest import (
     openapi_document,
 )
 from connectors.sources.ingest_common import Accepted, IngestError, TrafficEvent, load_config
+from core.kafka import DeliveryError
+from core.settings import Settings
 
 REPO = Path(__file__).resolve().parents[2]
 NGSI = REPO / "tests/fixtures/ngsi-ld"

@@ -10,11 +10,11 @@ from typing import Any
 
 import pytest
 
-from citystream.kafka import DeliveryError
-from citystream.settings import Settings
 from connectors.publishing import Reading, Rejected
 from connectors.sources.ingest_common import load_config
 from connectors.sources.mqtt import Message, MqttSource
+from core.kafka import DeliveryError
+from core.settings import Settings
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "infra/examples/ingest.toml"
 

@@ -19,10 +19,10 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-from citystream.settings import Settings
 from citystream.verify import Key, Value, recompute
 from connectors.sinks.clickhouse import ClickHouseSink
 from connectors.sinks.query_endpoint import QueryResult
+from core.settings import Settings
 
 REPO = Path(__file__).resolve().parents[2]
 README = (REPO / "README.md").read_text()

@@ -6,7 +6,6 @@ from datetime import UTC, datetime
 
 import pytest
 
-from citystream.kafka import partition_for
 from citystream.recompute_sim import (
     ENERGY_TOPIC,
     SERVICE_TOPIC,
@@ -19,6 +18,7 @@ from citystream.recompute_sim import (
     window_of,
 )
 from connectors.sources.simulator import SimulationConfig, load_reference
+from core.kafka import partition_for
 
 W0 = 1_407_110_400_000  # 2014-08-04T00:00Z, a window start
 MIN = 60_000

@@ -5,7 +5,7 @@ import re
 import fastavro
 import pytest
 
-from citystream.kafka import murmur2, partition_for
+from core.kafka import murmur2, partition_for
 from schemas.catalog import AVRO_DIR, TOPICS, load_schema
 from schemas.faust_codec import AvroCodec, Undecodable
 from schemas.serde import AvroSerde, SerdeError, UnknownSchemaError

@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
-from citystream.settings import Settings
+from core.settings import Settings
 
 README = (Path(__file__).resolve().parents[2] / "README.md").read_text()
 

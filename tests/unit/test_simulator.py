@@ -11,7 +11,6 @@ import fastavro
 import pytest
 
 from citystream.cli import main, parser
-from citystream.settings import Settings
 from connectors.publishing import ENERGY, SERVICE, WASTE
 from connectors.sources.simulator import (
     LOCAL_TZ,
@@ -22,6 +21,7 @@ from connectors.sources.simulator import (
     simulate,
     validate_event,
 )
+from core.settings import Settings
 from schemas.catalog import TOPICS, load_schema
 
 MONDAY = int(datetime(2014, 8, 4, tzinfo=UTC).timestamp() * 1000)

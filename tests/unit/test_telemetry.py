@@ -11,8 +11,8 @@ from datetime import UTC, datetime
 import pytest
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
-from citystream import telemetry
 from citystream.status import Status, render
+from core import telemetry
 
 TRACEPARENT = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
 

@@ -3,8 +3,8 @@ from __future__ import annotations
 import gzip
 from pathlib import Path
 
-from citystream.kafka import partition_for
 from citystream.verify import compare, recompute
+from core.kafka import partition_for
 
 REPO = Path(__file__).resolve().parents[2]
 METADATA = REPO / "data/aarhus/traffic_metadata.csv"

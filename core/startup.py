@@ -15,7 +15,7 @@ from collections.abc import Callable
 from confluent_kafka import KafkaError, KafkaException
 from confluent_kafka.admin import AdminClient
 
-from citystream.settings import Settings
+from core.settings import Settings
 
 log = logging.getLogger(__name__)
 

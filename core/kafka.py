@@ -19,7 +19,7 @@ from confluent_kafka import (
 )
 from confluent_kafka.admin import AdminClient, ClusterMetadata, NewTopic, TopicMetadata
 
-from citystream.settings import Settings
+from core.settings import Settings
 from schemas.catalog import TOPICS, TopicSpec, load_schema
 from schemas.registry import SchemaRegistry
 

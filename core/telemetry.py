@@ -136,7 +136,7 @@ def resource(service: str) -> Resource:
     """``OTEL_RESOURCE_ATTRIBUTES`` plus ours; the service name is always the process's own
     (children of one pipeline share an environment, so ``OTEL_SERVICE_NAME`` cannot tell
     them apart)."""
-    from citystream import __version__
+    from core import __version__
 
     return Resource.create(
         {
@@ -629,7 +629,7 @@ class Freshness:
 
 def observe_group_lag(settings: Any, group: str, topics: Sequence[str]) -> None:
     """Consumer lag of ``group`` per topic and partition, as a gauge read at scrape time."""
-    from citystream.kafka import partition_lag
+    from core.kafka import partition_lag
 
     def lag() -> dict[tuple[str, str, int], int]:
         return {
