@@ -33,19 +33,42 @@ mosquitto: ## install Debian's mosquitto (the MQTT broker of the stack and tests
 demo: $(STAMP) ## the whole pipeline on one day of real Aarhus traffic, KPIs printed
 	$(CITYSTREAM) demo
 
-# The test stack also opens its SCRAM and SCRAM-over-TLS listeners (tests/integration/
-# test_kafka_security.py); other targets leave them off.
-test: export CITYSTREAM_KAFKA_SCRAM_PORT ?= 9094
-test: export CITYSTREAM_KAFKA_TLS_PORT ?= 9095
-test: $(STAMP) mosquitto asyncapi-tools otel-receiver ## lint, then every test on the real stack (started and stopped here)
+# `make test` runs on a stack of its own: its own data directory and ports, emptied before
+# and deleted after a green run. The stack of `make demo` and `citystream stack up`
+# (./.citystream, ports 9092/8081/1883) never sees the tests' topics, and either command
+# may run while the other's stack is up. The test stack also opens its SCRAM and
+# SCRAM-over-TLS listeners (tests/integration/test_kafka_security.py).
+TEST_STACK_DIR := $(CURDIR)/.citystream-test
+TEST_KAFKA_PORT ?= 19092
+TEST_CONTROLLER_PORT ?= 19093
+TEST_SCRAM_PORT ?= 19094
+TEST_TLS_PORT ?= 19095
+TEST_REGISTRY_PORT ?= 18081
+TEST_MQTT_PORT ?= 11883
+TEST_ENV := CITYSTREAM_DATA_DIR=$(TEST_STACK_DIR) \
+  CITYSTREAM_KAFKA_PORT=$(TEST_KAFKA_PORT) \
+  CITYSTREAM_CONTROLLER_PORT=$(TEST_CONTROLLER_PORT) \
+  CITYSTREAM_KAFKA_SCRAM_PORT=$(TEST_SCRAM_PORT) \
+  CITYSTREAM_KAFKA_TLS_PORT=$(TEST_TLS_PORT) \
+  CITYSTREAM_KAFKA_BOOTSTRAP_SERVERS=127.0.0.1:$(TEST_KAFKA_PORT) \
+  CITYSTREAM_REGISTRY_PORT=$(TEST_REGISTRY_PORT) \
+  CITYSTREAM_SCHEMA_REGISTRY_URL=http://127.0.0.1:$(TEST_REGISTRY_PORT)/apis/ccompat/v7 \
+  CITYSTREAM_MQTT_PORT=$(TEST_MQTT_PORT)
+
+test: $(STAMP) mosquitto asyncapi-tools otel-receiver ## lint, then every test on a stack of its own (started, stopped and removed here)
 	$(BIN)/ruff check .
 	$(BIN)/mypy core citystream schemas streams connectors infra
 	$(BIN)/lint-imports
 	$(MAKE) --no-print-directory deploy-check
-	$(CITYSTREAM) stack up
+	-env $(TEST_ENV) $(CITYSTREAM) stack down > /dev/null 2>&1
+	rm -rf $(TEST_STACK_DIR)
+	env $(TEST_ENV) $(CITYSTREAM) stack up
 	set -o pipefail; status=0; \
-	  $(BIN)/pytest $(PYTEST_ARGS) || status=$$?; \
-	  $(CITYSTREAM) stack down; exit $$status
+	  env $(TEST_ENV) $(BIN)/pytest $(PYTEST_ARGS) || status=$$?; \
+	  env $(TEST_ENV) $(CITYSTREAM) stack down; \
+	  if [ $$status = 0 ]; then rm -rf $(TEST_STACK_DIR); \
+	  else echo "test stack state kept for inspection in $(TEST_STACK_DIR) (make clean removes it)"; fi; \
+	  exit $$status
 
 unit: $(STAMP) asyncapi-tools ## unit tests only (no services)
 	$(BIN)/pytest tests/unit -q
@@ -86,7 +109,8 @@ docs: $(STAMP) ## regenerate the README's KPI catalogue and docs/asyncapi.yaml f
 
 clean: ## remove runtime state (not the download cache)
 	-$(CITYSTREAM) stack down
-	rm -rf .citystream
+	-env $(TEST_ENV) $(CITYSTREAM) stack down
+	rm -rf .citystream $(TEST_STACK_DIR)
 
 # --- deployment: Dockerfile, helm chart, compose file ------------------------------------
 # helm and the Compose Specification's loader (compose-go) are built from their Go modules
