@@ -82,6 +82,12 @@ def parser() -> argparse.ArgumentParser:
 
     stack = sub.add_parser("stack", help="local Kafka + schema registry (no Docker)")
     stack.add_argument("action", choices=["up", "down", "status", "fetch", "reset"])
+    stack.add_argument(
+        "--format",
+        choices=["table", "json"],
+        default="table",
+        help="status output: a table for people, JSON for scripts (exit 3 unless all ready)",
+    )
     _add_common(stack)
 
     init = sub.add_parser("init", help="create topics and register schemas (idempotent)")
@@ -287,9 +293,7 @@ def cmd_stack(args: argparse.Namespace) -> int:
     settings = build_settings(args)
     cfg = stack_config(settings)
     if args.action == "status":
-        for name, status in stack.status(cfg).items():
-            print(f"{name:10} {status}")
-        return 0
+        return stack.print_status(cfg, as_json=args.format == "json")
     getattr(stack, args.action)(cfg)
     return 0
 

@@ -36,6 +36,7 @@ __all__ = [
     "down",
     "fetch",
     "main",
+    "print_status",
     "reset",
     "status",
     "stop_service",
@@ -386,17 +387,17 @@ def _config(args: argparse.Namespace) -> StackConfig:
     )
 
 
-def _print_status(cfg: StackConfig, as_json: bool) -> int:
+def print_status(cfg: StackConfig, as_json: bool = False) -> int:
     """Print status; exit code 0 when every service is ready, else 3."""
     states = status(cfg)
     if as_json:
         payload = {name: asdict(st) | {"log": str(st.log)} for name, st in states.items()}
         print(json.dumps(payload, indent=2))
     else:
+        print(f"{'service':<9} {'state':<8} {'pid':<8} {'endpoint':<42} log")
         for st in states.values():
             state = "ready" if st.ready else "running" if st.running else "stopped"
-            pid = f"pid {st.pid}" if st.pid else "-"
-            print(f"{st.name:<9} {state:<8} {pid:<11} {st.endpoint}  log: {st.log}")
+            print(f"{st.name:<9} {state:<8} {st.pid or '-'!s:<8} {st.endpoint:<42} {st.log}")
     return 0 if all(st.ready for st in states.values()) else 3
 
 
@@ -416,7 +417,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         elif args.command == "down":
             down(cfg)
         elif args.command == "status":
-            return _print_status(cfg, args.json)
+            return print_status(cfg, args.json)
         elif args.command == "fetch":
             fetch(cfg)
         elif args.command == "reset":
