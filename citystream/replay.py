@@ -123,16 +123,26 @@ def _run_side_by_side(
     return reports
 
 
+def reconciles(report: ReplayReport) -> bool:
+    """Every row read was published or dead-lettered: nothing was lost on the way."""
+    return report.rows_read == report.published + dead_lettered_rows(report)
+
+
 def summary(reports: dict[str, ReplayReport]) -> str:
-    """Per domain: rows read = published + dead-lettered (with the reasons)."""
+    """Per domain: rows read = published + dead-lettered (with the reasons).
+
+    A file with no rows (a header only) reconciles too: nothing was read, nothing lost.
+    It is said, since it is more often a wrong path than an intended empty day.
+    """
     lines = []
     for name, r in reports.items():
         dead = sum(r.dead_lettered.values())
         reasons = ", ".join(f"{k} {v:,}" for k, v in sorted(r.dead_lettered.items()))
-        ok = "OK" if r.rows_read == r.published + dead_lettered_rows(r) else "MISMATCH"
+        ok = "OK" if reconciles(r) else "MISMATCH"
+        empty = "  (no rows: the file holds no readings)" if not r.rows_read else ""
         lines.append(
             f"{name:8} rows read {r.rows_read:,} = published {r.published:,}"
-            f" + dead-lettered {dead:,}{f' ({reasons})' if reasons else ''}  [{ok}]"
+            f" + dead-lettered {dead:,}{f' ({reasons})' if reasons else ''}  [{ok}]{empty}"
         )
     return "\n".join(lines)
 
