@@ -118,9 +118,39 @@ class Publisher:
                 self.producer.poll(0.05)
 
     def flush(self, timeout: float = 60.0) -> None:
+        """Wait up to ``timeout`` for every message; for callers with a deadline of their own
+        (the HTTP ingest answers 503 instead of waiting)."""
         remaining = self.producer.flush(timeout)
         if remaining:
             raise DeliveryError(f"{remaining} messages not delivered within {timeout}s")
+        self._raise_failures()
+
+    def flush_until_delivered(self, first_wait: float = 10.0, longest_wait: float = 60.0) -> None:
+        """Wait for every message for as long as Kafka may still take them.
+
+        During a broker outage a flush times out with messages still queued. They are
+        not lost: librdkafka keeps retrying them until ``message.timeout.ms``. So a
+        processor waits again, each wait twice as long (up to ``longest_wait``), with a
+        log line each time, instead of ending the worker. What librdkafka gives up on
+        comes back as a failed delivery and raises :class:`DeliveryError`: the input is
+        then not committed and a restarted worker re-reads it, so recovery stays exact.
+        """
+        wait, waited = first_wait, 0.0
+        while remaining := self.producer.flush(wait):
+            if self.errors:
+                break
+            waited += wait
+            log.warning(
+                "%d messages not yet acknowledged by Kafka after %.0fs (broker unreachable?);"
+                " waiting %.0fs more",
+                remaining,
+                waited,
+                min(2 * wait, longest_wait),
+            )
+            wait = min(2 * wait, longest_wait)
+        self._raise_failures()
+
+    def _raise_failures(self) -> None:
         if self.errors:
             errors, self.errors = self.errors, []
             raise DeliveryError(f"{len(errors)} deliveries failed, first: {errors[0]}")

@@ -17,6 +17,7 @@ import pytest
 from core.settings import Settings
 
 REPO = Path(__file__).resolve().parent.parent
+pytest_plugins = ["tests.private_kafka"]  # the private_kafka fixture
 
 
 def _base_settings() -> Settings:

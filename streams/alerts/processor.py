@@ -328,7 +328,7 @@ class AlertsProcessor:
 
     def _flush_rejects(self) -> None:
         if self._unflushed:
-            self.publisher.flush()
+            self.publisher.flush_until_delivered()
             self._unflushed = False
 
     async def _publish(self, alerts: list[Alert]) -> None:
@@ -341,7 +341,8 @@ class AlertsProcessor:
         self.stats.raised += sum(1 for a in alerts if a.state == RAISED)
         self.stats.cleared += sum(1 for a in alerts if a.state == CLEARED)
         if alerts or self._unflushed:
-            await asyncio.get_running_loop().run_in_executor(None, self.publisher.flush)
+            flush = self.publisher.flush_until_delivered  # waits through a broker outage
+            await asyncio.get_running_loop().run_in_executor(None, flush)
             self._unflushed = False
 
     def stats_dict(self) -> dict[str, Any]:

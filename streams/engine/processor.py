@@ -385,7 +385,8 @@ class WindowedProcessor:
             self.publisher.send(topic, None, serde.encode(columns), -1, headers)
 
     async def _flush(self) -> None:
-        await asyncio.get_running_loop().run_in_executor(None, self.publisher.flush)
+        # a broker outage makes this wait (with log lines), not end the worker
+        await asyncio.get_running_loop().run_in_executor(None, self.publisher.flush_until_delivered)
 
 
 def _release(pending: Pending, open_windows: set[WindowKey]) -> list[Any]:

@@ -10,11 +10,8 @@ nothing and double counts nothing (the event ids are the same).
 from __future__ import annotations
 
 import json
-import os
 import signal
 import time
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -23,8 +20,6 @@ from pydantic import SecretStr
 
 from core.kafka import ensure_topics, register_schemas
 from core.settings import Settings
-from infra import _proc, kafka_service
-from infra.config import StackConfig
 from tests.conftest import free_port
 from tests.integration.test_ingest_http import (
     log_tail,
@@ -32,55 +27,10 @@ from tests.integration.test_ingest_http import (
     start_command,
     stop_command,
 )
-from tests.integration.test_stack import _free_ports
+from tests.private_kafka import PrivateKafka
 
 pytestmark = pytest.mark.integration
 KEY = "slow-kafka-key"
-
-
-class PrivateKafka:
-    """A Kafka broker started with the same code `citystream stack up` uses."""
-
-    def __init__(self, data_dir: Path) -> None:
-        kafka, controller, registry = _free_ports(3)
-        self.cfg = StackConfig(
-            data_dir=data_dir,
-            kafka_port=kafka,
-            controller_port=controller,
-            registry_port=registry,
-            kafka_heap="384m",
-        )
-        self.svc = kafka_service.service(self.cfg)
-        self.pid: int | None = None
-
-    def start(self) -> None:
-        cmd = self.svc.prepare(print)
-        self.pid = _proc.spawn(cmd, self.svc.workdir, self.svc.stdout_log)
-        deadline = time.monotonic() + 180
-        while not self.svc.is_ready():
-            assert _proc.is_alive(self.pid), self.svc.log_tail()
-            assert time.monotonic() < deadline, self.svc.log_tail()
-            time.sleep(0.5)
-
-    def signal(self, sig: signal.Signals) -> None:
-        assert self.pid is not None
-        os.kill(self.pid, sig)
-
-    def stop(self) -> None:
-        if self.pid is not None:
-            self.signal(signal.SIGCONT)  # a frozen JVM cannot stop
-            _proc.stop(self.pid, 30)
-            self.pid = None
-
-
-@pytest.fixture
-def kafka(tmp_path: Path) -> Iterator[PrivateKafka]:
-    broker = PrivateKafka(tmp_path / "private-kafka")
-    broker.start()
-    try:
-        yield broker
-    finally:
-        broker.stop()
 
 
 def event(minute: int) -> dict[str, Any]:
@@ -94,11 +44,11 @@ def event(minute: int) -> dict[str, Any]:
 
 
 def test_http_ingest_answers_503_while_kafka_is_frozen_and_recovers(
-    settings: Settings, kafka: PrivateKafka
+    settings: Settings, private_kafka: PrivateKafka
 ) -> None:
     s = settings.model_copy(
         update={
-            "kafka_bootstrap_servers": kafka.cfg.bootstrap_servers,
+            "kafka_bootstrap_servers": private_kafka.cfg.bootstrap_servers,
             "ingest_http_port": free_port(),
             "ingest_api_keys": SecretStr(json.dumps({"tester": KEY})),
             "ingest_request_timeout_s": 3.0,
@@ -124,7 +74,7 @@ def test_http_ingest_answers_503_while_kafka_is_frozen_and_recovers(
             time.sleep(0.2)
         assert client.post("/v1/events", json=[event(1)]).status_code == 202
 
-        kafka.signal(signal.SIGSTOP)
+        private_kafka.signal(signal.SIGSTOP)
         try:
             started = time.monotonic()
             refused = client.post("/v1/events", json=[event(2)])
@@ -140,7 +90,7 @@ def test_http_ingest_answers_503_while_kafka_is_frozen_and_recovers(
             assert "the last Kafka flush failed" in ready.json()["problems"]
             assert client.get("/health").status_code == 200  # alive, only not ready
         finally:
-            kafka.signal(signal.SIGCONT)
+            private_kafka.signal(signal.SIGCONT)
 
         # the client retries after Retry-After until it is accepted
         deadline = time.monotonic() + 90
