@@ -17,6 +17,7 @@ ENV PIP_NO_CACHE_DIR=1 \
 RUN python -m venv /opt/citystream
 WORKDIR /src
 COPY pyproject.toml README.md ./
+COPY core/ core/
 COPY citystream/ citystream/
 COPY schemas/ schemas/
 COPY streams/ streams/

@@ -436,7 +436,7 @@ def cmd_process(args: argparse.Namespace) -> int:
     wait_for_services(settings)
     _telemetry(settings, "process", settings.processor_metrics_port)
     inputs = worker.input_topics(args.processors)
-    group = settings.group(settings.processor_id)
+    group = settings.group(worker.app_id(settings, args.processors))
     telemetry.observe_group_lag(settings, group, [settings.topic(t) for t in inputs])
     # Faust parses sys.argv itself; hand it a clean command line.
     sys.argv = [sys.argv[0], "worker"]

@@ -99,9 +99,9 @@ def _sink_probe(settings: Settings) -> str:
 
 
 def consumer_groups(settings: Settings) -> list[tuple[str, str]]:
-    from streams.worker import input_topics
+    from streams.worker import app_id, input_topics
 
-    processor = settings.group(settings.processor_id)
+    processor = settings.group(app_id(settings))
     return [
         *((processor, settings.topic(topic)) for topic in input_topics()),
         (settings.group(settings.alerts_processor_id), settings.topic("city.kpi.batches.v1")),

@@ -79,7 +79,12 @@ class Settings(BaseSettings):
     source_batch_size: int = Field(
         1000, ge=1, description="Readings per message on the processor's input topic"
     )
-    processor_id: str = Field("citystream-traffic", description="Faust app id (consumer group)")
+    processor_id: str | None = Field(
+        None,
+        description="Faust app id (consumer group) of `citystream process`; default: derived "
+        "from the processors it runs (citystream-processors for all, else citystream-<names>), "
+        "so workers running different processors never share a group",
+    )
     processor_web_host: str = Field(
         "127.0.0.1", description="Faust web bind address (0.0.0.0 in a container)"
     )

@@ -30,11 +30,12 @@ def kafka_credentials(settings: Settings) -> CredentialsT | None:
     return faust.SSLCredentials(context) if context else None
 
 
-def create_app(settings: Settings) -> faust.App:
+def create_app(settings: Settings, app_id: str) -> faust.App:
+    """A Faust app whose consumer group is ``app_id`` (after the topic prefix)."""
     credentials = kafka_credentials(settings)
     brokers = ";".join(f"kafka://{b}" for b in settings.kafka_bootstrap_servers.split(","))
     return faust.App(
-        settings.group(settings.processor_id),
+        settings.group(app_id),
         broker=brokers,
         broker_credentials=credentials,
         store="memory://",

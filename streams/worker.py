@@ -26,6 +26,20 @@ PROCESSORS: dict[str, ProcessorSpec] = {
 }
 
 
+def app_id(settings: Settings, names: list[str] | None = None) -> str:
+    """The worker's Faust app id (its consumer group, before the topic prefix).
+
+    Set explicitly with CITYSTREAM_PROCESSOR_ID; otherwise derived from what the worker
+    runs, so a second Deployment running other processors cannot join the first one's
+    group by accident (a group's members must subscribe to the same topics).
+    """
+    if settings.processor_id:
+        return settings.processor_id
+    chosen = list(dict.fromkeys(names or PROCESSORS))
+    everything = set(chosen) == set(PROCESSORS)
+    return "citystream-processors" if everything else "citystream-" + "-".join(chosen)
+
+
 def input_topics(names: list[str] | None = None) -> list[str]:
     """Every topic the chosen processors (default: all) consume, each once."""
     specs = [PROCESSORS[n] for n in names or PROCESSORS]
@@ -37,7 +51,7 @@ def run(settings: Settings, names: list[str] | None = None, loglevel: str = "INF
     processors = [WindowedProcessor(settings, PROCESSORS[n]) for n in names or PROCESSORS]
     for processor in processors:
         processor.setup()
-    app = create_app(settings)
+    app = create_app(settings, app_id(settings, names))
     for processor in processors:
         agents.register(app, processor)
     agents.register_stats(app, processors)

@@ -37,11 +37,8 @@ def run(settings: Settings, loglevel: str = "INFO") -> None:
     """The alerts worker: its own Faust app id (consumer group) and web port."""
     processor = AlertsProcessor(settings)
     processor.setup()
-    own = {
-        "processor_id": settings.alerts_processor_id,
-        "processor_web_port": settings.alerts_web_port,
-    }
-    app = create_app(settings.model_copy(update=own))
+    own_port = settings.model_copy(update={"processor_web_port": settings.alerts_web_port})
+    app = create_app(own_port, settings.alerts_processor_id)
     register(app, processor)
     # telemetry: JSON log lines with trace ids, as the other services
     logging_config = telemetry.logging_config(telemetry.ALERTS, loglevel)

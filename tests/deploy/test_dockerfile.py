@@ -58,6 +58,8 @@ def test_servers_in_the_image_listen_beyond_loopback() -> None:
     for name in env:
         assert name[len("CITYSTREAM_") :].lower() in Settings.model_fields, name
     settings = Settings(processor_web_host="0.0.0.0", processor_web_port=16066)
-    app = create_app(settings)
+    app = create_app(settings, "citystream-processors")
     assert (app.conf.web_host, app.conf.web_port) == ("0.0.0.0", 16066)
-    assert create_app(Settings()).conf.web_host == "127.0.0.1", "loopback outside containers"
+    assert create_app(Settings(), "citystream-processors").conf.web_host == "127.0.0.1", (
+        "loopback outside containers"
+    )

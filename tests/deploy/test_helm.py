@@ -17,6 +17,7 @@ from pydantic import SecretStr
 
 from citystream.cli import parser
 from core.settings import Settings
+from streams.worker import app_id
 from tests.deploy.manifests import (
     AHEAD_OF_CODE,
     CHART,
@@ -423,7 +424,8 @@ def test_autoscaling_targets_the_processor_group_and_input_topic() -> None:
     ]
     default = Settings()
     plain = named(render(*SCENARIOS["plain-kafka-keda"]), "ScaledObject", "processor")["spec"]
-    assert plain["triggers"][0]["metadata"]["consumerGroup"] == default.group(default.processor_id)
+    default_group = default.group(app_id(default))
+    assert plain["triggers"][0]["metadata"]["consumerGroup"] == default_group
     assert "authenticationRef" not in plain["triggers"][0]
     hpa = named(render(*SCENARIOS["full-hpa"]), "HorizontalPodAutoscaler", "processor")["spec"]
     assert hpa["maxReplicas"] <= 12
@@ -431,12 +433,11 @@ def test_autoscaling_targets_the_processor_group_and_input_topic() -> None:
 
 def test_alert_rules_watch_the_groups_and_topics_the_app_uses() -> None:
     docs = render("-f", str(FULL_VALUES))
-    settings = Settings(topic_prefix="prod.")
+    settings = Settings(topic_prefix="prod.", processor_id="citystream-traffic")  # full values
     rules = named(docs, "PrometheusRule", "citystream")["spec"]["groups"][0]["rules"]
     exprs = {r["alert"]: r["expr"] for r in rules if "alert" in r}
     assert (
-        f'consumergroup="{settings.group(settings.processor_id)}"'
-        in exprs["CitystreamProcessorLagHigh"]
+        f'consumergroup="{settings.group(app_id(settings))}"' in exprs["CitystreamProcessorLagHigh"]
     )
     assert (
         f'topic="{settings.topic("city.traffic.batches.v1")}"'

@@ -24,9 +24,7 @@ pytestmark = pytest.mark.integration
 def test_flush_waits_through_a_frozen_broker_and_delivers_everything(
     settings: Settings, private_kafka: PrivateKafka, caplog: pytest.LogCaptureFixture
 ) -> None:
-    s = settings.model_copy(
-        update={"kafka_bootstrap_servers": private_kafka.cfg.bootstrap_servers}
-    )
+    s = settings.model_copy(update={"kafka_bootstrap_servers": private_kafka.cfg.bootstrap_servers})
     topic = s.topic("outage")
     admin = AdminClient(s.kafka_config())
     admin.create_topics([NewTopic(topic, num_partitions=1, replication_factor=1)])[topic].result()

@@ -34,9 +34,7 @@ def _fill(bootstrap: str) -> None:
 def test_processor_starts_on_a_busy_broker_right_after_its_topics_are_created(
     settings: Settings, private_kafka: PrivateKafka
 ) -> None:
-    s = settings.model_copy(
-        update={"kafka_bootstrap_servers": private_kafka.cfg.bootstrap_servers}
-    )
+    s = settings.model_copy(update={"kafka_bootstrap_servers": private_kafka.cfg.bootstrap_servers})
     _fill(s.kafka_bootstrap_servers)
     private_kafka.stop()
     private_kafka.start()  # loads the 3,000 partitions again, as a restarted stack does

@@ -80,7 +80,7 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 
 {{/* Consumer groups as the app derives them: topic prefix + id (Settings.group). */}}
 {{- define "citystream.processorGroup" -}}
-{{- include "citystream.topicPrefix" . -}}{{- include "citystream.setting" (dict "root" . "key" "processorId" "default" "citystream-traffic") -}}
+{{- include "citystream.topicPrefix" . -}}{{- include "citystream.setting" (dict "root" . "key" "processorId" "default" "citystream-processors") -}}
 {{- end -}}
 
 {{- define "citystream.sinkGroup" -}}
