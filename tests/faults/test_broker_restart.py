@@ -2,8 +2,8 @@
 
 Every client rides it out without a restart of its own: the replay's idempotent producer
 retries (nothing duplicated), the processor's and the sink's consumers reconnect and the
-group re-forms. Runs against the stack the test settings point at (`make test`: the CI
-stack), stopping its broker with infra.stack and starting it again whatever happens.
+group re-forms. The broker is this test's own (tests/private_kafka.py, started with the
+code `citystream stack up` uses), so no other test loses its broker meanwhile.
 """
 
 from __future__ import annotations
@@ -13,28 +13,24 @@ import time
 
 import pytest
 
-from citystream.cli import stack_config
 from core.settings import Settings
-from infra.stack import status, stop_service, up
 from tests.faults.harness import FIXTURE_ROWS, paced_replay, wait_until_accepted
+from tests.private_kafka import PrivateKafka
 
 pytestmark = pytest.mark.integration
 SEED = 20140804
 
 
 def test_broker_restart_mid_stream_loses_and_doubles_nothing(
-    stack: Settings, settings: Settings
+    settings: Settings, private_kafka: PrivateKafka
 ) -> None:
     rng = random.Random(SEED)
-    cfg = stack_config(stack)
-    assert status(cfg)["kafka"].ready, f"no broker of ours at {cfg.data_dir}"
-    with paced_replay(settings, speed=360.0) as run:  # ~30 s
+    s = settings.model_copy(update={"kafka_bootstrap_servers": private_kafka.cfg.bootstrap_servers})
+    with paced_replay(s, speed=360.0) as run:  # ~30 s
         wait_until_accepted(run.pipeline, int(FIXTURE_ROWS * rng.uniform(0.2, 0.4)))
-        try:
-            assert stop_service(cfg, "kafka")
-            time.sleep(rng.uniform(3.0, 8.0))  # an outage the clients must ride out
-        finally:
-            up(cfg)  # starts only what is not running: the broker, on its old data
+        private_kafka.stop()
+        time.sleep(rng.uniform(3.0, 8.0))  # an outage the clients must ride out
+        private_kafka.start()  # on its old data
         run.pipeline.check_alive()  # nobody crashed through the outage
-        matched = run.finish_and_verify(settings)
+        matched = run.finish_and_verify(s)
         print(f"broker restart: {matched} KPI rows match; {run.reconcile()}")
