@@ -59,6 +59,7 @@ test: $(STAMP) mosquitto asyncapi-tools otel-receiver ## lint, then every test o
 	$(BIN)/ruff check .
 	$(BIN)/mypy core citystream schemas streams connectors infra
 	$(BIN)/lint-imports
+	$(MAKE) --no-print-directory docs-site
 	$(MAKE) --no-print-directory deploy-check
 	-env $(TEST_ENV) $(CITYSTREAM) stack down > /dev/null 2>&1
 	rm -rf $(TEST_STACK_DIR)
@@ -103,9 +104,16 @@ stack-down: $(STAMP) ## stop them
 stack-status: $(STAMP) ## are they up?
 	$(CITYSTREAM) stack status
 
-docs: $(STAMP) ## regenerate the README's KPI catalogue and docs/asyncapi.yaml from the code
+docs: $(STAMP) ## regenerate the generated docs: KPI catalogue, configuration table, docs/asyncapi.yaml
 	$(CITYSTREAM) catalog kpis --write
+	$(CITYSTREAM) catalog config --write
 	$(CITYSTREAM) catalog asyncapi
+
+# The documentation site: docs/*.md with MkDocs and Material (mkdocs.yml); --strict fails on
+# a broken link or anchor between pages. Drafts in docs/pending/ are not published.
+.PHONY: docs-site
+docs-site: $(STAMP) ## build the documentation site into build/site (strict)
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --site-dir build/site
 
 clean: ## remove runtime state (not the download cache)
 	-$(CITYSTREAM) stack down

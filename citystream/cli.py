@@ -162,12 +162,15 @@ def parser() -> argparse.ArgumentParser:
     _add_simulation_args(sim)
     _add_common(verify)
 
-    catalog = sub.add_parser("catalog", help="the KPI and topic catalogues, from the code")
-    catalog.add_argument("what", choices=["kpis", "asyncapi"])
+    catalog = sub.add_parser(
+        "catalog", help="the KPI catalogue, settings table and topic catalogue, from the code"
+    )
+    catalog.add_argument("what", choices=["kpis", "config", "asyncapi"])
     catalog.add_argument(
         "--write",
         action="store_true",
-        help="kpis: update README.md's catalogue section instead of printing it",
+        help="kpis, config: update the generated block of docs/catalogue.md or "
+        "docs/configuration.md instead of printing it",
     )
     catalog.add_argument(
         "--output",
@@ -562,12 +565,13 @@ def _verify_simulation(args: argparse.Namespace) -> int:
 def cmd_catalog(args: argparse.Namespace) -> int:
     from citystream import catalog
 
-    if args.what == "kpis":
+    block = catalog.BLOCKS.get(args.what)
+    if block is not None:
         if not args.write:
-            print(catalog.kpi_table(), end="")
+            print(block.render(), end="")
             return 0
-        changed = catalog.update_readme()
-        print(f"{catalog.README}: {'updated' if changed else 'up to date'}")
+        changed = block.update()
+        print(f"{block.page}: {'updated' if changed else 'up to date'}")
         return 0
     text = catalog.asyncapi_yaml()
     if str(args.output) == "-":

@@ -5,9 +5,10 @@ Two inputs: the source files (`verify aarhus`), or the raw per-reading topic
 (`verify topics`, optionally for windows in a time range).
 
 For auditors, and the oracle of the tests and the benchmark. It deliberately shares no
-parsing or aggregation code with the source or the processors: it is the README's KPI
-contract written a second time, as plainly as possible, so a bug in either side shows
-up as a difference. Topics are decoded with confluent-kafka's stock Avro deserializer.
+parsing or aggregation code with the source or the processors: it is the KPI table
+contract (docs/contracts.md) written a second time, as plainly as possible, so a bug in
+either side shows up as a difference. Topics are decoded with confluent-kafka's stock Avro
+deserializer.
 """
 
 from __future__ import annotations

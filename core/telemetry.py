@@ -11,8 +11,8 @@ each batch (``process <topic>``), records which windows the batch fed, and opens
 windows; its context goes into the headers of the KPI, KPI batch and partial messages,
 together with ``citystream-input-traces`` (the trace ids of the source batches behind
 them). The sink's ``insert kpi`` span links to the ``emit kpi`` spans it wrote, and the
-sink writes one ``kpi_trace_links`` row per KPI row in the same batch (README,
-"Observability"). Faust reads through aiokafka internals no instrumentation wraps, so
+sink writes one ``kpi_trace_links`` row per KPI row in the same batch
+(docs/observability.md). Faust reads through aiokafka internals no instrumentation wraps, so
 context is extracted from ``event.message.headers`` explicitly.
 
 **Configuration** is the standard ``OTEL_*`` environment, read once by :func:`setup` in
@@ -526,7 +526,7 @@ _ROWS = [1, 10, 100, 1000, 5000, 10_000, 50_000, 100_000, 500_000]
 
 
 class Instruments:
-    """The pipeline's OTel instruments (Prometheus names in the README, "Observability")."""
+    """The pipeline's OTel instruments (Prometheus names in docs/observability.md)."""
 
     def __init__(self, meter: Meter) -> None:
         self.events_in = meter.create_counter(

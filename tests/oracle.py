@@ -1,4 +1,4 @@
-"""An independent oracle for the traffic KPIs: the README's contract, written plainly.
+"""An independent oracle for the traffic KPIs: the KPI table contract, written plainly.
 
 It shares no code with the processor, so a test comparing the two catches a bug in either.
 """
@@ -19,7 +19,7 @@ METADATA = REPO / "data/aarhus/traffic_metadata.csv"
 
 
 def expected_kpis(rows: list[list[str]]) -> dict[tuple[str, str, str, int], tuple[float, int]]:
-    """Independent oracle: the KPI contract of the README, written plainly."""
+    """Independent oracle: the KPI table contract of docs/contracts.md, written plainly."""
     meta = {r["REPORT_ID"]: r for r in csv.DictReader(METADATA.open(encoding="utf-8"))}
     tz = ZoneInfo("Europe/Copenhagen")
     seen: set[tuple[str, str]] = set()

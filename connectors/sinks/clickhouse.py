@@ -52,7 +52,7 @@ COMPONENT = "clickhouse-sink"
 KPI_TOPIC = "city.kpi.batches.v1"
 DLQ_TOPIC = "city.dlq.v1"
 KPI_TABLE = "kpi"
-TRACE_LINKS_TABLE = "kpi_trace_links"  # telemetry: KPI row <-> traces (README, Observability)
+TRACE_LINKS_TABLE = "kpi_trace_links"  # telemetry: KPI row <-> traces (docs/observability.md)
 ROLLUP_STATE_TABLE = "kpi_window_state"
 # Every scope some KPI of the catalogue has (segment, district, city, car_park, sensor, …):
 # a row with another scope is dead-lettered.

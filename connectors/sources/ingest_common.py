@@ -34,7 +34,7 @@ from pydantic import (
 
 from connectors.publishing import AIR, PARKING, EventPublisher, EventStream, Reading, Rejected
 
-# --- dead-letter reasons (README "Ingest") -----------------------------------------------
+# --- dead-letter reasons (docs/ingest.md) ------------------------------------------------
 
 INVALID_JSON = "invalid_json"
 INVALID_EVENT = "invalid_event"

@@ -162,7 +162,7 @@ class KpiRule:
 
 
 def default_rules(aqi_threshold: float) -> tuple[KpiRule, ...]:
-    """The rule table of the README; only the AQI threshold is a setting."""
+    """The rule table of docs/alerts.md; only the AQI threshold is a setting."""
     return (
         KpiRule("congestion", "traffic.congestion_index", ("segment",), 0.5, True, 2,
                 "Congestion", "congestion index"),

@@ -1,8 +1,10 @@
-"""The KPI and topic catalogues: generated from the code, committed copies up to date, and
-the AsyncAPI document valid for the official AsyncAPI parser (run with node)."""
+"""The generated docs: the KPI catalogue, the configuration table and the topic catalogue come
+from the code, their committed copies are up to date, and the AsyncAPI document is valid for
+the official AsyncAPI parser (run with node)."""
 
 from __future__ import annotations
 
+import html
 import json
 import os
 import shutil
@@ -12,22 +14,29 @@ from typing import Any
 
 import pytest
 import yaml
+from pydantic import Field, SecretStr
+from pydantic_settings import BaseSettings
 
 from citystream.catalog import (
     ASYNCAPI_FILE,
     AVRO_SCHEMA_FORMAT,
+    BLOCKS,
+    CATALOGUE_FILE,
+    CONFIG_END,
+    CONFIG_FILE,
+    CONFIG_START,
     KPI_END,
     KPI_START,
-    README,
     asyncapi_document,
     asyncapi_yaml,
+    config_table,
     kpi_table,
     public_topics,
-    update_readme,
-    with_kpi_table,
+    with_block,
 )
 from citystream.cli import main
 from core.kpis import KPIS, Kpi
+from core.settings import Settings
 from schemas.catalog import TOPICS, load_schema
 from streams.engine.windows import MergeWindows, PartitionWindows
 from streams.traffic.domain import SegmentInfo, Traffic
@@ -47,10 +56,10 @@ REGENERATE = "run `make docs` and commit the result"
 # --- KPI catalogue ---------------------------------------------------------------------------
 
 
-def test_readme_kpi_catalogue_is_the_generated_one() -> None:
-    readme = README.read_text()
-    assert with_kpi_table(readme, kpi_table()) == readme, REGENERATE
-    assert readme.count(KPI_START) == 1 and readme.count(KPI_END) == 1
+def test_catalogue_page_is_the_generated_one() -> None:
+    page = CATALOGUE_FILE.read_text()
+    assert with_block(page, KPI_START, KPI_END, kpi_table()) == page, REGENERATE
+    assert page.count(KPI_START) == 1 and page.count(KPI_END) == 1
 
 
 def test_kpi_table_has_one_row_per_kpi_with_every_field() -> None:
@@ -70,12 +79,52 @@ def test_kpi_table_escapes_pipes_in_cells() -> None:
 
 def test_markers_are_required() -> None:
     with pytest.raises(ValueError, match="lacks the markers"):
-        with_kpi_table("# README without a catalogue\n", kpi_table())
+        with_block("# A page without a catalogue\n", KPI_START, KPI_END, kpi_table())
 
 
 def test_catalog_kpis_command_prints_the_table(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["catalog", "kpis"]) == 0
     assert capsys.readouterr().out == kpi_table()
+
+
+# --- configuration table --------------------------------------------------------------------
+
+
+def test_configuration_page_is_the_generated_one() -> None:
+    """The settings table cannot drift from ``Settings``: add a field, run `make docs`."""
+    page = CONFIG_FILE.read_text()
+    assert with_block(page, CONFIG_START, CONFIG_END, config_table()) == page, REGENERATE
+    assert page.count(CONFIG_START) == 1 and page.count(CONFIG_END) == 1
+
+
+def test_config_table_has_one_row_per_setting_in_order() -> None:
+    rows = config_table().splitlines()[2:]
+    assert len(rows) == len(Settings.model_fields)
+    for row, (name, field) in zip(rows, Settings.model_fields.items(), strict=True):
+        assert row.startswith(f"| `{name}` | `CITYSTREAM_{name.upper()}` |")
+        meaning = html.escape(field.description or "", quote=False).replace("|", "\\|")
+        assert row.endswith(f" | {meaning} |")
+
+
+class _Odd(BaseSettings):
+    """Every shape of field the renderer must handle, with a known rendering."""
+
+    plain: int = Field(6, ge=1, description="a | pipe")
+    optional_secret: SecretStr | None = Field(None, description="never shown")
+    home_path: Path = Field(Path.home() / ".cache" / "x", description="under <home>")
+    empty: str = Field("", description="")
+    table: dict[str, str] = Field(default_factory=dict, description="JSON")
+
+
+def test_config_table_renders_types_bounds_and_defaults_portably() -> None:
+    rows = config_table(_Odd.model_fields).splitlines()[2:]
+    assert rows == [
+        "| `plain` | `CITYSTREAM_PLAIN` | integer ≥ 1 | `6` | a \\| pipe |",
+        "| `optional_secret` | `CITYSTREAM_OPTIONAL_SECRET` | secret |  | never shown |",
+        "| `home_path` | `CITYSTREAM_HOME_PATH` | path | `~/.cache/x` | under &lt;home&gt; |",
+        '| `empty` | `CITYSTREAM_EMPTY` | string | `""` |  |',
+        "| `table` | `CITYSTREAM_TABLE` | JSON object | `{}` | JSON |",
+    ]
 
 
 MIN = 60_000
@@ -199,7 +248,11 @@ def test_catalog_commands_write_what_they_generate(
     capsys.readouterr()
     assert main(["catalog", "asyncapi", "--output", "-"]) == 0
     assert capsys.readouterr().out == asyncapi_yaml()
-    readme = tmp_path / "README.md"
-    readme.write_text(f"# x\n{KPI_START}\nstale\n{KPI_END}\nrest\n")
-    assert update_readme(readme) and not update_readme(readme)
-    assert readme.read_text() == f"# x\n{KPI_START}\n\n{kpi_table()}\n{KPI_END}\nrest\n"
+    for what, rendered in (("kpis", kpi_table()), ("config", config_table())):
+        block, page = BLOCKS[what], tmp_path / f"{what}.md"
+        page.write_text(f"# x\n{block.start}\nstale\n{block.end}\nrest\n")
+        assert block.update(page) and not block.update(page)
+        assert page.read_text() == f"# x\n{block.start}\n\n{rendered}\n{block.end}\nrest\n"
+    capsys.readouterr()
+    assert main(["catalog", "config"]) == 0
+    assert capsys.readouterr().out == config_table()

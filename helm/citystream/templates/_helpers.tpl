@@ -98,7 +98,7 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 {{/*
 Environment of every citystream container: one CITYSTREAM_<NAME> per non-null
 .Values.config.<name> (camelCase key -> SNAKE_CASE variable), then the settings that come
-from existing Secrets, then .Values.extraEnv. The mapping is documented in README.md.
+from existing Secrets, then .Values.extraEnv. The mapping is documented in docs/deploy.md.
 */}}
 {{- define "citystream.env" -}}
 {{- $root := . -}}

@@ -1,4 +1,7 @@
-"""The README's analyst queries run as written, on realistic data, with sensible results.
+"""The analyst queries of the docs run as written, on realistic data, with sensible results.
+
+Every block marked ``<!-- analyst-query: NAME -->`` on a page of ``docs/`` (they are on
+docs/analysts.md) is extracted and run through the read-only query path.
 
 The data: the traffic KPIs of three real Aarhus hours (tests/fixtures), computed by
 ``citystream verify``'s independent recomputation and inserted through the sink, with some
@@ -25,7 +28,7 @@ from connectors.sinks.query_endpoint import QueryResult
 from core.settings import Settings
 
 REPO = Path(__file__).resolve().parents[2]
-README = (REPO / "README.md").read_text()
+PAGES = sorted((REPO / "docs").glob("*.md"))  # published pages; docs/pending/ is not
 FIXTURE = REPO / "tests" / "fixtures" / "traffic_2014-08-02_0600-0900.csv.gz"
 METADATA = REPO / "data" / "aarhus" / "traffic_metadata.csv"
 AARHUS = ZoneInfo("Europe/Copenhagen")
@@ -35,8 +38,8 @@ REVISE_EVERY = 7  # every 7th window with more than one reading arrives in two r
 Oracle = dict[Key, Value]
 
 
-def readme_queries() -> dict[str, str]:
-    found = QUERY.findall(README)
+def docs_queries() -> dict[str, str]:
+    found = [query for page in PAGES for query in QUERY.findall(page.read_text())]
     assert len({name for name, _ in found}) == len(found), "query names must be unique"
     return dict(found)
 
@@ -71,7 +74,7 @@ def revised(oracle: Oracle) -> set[Key]:
 def sink(
     oracle: Oracle, revised: set[Key], tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[ClickHouseSink]:
-    data_dir = tmp_path_factory.mktemp("readme-queries")
+    data_dir = tmp_path_factory.mktemp("docs-queries")
     settings = Settings().model_copy(update={"data_dir": data_dir, "clickhouse_url": None})
     with ClickHouseSink(settings) as sink:
         sink.setup()
@@ -91,7 +94,7 @@ def by_scope(oracle: Oracle, kpi: str, scope: str) -> dict[tuple[str, int], Valu
     return {(e, w): v for (k, s, e, w), v in oracle.items() if k == kpi and s == scope}
 
 
-# --- one check per README query, on the recomputation -------------------------------------------
+# --- one check per docs query, on the recomputation ---------------------------------------------
 
 
 def congested_segments(result: QueryResult, oracle: Oracle, revised: set[Key]) -> None:
@@ -180,14 +183,14 @@ CHECKS: dict[str, Callable[[QueryResult, Oracle, set[Key]], None]] = {
 }
 
 
-def test_every_readme_query_has_a_check() -> None:
-    assert set(readme_queries()) == set(CHECKS)
+def test_every_docs_query_has_a_check() -> None:
+    assert set(docs_queries()) == set(CHECKS)
 
 
 @pytest.mark.parametrize("name", sorted(CHECKS))
-def test_readme_query_runs_as_written(
+def test_docs_query_runs_as_written(
     name: str, sink: ClickHouseSink, oracle: Oracle, revised: set[Key]
 ) -> None:
-    result = sink.query(readme_queries()[name])  # the read-only path `citystream query` uses
+    result = sink.query(docs_queries()[name])  # the read-only path `citystream query` uses
     assert result.rows, f"{name} returned nothing"
     CHECKS[name](result, oracle, revised)
