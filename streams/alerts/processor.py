@@ -60,7 +60,6 @@ TOPICS = (
 # KPI input is held (not committed) until the KPI stream time is this far past its windows:
 # two of the longest windows (hourly uptime) cover every window a rule looks back at.
 RETAIN_MS = 2 * 3_600_000
-REFERENCE_REFRESH_S = 1.0
 
 T = TypeVar("T")
 
@@ -95,8 +94,7 @@ class AlertsProcessor:
         # Unacked input per partition: (event, what keeps it from being acked).
         self.kpi_pending: dict[int, deque[tuple[Any, int]]] = {}
         self.request_pending: dict[int, deque[tuple[Any, tuple[int, str]]]] = {}
-        self._last_category_refresh = 0.0
-        self._last_segment_refresh = 0.0
+        self._categories_checked = 0  # categories' version the waiting requests last saw
         self._unflushed = False
         # The agents and the timer take turns: nothing is acked while another turn's
         # alerts are still on their way to Kafka.
@@ -111,14 +109,15 @@ class AlertsProcessor:
         self.publisher = Publisher.create(self.settings, **{"linger.ms": 5})
         self.segments = self._table("city.road_segments.v1", lambda r: str(r["district"]))
         self.categories = self._table("city.service_categories.v1", lambda r: int(r["sla_minutes"]))
-        self.segments.refresh()
-        self.categories.refresh()
+        for table in (self.segments, self.categories):
+            table.refresh()  # to the end before any input, then followed in the background
+            table.follow()
         self.restore()
 
     def close(self) -> None:
-        self.publisher.flush()
-        self.segments.close()
+        self.segments.close()  # first: a follower may still dead-letter a bad record
         self.categories.close()
+        self.publisher.flush()
 
     def _table(self, name: str, to_value: Callable[[dict[str, Any]], Any]) -> CompactedTable:
         config = self.settings.kafka_config()
@@ -257,13 +256,13 @@ class AlertsProcessor:
         else:
             self.stats.request_events += 1
             request_id = value["request_id"]
+            await self._wait_for_category(str(value["category"]))
             try:
                 alerts = self.sla.add(partition, offset, value, self.categories.data)
             except InvalidEvent as exc:
                 self.stats.invalid += 1
                 self._reject(orjson.dumps(value), "invalid_event", str(exc), origin)
-        if self.sla.waiting:
-            alerts += await self._refresh_categories()
+        alerts += self._recheck_waiting()
         await self._publish(alerts)
         pending.append((event, (offset, request_id)))
         return release(pending, lambda pin: not self.sla.pins(partition, *pin))
@@ -280,29 +279,35 @@ class AlertsProcessor:
         async with self._turn:
             return await self._on_request(partition, offset, value, origin, event)
 
-    async def _refresh_categories(self) -> list[Alert]:
-        """Requests of an unknown category re-read the categories, at most once a second."""
-        if time.monotonic() - self._last_category_refresh < REFERENCE_REFRESH_S:
+    async def _wait_for_category(self, category: str) -> None:
+        """A category never seen before waits once (at most a second) for its follower.
+
+        The categories are followed in the background (streams/reference.py); this makes
+        one published just before its first request count for it whatever the follower's
+        timing. A request whose category is still unknown waits for it (``sla.waiting``)
+        without holding anything up.
+        """
+        if self.categories.needs_wait((category,)):
+            loop = asyncio.get_running_loop()
+            await loop.run_in_executor(None, self.categories.wait_for_keys, (category,))
+
+    def _recheck_waiting(self) -> list[Alert]:
+        """Requests waiting for their category's SLA, scheduled once the categories change."""
+        version = self.categories.version
+        if not self.sla.waiting or version == self._categories_checked:
             return []
-        self._last_category_refresh = time.monotonic()
-        loop = asyncio.get_running_loop()
-        changed = await loop.run_in_executor(None, self.categories.refresh)
-        return self.sla.recheck(self.categories.data) if changed else []
+        self._categories_checked = version
+        return self.sla.recheck(self.categories.data)
 
     # --- timer -------------------------------------------------------------------------
 
     async def _on_tick(self, assigned: set[int]) -> list[Any]:
-        alerts = self._judge_due(assigned)
-        if self.sla.waiting:
-            alerts += await self._refresh_categories()
+        alerts = self._judge_due(assigned) + self._recheck_waiting()
         await self._publish(alerts)
-        if time.monotonic() - self._last_segment_refresh >= 60.0:
-            self._last_segment_refresh = time.monotonic()
-            await asyncio.get_running_loop().run_in_executor(None, self.segments.refresh)
         return self.release_kpis()
 
     async def on_tick(self, assigned: set[int]) -> list[Any]:
-        """Judge windows of partitions gone idle, retry requests waiting for their category.
+        """Judge windows of partitions gone idle, schedule requests whose category arrived.
 
         Returns the KPI input events that may now be acked.
         """
@@ -369,6 +374,8 @@ class AlertsProcessor:
             "kpi_watermark": self.kpi_watermark,
             "kpi_windows_held": len(self.reorder),
             "idle_seconds": round(time.monotonic() - s.last_input_monotonic, 3),
+            **self.segments.stats.as_dict("road_segments_"),
+            **self.categories.stats.as_dict("service_categories_"),
         }
 
 

@@ -35,7 +35,7 @@ from streams.engine.windows import (
     PartitionWindows,
     WindowKey,
 )
-from streams.reference import CompactedTable
+from streams.reference import CompactedTable, FollowStats
 
 log = logging.getLogger(__name__)
 Pending = deque[tuple[Any, frozenset[WindowKey]]]  # unacked input: (event, windows it fed)
@@ -91,6 +91,7 @@ class Stats:
     kpis_emitted: int = 0
     partials_emitted: int = 0
     last_input_monotonic: float = field(default_factory=time.monotonic)
+    reference: FollowStats = field(default_factory=FollowStats)  # the reference table's
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -100,12 +101,25 @@ class Stats:
             "kpis_emitted": self.kpis_emitted,
             "partials_emitted": self.partials_emitted,
             "idle_seconds": round(time.monotonic() - self.last_input_monotonic, 3),
+            **self.reference.as_dict(),
         }
 
 
 class _NoReference(dict[str, Any]):
+    """A processor without reference data: always empty, nothing to follow or wait for."""
+
+    stats = FollowStats()
+
     def refresh(self) -> int:
         return 0
+
+    def follow(self) -> None: ...
+
+    def needs_wait(self, keys: list[str]) -> bool:
+        return False
+
+    def wait_for_keys(self, keys: list[str]) -> bool:
+        return True
 
     def close(self) -> None: ...
 
@@ -129,7 +143,6 @@ class WindowedProcessor:
         self.partitions: dict[tuple[int, int], PartitionWindows[Any]] = {}  # (input, partition)
         self.merge = self._new_merge()
         self.stats = Stats()
-        self._last_reference_refresh = 0.0
         self._refresh_lock = asyncio.Lock()
         # Input not yet safe to commit: (event, windows it went to), per input partition.
         self.pending: dict[tuple[int, int], Pending] = {}
@@ -160,13 +173,15 @@ class WindowedProcessor:
                 self.spec.to_reference,
                 self._reject,
             )
-        self.reference.refresh()
+        self.reference.refresh()  # to the end before any input, then followed
+        self.reference.follow()
+        self.stats.reference = self.reference.stats
         log.info("%s: %d reference records", self.name, len(self.reference.data))
         self.partition_counts = [self._partition_count(i.batch_topic) for i in self.spec.inputs]
 
     def close(self) -> None:
+        self.reference.close()  # first: the follower may still dead-letter a bad record
         self.publisher.flush()
-        self.reference.close()
 
     # --- stage 1 ---------------------------------------------------------------------
 
@@ -274,23 +289,20 @@ class WindowedProcessor:
         )
 
     async def _maybe_refresh_reference(self, keys: list[str]) -> None:
-        """Unknown keys trigger a re-read of the reference topic, at most once a second.
+        """A key never seen before waits once (at most a second) for the follower.
 
-        The lock makes a processor's other input agents wait for a refresh in flight
+        The reference topic is followed in the background; this only makes a record
+        published just before its first reading count for it whatever the follower's
+        timing (see streams/reference.py). A key still unknown afterwards never waits
+        again: its events count as ``unknown_reference`` and go to district ``unknown``.
+        The lock makes a processor's other input agents wait for a catch-up in flight
         instead of going on with reference data that is about to arrive.
         """
-        known = self.reference.data
-        if not self.spec.reference_topic or all(k in known for k in keys):
+        if not self.reference.needs_wait(keys):  # the hot path: a dict lookup per key
             return
         async with self._refresh_lock:
-            if all(k in known for k in keys):
-                return
-            if time.monotonic() - self._last_reference_refresh < 1.0:
-                return
-            self._last_reference_refresh = time.monotonic()
             loop = asyncio.get_running_loop()
-            changed = await loop.run_in_executor(None, self.reference.refresh)
-        log.info("%s: reference refreshed: %d changed, %d known", self.name, changed, len(known))
+            await loop.run_in_executor(None, self.reference.wait_for_keys, keys)
 
     def _dead_letter_late(self, emission: Emission, batch: dict[str, Any]) -> None:
         for late in emission.late:
