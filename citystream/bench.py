@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from citystream.dirty_input import UNKNOWN_ONLY, Dirt, head_rows, make_dirty
 from citystream.pipeline import Pipeline
 from citystream.progress import print_replay_progress
 from connectors.sinks.clickhouse import ClickHouseSink
@@ -35,7 +36,28 @@ def _fresh(settings: Settings, name: str) -> Settings:
     )
 
 
-def run_bench(settings: Settings, traffic: Path, metadata: Path) -> int:
+# Stages that may be left out (--stages); the source and the processor always run.
+STAGES = ("dirty", "tracing", "sink", "scaling", "latency", "domains", "ingest")
+# The realistic inputs, each beside the clean rate: one kind of dirt at a time, then all.
+DIRTY_INPUTS = (
+    ("unknown sensors", UNKNOWN_ONLY),
+    ("disorder", Dirt(unknown_share=0.0, duplicate_share=0.0, hours_late_share=0.0)),
+    ("duplicates", Dirt(unknown_share=0.0, disorder_s=0.0, hours_late_share=0.0)),
+    ("hours-late", Dirt(unknown_share=0.0, disorder_s=0.0, duplicate_share=0.0,
+                        hours_late_share=0.001)),
+    ("all at once", Dirt()),
+)  # fmt: skip
+
+
+def run_bench(
+    settings: Settings,
+    traffic: Path,
+    metadata: Path,
+    rows: int | None = None,
+    stages: tuple[str, ...] = STAGES,
+) -> int:
+    """Every stage in ``stages`` (besides source and processor) on ``traffic``'s first
+    ``rows`` rows (default: all)."""
     if not traffic.is_file():
         print(
             f"bench: {traffic} not found. The 7-day Aarhus file is not shipped in the repo;\n"
@@ -44,6 +66,9 @@ def run_bench(settings: Settings, traffic: Path, metadata: Path) -> int:
             "data/aarhus/traffic_2014-08-02.csv.gz)."
         )
         return 2
+    if rows is not None:
+        traffic = head_rows(traffic, settings.data_dir / "bench" / f"slice-{rows}.csv.gz", rows)
+        print(f"bench: on the first {rows:,} rows of the file only ({traffic})")
     s = _fresh(settings, "throughput")
     ensure_topics(s)
     register_schemas(s)
@@ -60,7 +85,63 @@ def run_bench(settings: Settings, traffic: Path, metadata: Path) -> int:
     results["processor"] = (
         f"{rate:>10,.0f} readings/s  ({kpi_rows:,} KPI records out; {cpu:.1f} µs CPU/reading)"
     )
+    if "dirty" in stages:
+        for name, dirt in DIRTY_INPUTS:
+            print(f"== processor, dirty input ({name}): {dirt.describe()}")
+            results[f"processor, {name}"] = _dirty_run(settings, traffic, metadata, dirt, rate)
+    _optional_stages(settings, s, traffic, metadata, stages, results, rate, cpu, kpi_rows)
 
+    print("\nResults (2 cores; each throughput stage alone on the real stack)")
+    for name, text in results.items():
+        print(f"  {name:26} {text}")
+    return 0
+
+
+def _optional_stages(
+    settings: Settings,
+    s: Settings,
+    traffic: Path,
+    metadata: Path,
+    stages: tuple[str, ...],
+    results: _Results,
+    rate: float,
+    cpu: float,
+    kpi_rows: int,
+) -> None:
+    """The stages after the processor's: each measured on its own namespace but ``sink``
+    (which inserts what the processor stage wrote to ``s``)."""
+    if "tracing" in stages:
+        _tracing_stage(settings, traffic, metadata, results, rate, cpu)
+    if "sink" in stages:
+        print("== sink: inserting every KPI record into chDB")
+        sink_rate = _measure_sink(s, kpi_rows)
+        results["sink"] = f"{sink_rate:>10,.0f} KPI rows/s"
+    if "scaling" in stages:
+        print("== scaling: 2 processor workers sharing the 6 partitions, then verify")
+        rate2, verdict = _measure_two_workers(_fresh(settings, "scaling"), traffic, metadata)
+        results["processor, 2 workers"] = f"{rate2:>10,.0f} readings/s  (verify: {verdict})"
+    if "latency" in stages:
+        print("== latency: window close -> KPI queryable, all stages live")
+        p50, p99, n = _measure_latency(_fresh(settings, "latency"), traffic, metadata)
+        results["window close -> queryable"] = f"p50 {p50:,.0f} ms  p99 {p99:,.0f} ms  ({n:,} rows)"
+    if "domains" in stages:
+        print("== every domain at once: a week of Aarhus data and the simulator, 7 processors")
+        for name, text in _measure_all_domains(_fresh(settings, "domains"), traffic, metadata):
+            results[name] = text
+    if "ingest" in stages:
+        print("== ingest: HTTP (batched) and MQTT into Kafka")
+        from citystream.bench_ingest import run_ingest_bench
+
+        ingest = run_ingest_bench(settings)
+        results["ingest HTTP (batches of 1000)"] = (
+            f"{ingest['ingest_http_events_per_s']:>10} events/s"
+        )
+        results["ingest MQTT (QoS 1)"] = f"{ingest['ingest_mqtt_events_per_s']:>10} events/s"
+
+
+def _tracing_stage(
+    settings: Settings, traffic: Path, metadata: Path, results: _Results, rate: float, cpu: float
+) -> None:
     print("== tracing: the same, with OpenTelemetry tracing on (source and processor)")
     traced, _, traced_cpu = _measure_traced_processor(
         _fresh(settings, "tracing"), traffic, metadata
@@ -69,34 +150,6 @@ def run_bench(settings: Settings, traffic: Path, metadata: Path) -> int:
         f"{traced:>10,.0f} readings/s  (throughput {100 * (rate - traced) / rate:+.1f} % lower; "
         f"{traced_cpu:.1f} µs CPU/reading, {100 * (traced_cpu - cpu) / cpu:+.1f} %)"
     )
-
-    print("== sink: inserting every KPI record into chDB")
-    sink_rate = _measure_sink(s, kpi_rows)
-    results["sink"] = f"{sink_rate:>10,.0f} KPI rows/s"
-
-    print("== scaling: 2 processor workers sharing the 6 partitions, then verify")
-    rate2, verdict = _measure_two_workers(_fresh(settings, "scaling"), traffic, metadata)
-    results["processor, 2 workers"] = f"{rate2:>10,.0f} readings/s  (verify: {verdict})"
-
-    print("== latency: window close -> KPI queryable, all stages live")
-    p50, p99, n = _measure_latency(_fresh(settings, "latency"), traffic, metadata)
-    results["window close -> queryable"] = f"p50 {p50:,.0f} ms  p99 {p99:,.0f} ms  ({n:,} rows)"
-
-    print("== every domain at once: a week of Aarhus data and the simulator, 7 processors")
-    for name, text in _measure_all_domains(_fresh(settings, "domains"), traffic, metadata):
-        results[name] = text
-
-    print("== ingest: HTTP (batched) and MQTT into Kafka")
-    from citystream.bench_ingest import run_ingest_bench
-
-    ingest = run_ingest_bench(settings)
-    results["ingest HTTP (batches of 1000)"] = f"{ingest['ingest_http_events_per_s']:>10} events/s"
-    results["ingest MQTT (QoS 1)"] = f"{ingest['ingest_mqtt_events_per_s']:>10} events/s"
-
-    print("\nResults (2 cores; each throughput stage alone on the real stack)")
-    for name, text in results.items():
-        print(f"  {name:26} {text}")
-    return 0
 
 
 class _Results(dict[str, str]):
@@ -142,10 +195,39 @@ def _cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def _dirty_run(settings: Settings, traffic: Path, metadata: Path, dirt: Dirt, clean: float) -> str:
+    """The processor's rate on a dirty variant of ``traffic``, beside the clean rate."""
+    s = _fresh(settings, "dirty")
+    made = make_dirty(traffic, s.data_dir / "dirty.csv.gz", dirt)
+    ensure_topics(s)
+    register_schemas(s)
+    source = AarhusReplaySource(s, s.data_dir / "dirty.csv.gz", metadata)
+    source.setup()
+    report = source.run(print_replay_progress)
+    stats: dict[str, Any] = {}
+    rate, _, cpu = _measure_processor(s, report.published, final=stats)
+    notes = [f"clean {clean:,.0f}: {100 * (rate - clean) / clean:+.1f} %",
+             f"{cpu:.1f} µs CPU/reading"]  # fmt: skip
+    if made.unknown:
+        notes.append(
+            f"{stats['unknown_reference']:,} readings of {made.unknown_segments} unknown "
+            f"segments, {stats['reference_waits']} reference waits in "
+            f"{stats['reference_wait_ms']:.0f} ms"
+        )
+    notes += [f"{stats[k]:,} {k}" for k in ("duplicates", "late") if stats[k]]
+    return f"{rate:>10,.0f} readings/s  ({'; '.join(notes)})"
+
+
 def _measure_processor(
-    s: Settings, published: int, env: dict[str, str] | None = None
+    s: Settings,
+    published: int,
+    env: dict[str, str] | None = None,
+    final: dict[str, Any] | None = None,
 ) -> tuple[float, int, float]:
-    """Readings/s, KPI records out, and CPU µs per reading of one processor worker."""
+    """Readings/s, KPI records out, and CPU µs per reading of one processor worker.
+
+    ``final`` receives the processor's last stats (its reconciliation counters).
+    """
     pipeline = Pipeline(s, processors=TRAFFIC, env=env or {"OTEL_SDK_DISABLED": "true"})
     try:
         pipeline.start("processor")
@@ -164,6 +246,8 @@ def _measure_processor(
         rate = (published - first_count) / elapsed if elapsed > 0 else float("nan")
         cpu = 1e6 * (_cpu_seconds(pid) - first_cpu) / max(1, published - first_count)
         time.sleep(2 * s.idle_timeout_s + 2)  # idle windows flushed
+        if final is not None:
+            final.update(pipeline.processor_stats())
         return rate, sum(end_offsets(s, s.topic("city.kpi.v1")).values()), cpu
     finally:
         pipeline.stop()

@@ -197,6 +197,13 @@ def parser() -> argparse.ArgumentParser:
     bench = sub.add_parser("bench", help="throughput and latency on the real stack")
     bench.add_argument("--traffic", type=Path, help="default: the 7-day Aarhus file")
     bench.add_argument("--metadata", type=Path, default=DATA_DIR / "traffic_metadata.csv")
+    bench.add_argument("--rows", type=int, help="only the first ROWS rows of the file (a slice)")
+    bench.add_argument(
+        "--stages",
+        default="all",
+        help="comma-separated stages after source and processor (default all: "
+        "dirty,tracing,sink,scaling,latency,domains,ingest)",
+    )
     _add_common(bench)
     return root
 
@@ -598,11 +605,16 @@ def cmd_soak(args: argparse.Namespace) -> int:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    from citystream.bench import run_bench
+    from citystream.bench import STAGES, run_bench
 
     settings = build_settings(args)
     traffic = args.traffic or settings.aarhus_dir / "traffic_2014-08-01_07.csv.gz"
-    return run_bench(settings, traffic, args.metadata)
+    stages = STAGES if args.stages == "all" else tuple(args.stages.split(","))
+    unknown = sorted(set(stages) - set(STAGES))
+    if unknown:
+        print(f"bench: unknown stages {', '.join(unknown)}; known: {', '.join(STAGES)}")
+        return 2
+    return run_bench(settings, traffic, args.metadata, args.rows, stages)
 
 
 def cmd_status(args: argparse.Namespace) -> int:
