@@ -49,7 +49,9 @@ class Uptime(Domain[Received]):
         self.kind = kind
         self.entity_column = entity_column
         self.reference_column = entity_column  # an unknown sensor re-reads the reference
-        self._expected: dict[tuple[int, int, int], tuple[str, ...]] = {}
+        # per (partition, partition count): the reference mapping it was computed from, and
+        # the sensors; recomputed when the follower swaps in a new mapping (any change)
+        self._expected: dict[tuple[int, int], tuple[Mapping[str, Any], tuple[str, ...]]] = {}
 
     def new(self) -> Received:
         return Received()
@@ -64,13 +66,15 @@ class Uptime(Domain[Received]):
         self, partition: int, partition_count: int, reference: Mapping[str, Any]
     ) -> tuple[str, ...]:
         """The known sensors whose readings land on this partition (same key hashing)."""
-        key = (partition, partition_count, len(reference))
-        if key not in self._expected:
-            self._expected[key] = tuple(
+        key = (partition, partition_count)
+        cached = self._expected.get(key)
+        if cached is None or cached[0] is not reference:
+            sensors = tuple(
                 s for s in sorted(reference)
                 if partition_for(s.encode(), partition_count) == partition
             )  # fmt: skip
-        return self._expected[key]
+            cached = self._expected[key] = (reference, sensors)
+        return cached[1]
 
     def entity_kpis(
         self, entity: str, acc: Received, reference: Mapping[str, Any], trend: bool

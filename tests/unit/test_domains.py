@@ -179,3 +179,13 @@ def test_uptime_expects_only_the_sensors_of_its_partition() -> None:
     mine = set(uptime.expected(2, 6, reference))
     assert mine and all(partition_for(s.encode(), 6) == 2 for s in mine)
     assert set().union(*(uptime.expected(p, 6, reference) for p in range(6))) == reference.keys()
+
+
+def test_expected_sensors_follow_a_reference_change_of_the_same_size() -> None:
+    """A retired sensor and a new one in one update keep the count: the silence detection
+    must still see the new mapping (the reference follower swaps in a new dict)."""
+    uptime = Uptime("traffic", "segment_id")
+    before = {"a": None, "b": None}
+    after = {"a": None, "c": None}
+    assert set(uptime.expected(0, 1, before)) == {"a", "b"}
+    assert set(uptime.expected(0, 1, after)) == {"a", "c"}
