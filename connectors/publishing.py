@@ -45,32 +45,38 @@ class EventStream:
     ``columns`` are the fields of the event copied into the batch record (the batch schema
     has one array per column, plus ``origin``); ``key`` names the field whose value is the
     message key and picks the partition, so one entity's events stay in order.
+    ``optional`` columns may be absent from a record (None in the batch): a field added
+    later, which older sources do not fill.
     """
 
     topic: str
     batch_topic: str
     key: str
     columns: tuple[str, ...]
+    optional: tuple[str, ...] = ()
 
 
 class _Columns:
     """Events of one stream and partition waiting to become one batch message."""
 
-    __slots__ = ("columns", "origin", "trace")
+    __slots__ = ("columns", "optional", "origin", "trace")
 
-    def __init__(self, names: tuple[str, ...]) -> None:
+    def __init__(self, names: tuple[str, ...], optional: tuple[str, ...] = ()) -> None:
         self.columns: dict[str, list[Any]] = {name: [] for name in names}
+        self.optional: dict[str, list[Any]] = {name: [] for name in optional}
         self.origin: list[str] = []
         self.trace = telemetry.NO_TRACE  # telemetry: the batch's span, from its first event
 
     def add(self, event: dict[str, Any], origin: str) -> int:
         for name, column in self.columns.items():
             column.append(event[name])
+        for name, column in self.optional.items():
+            column.append(event.get(name))
         self.origin.append(origin)
         return len(self.origin)
 
     def record(self, source: str) -> dict[str, Any]:
-        return {"source": source, **self.columns, "origin": self.origin}
+        return {"source": source, **self.columns, **self.optional, "origin": self.origin}
 
 
 @dataclass(frozen=True, slots=True)
@@ -147,7 +153,7 @@ class EventPublisher:
         self.partitions = self._partition_count()
         self._buffers = [_BatchBuffer() for _ in range(self.partitions)]
         self._columns = {
-            s.topic: [_Columns(s.columns) for _ in range(self.partitions)]
+            s.topic: [_Columns(s.columns, s.optional) for _ in range(self.partitions)]
             for s in self.streams.values()
         }
 
@@ -213,7 +219,7 @@ class EventPublisher:
         topic = self.topics[stream.batch_topic]
         self.publisher.send(topic, str(partition).encode(), value, partition, batch.trace.headers)
         self._batch_sent(batch.trace, batch.origin, (self.topics[stream.topic], topic))
-        buffers[partition] = _Columns(stream.columns)
+        buffers[partition] = _Columns(stream.columns, stream.optional)
         self.batches_sent += 1
 
     def reject(self, rejected: Rejected) -> None:
@@ -300,4 +306,5 @@ SERVICE = EventStream(
     "city.service_requests.batches.v1",
     key="request_id",
     columns=("request_id", "status", "category", "district", "event_time_ms", "opened_at_ms"),
+    optional=("sla_due_ms",),  # a request's own due time (Boston's TARGET_DT), else None
 )

@@ -433,7 +433,8 @@ def _arrivals(config: SimulationConfig, rng: random.Random) -> Iterator[int]:
 def _lifecycle(
     request_id: str, category: Category, district: str, opened: int, rng: random.Random
 ) -> list[SimEvent]:
-    """opened → assigned → closed, with delays that depend on the category's SLA."""
+    """opened → assigned → closed, with delays that depend on the category's SLA (which
+    judges them: simulated requests have no due time of their own)."""
     assign_min = max(1.0, rng.lognormvariate(math.log(min(20, category.sla_minutes / 6)), 0.8))
     close_min = category.sla_minutes * rng.lognormvariate(math.log(0.6), 0.55)
     assigned = opened + round(assign_min * 60) * 1000
@@ -443,7 +444,8 @@ def _lifecycle(
         record = {"event_id": event_id("service", request_id, t, status),
                   "request_id": request_id, "status": status, "category": category.category,
                   "district": district, "event_time": t, "event_time_ms": t,
-                  "opened_at": opened, "opened_at_ms": opened, "source": COMPONENT}  # fmt: skip
+                  "opened_at": opened, "opened_at_ms": opened, "source": COMPONENT,
+                  "sla_due_at": None}  # fmt: skip
         events.append(SimEvent(SERVICE.topic, record, t))
     return events
 

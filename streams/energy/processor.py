@@ -12,8 +12,10 @@ from streams.energy.domain import Energy
 from streams.engine.processor import Input, ProcessorSpec
 
 
-def emission_factor(record: dict[str, Any]) -> float:
-    return float(record["grid_emission_kg_per_kwh"])
+def emission_factor(record: dict[str, Any]) -> float | None:
+    """None for a district without a known factor (a city pack's polygon): no CO2e there."""
+    factor = record["grid_emission_kg_per_kwh"]
+    return None if factor is None else float(factor)
 
 
 SPEC = ProcessorSpec(

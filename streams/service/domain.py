@@ -3,7 +3,11 @@
 Each lifecycle event counts in the window of its own event time: an ``opened`` event
 adds to requests_opened, a ``closed`` one adds its response time (closed − opened_at,
 which every event carries, so no request state outlives a window) and whether it met
-its category's SLA (city.service_categories.v1).
+its SLA: its own due time when the event carries one (``sla_due_ms``, e.g. Boston's
+TARGET_DT: met when closed ≤ due), else its category's SLA (city.service_categories.v1);
+a request with neither counts in the response times but not in sla_met_pct.
+
+The city scope's entity_id is the domain's ``city`` (the city pack's id; aarhus by default).
 """
 
 from __future__ import annotations
@@ -18,7 +22,8 @@ OPENED = "service.requests_opened"
 P50 = "service.response_minutes_p50"
 P90 = "service.response_minutes_p90"
 SLA_MET = "service.sla_met_pct"
-Event = tuple[str, str, str, int, int]  # status, category, district, event ms, opened ms
+# status, category, district, event ms, opened ms, due ms (None: the category's SLA)
+Event = tuple[str, str, str, int, int, int | None]
 
 
 def nearest_rank(values: Sequence[float], pct: float) -> float:
@@ -48,6 +53,9 @@ class Service(Domain[list[Event]]):
     entity_scope = "request"  # no request-level KPI
     reference_column = "category"
 
+    def __init__(self, city: str = CITY) -> None:
+        self.city = city
+
     def new(self) -> list[Event]:
         return []
 
@@ -62,6 +70,7 @@ class Service(Domain[list[Event]]):
                 batch["district"][i],
                 batch["event_time_ms"][i],
                 batch["opened_at_ms"][i],
+                _due(batch, i),
             )
         )
 
@@ -72,19 +81,36 @@ class Service(Domain[list[Event]]):
         reference: Mapping[str, Any],
         groups: dict[GroupKey, Group],
     ) -> None:
-        for status, category, district, event_ms, opened_ms in acc:
-            for key in (("category", category), ("district", district), ("city", CITY)):
+        for status, category, district, event_ms, opened_ms, due_ms in acc:
+            closed = status == "closed"
+            met = _sla_met(event_ms, opened_ms, due_ms, reference.get(category)) if closed else None
+            for key in (("category", category), ("district", district), ("city", self.city)):
                 g = group(groups, *key)
                 g.samples += 1
                 if status == "opened":
                     g.add("opened", 1.0)
-                elif status == "closed":
+                elif closed:
                     minutes = (event_ms - opened_ms) / 60_000
                     g.extend("response_minutes", (minutes,))
-                    sla = reference.get(category)
-                    if sla is not None:
+                    if met is not None:
                         g.add("closed_with_sla", 1.0)
-                        g.add("sla_met", 1.0 if minutes <= sla else 0.0)
+                        g.add("sla_met", 1.0 if met else 0.0)
 
     def group_kpis(self, scope: str, group: Group, trend: bool) -> list[KpiValue]:
         return service_kpis(group)
+
+
+def _due(batch: Batch, i: int) -> int | None:
+    """The event's own due time; batches from before the field have an empty column."""
+    due = batch.get("sla_due_ms") or ()
+    return due[i] if i < len(due) else None
+
+
+def _sla_met(event_ms: int, opened_ms: int, due_ms: int | None, sla: Any) -> bool | None:
+    """Whether a close met its SLA: its due time first, else the category's minutes;
+    None when it has neither (then it is not judged)."""
+    if due_ms is not None:
+        return event_ms <= due_ms
+    if sla is not None:
+        return (event_ms - opened_ms) / 60_000 <= sla
+    return None
