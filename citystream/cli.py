@@ -11,6 +11,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from citystream.city_cli import add_city_parser, cmd_city
 from core.settings import Settings
 from core.startup import ServiceUnavailable, wait_for_services
 
@@ -205,6 +206,7 @@ def parser() -> argparse.ArgumentParser:
         "dirty,tracing,sink,scaling,latency,domains,ingest)",
     )
     _add_common(bench)
+    add_city_parser(sub, _add_common)
     return root
 
 
@@ -693,6 +695,7 @@ COMMANDS = {
     "catalog": cmd_catalog,
     "ingest": cmd_ingest,
     "status": cmd_status,
+    "city": cmd_city,
 }
 
 if __name__ == "__main__":

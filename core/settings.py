@@ -27,6 +27,11 @@ class Settings(BaseSettings):
     aarhus_dir: Path = Field(
         Path("../shared/data/aarhus"), description="Full Aarhus recordings (bench, big replays)"
     )
+    city: Path | None = Field(
+        None,
+        description="City pack directory (cities/<id>, with city.toml); its id names the "
+        "city scope (default: aarhus)",
+    )
 
     # --- Kafka (librdkafka keys pass through kafka_extra) -------------------------------
     kafka_bootstrap_servers: str = Field("127.0.0.1:9092", description="bootstrap.servers")

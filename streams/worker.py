@@ -7,6 +7,7 @@ import logging
 import faust
 
 from core import telemetry
+from core.city import city_id
 from core.settings import Settings
 from streams.air.processor import SPEC as AIR
 from streams.app import create_app
@@ -16,6 +17,7 @@ from streams.engine import agents
 from streams.engine.processor import ProcessorSpec, WindowedProcessor
 from streams.parking.processor import SPEC as PARKING
 from streams.service.processor import SPEC as SERVICE
+from streams.service.processor import service_spec
 from streams.traffic.processor import SPEC as TRAFFIC
 from streams.waste.processor import SPEC as WASTE
 
@@ -40,6 +42,14 @@ def app_id(settings: Settings, names: list[str] | None = None) -> str:
     return "citystream-processors" if everything else "citystream-" + "-".join(chosen)
 
 
+def city_specs(settings: Settings) -> dict[str, ProcessorSpec]:
+    """Processors whose city scope follows the city pack (CITYSTREAM_CITY): the service
+    processor names its city scope after the pack's id. None without a pack."""
+    if settings.city is None:
+        return {}
+    return {"service": service_spec(city_id(settings.city))}
+
+
 def input_topics(names: list[str] | None = None) -> list[str]:
     """Every topic the chosen processors (default: all) consume, each once."""
     specs = [PROCESSORS[n] for n in names or PROCESSORS]
@@ -48,7 +58,8 @@ def input_topics(names: list[str] | None = None) -> list[str]:
 
 def run(settings: Settings, names: list[str] | None = None, loglevel: str = "INFO") -> None:
     """One worker process for ``names`` (default: every processor) in one consumer group."""
-    processors = [WindowedProcessor(settings, PROCESSORS[n]) for n in names or PROCESSORS]
+    specs = {**PROCESSORS, **city_specs(settings)}
+    processors = [WindowedProcessor(settings, specs[n]) for n in names or PROCESSORS]
     for processor in processors:
         processor.setup()
     app = create_app(settings, app_id(settings, names))

@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 from streams.engine.processor import Input, ProcessorSpec
+from streams.engine.windows import CITY
 from streams.service.domain import Service
 
 
@@ -16,10 +17,15 @@ def sla_minutes(record: dict[str, Any]) -> int:
     return int(record["sla_minutes"])
 
 
-SPEC = ProcessorSpec(
-    name="service",
-    inputs=(Input(Service(), "city.service_requests.batches.v1"),),
-    partials_topic="city.service.partials.v1",
-    reference_topic="city.service_categories.v1",
-    to_reference=sla_minutes,
-)
+def service_spec(city: str = CITY) -> ProcessorSpec:
+    """The service processor whose city scope is ``city`` (a city pack's id)."""
+    return ProcessorSpec(
+        name="service",
+        inputs=(Input(Service(city), "city.service_requests.batches.v1"),),
+        partials_topic="city.service.partials.v1",
+        reference_topic="city.service_categories.v1",
+        to_reference=sla_minutes,
+    )
+
+
+SPEC = service_spec()
