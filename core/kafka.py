@@ -203,7 +203,11 @@ class _MetadataClient(Protocol):
 
 
 def wait_for_topic(
-    client: _MetadataClient, topic: str, timeout: float = TOPIC_WAIT_S, poll_s: float = 0.2
+    client: _MetadataClient,
+    topic: str,
+    timeout: float = TOPIC_WAIT_S,
+    poll_s: float = 0.2,
+    stopping: Callable[[], bool] = lambda: False,
 ) -> TopicMetadata:
     """The topic's metadata once it exists and every partition has a leader.
 
@@ -211,7 +215,8 @@ def wait_for_topic(
     load, the metadata says ``UNKNOWN_TOPIC_OR_PART`` or has leaderless partitions for a
     while. Every place that looks a topic up calls this instead of failing on the first
     answer: it says once what it waits for, and raises :class:`TopicUnavailable` naming the
-    topic and Kafka's last answer when ``timeout`` runs out.
+    topic and Kafka's last answer when ``timeout`` runs out, or as soon as ``stopping()``
+    is true (a service asked to stop while it waits).
     """
     deadline = time.monotonic() + timeout
     announced = False
@@ -226,6 +231,8 @@ def wait_for_topic(
         if not announced:
             log.info("waiting up to %.0fs for topic %s (%s)", timeout, topic, problem)
             announced = True
+        if stopping():
+            raise TopicUnavailable(f"stopped waiting for topic {topic}: {problem}")
         time.sleep(poll_s)
 
 
