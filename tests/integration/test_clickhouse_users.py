@@ -16,7 +16,8 @@ from typing import Any
 import pytest
 from clickhouse_connect.driver.client import Client
 
-from connectors.sinks.clickhouse import MIGRATIONS, Retention, connect, migrate
+from connectors.sinks.clickhouse.backend import connect
+from connectors.sinks.clickhouse.schema import MIGRATIONS, Retention, migrate
 from core.settings import Settings
 
 USERS_SQL = Path(__file__).resolve().parents[2] / "infra/clickhouse/users.sql"

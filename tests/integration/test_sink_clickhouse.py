@@ -7,19 +7,13 @@ import os
 import socket
 import subprocess
 import sys
-import threading
-import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
-from confluent_kafka import Consumer, TopicPartition
 
 from citystream.query import run_query
 from connectors.sinks.clickhouse import (
-    DLQ_TOPIC,
     KPI_COLUMN_NAMES,
     KPI_TOPIC,
     ClickHouseSink,
@@ -28,6 +22,8 @@ from connectors.sinks.clickhouse import (
 from core.kafka import Publisher, ensure_topics, register_schemas
 from core.settings import Settings
 from schemas.registry import SchemaRegistry
+from tests.integration import sink_harness
+from tests.integration.sink_harness import dead_letters, running, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -102,73 +98,9 @@ def _plain(value: Any) -> Any:
     return int(value.timestamp() * 1000) if hasattr(value, "timestamp") else value
 
 
-def wait_for(condition: Callable[[], bool], what: str, errors: list[BaseException]) -> None:
-    deadline = time.monotonic() + 60
-    while not condition():
-        if errors:
-            raise AssertionError(f"sink crashed while waiting for {what}") from errors[0]
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.1)
-
-
-@contextmanager
-def running(sink: ClickHouseSink) -> Iterator[list[BaseException]]:
-    """The sink's loop in a thread; its exception, if any, lands in the yielded list."""
-    stop, errors = threading.Event(), []
-
-    def target() -> None:
-        try:
-            sink.run(stop)
-        except BaseException as exc:
-            errors.append(exc)
-
-    thread = threading.Thread(target=target, name="sink-under-test")
-    thread.start()
-    try:
-        yield errors
-    finally:
-        stop.set()
-        thread.join(timeout=60)
-        sink.close()
-    assert not thread.is_alive(), "sink did not stop"
-    assert not errors, f"sink failed: {errors[0]!r}"
-
-
 def committed_and_end(settings: Settings) -> tuple[list[int], list[int]]:
-    topic = settings.topic(KPI_TOPIC)
-    consumer = Consumer(
-        settings.kafka_config(**{"group.id": settings.group(settings.sink_group_id)})
-    )
-    try:
-        meta = consumer.list_topics(topic, timeout=10).topics[topic]
-        parts = [TopicPartition(topic, p) for p in sorted(meta.partitions)]
-        committed = [tp.offset for tp in consumer.committed(parts, timeout=10)]
-        ends = [consumer.get_watermark_offsets(tp, timeout=10)[1] for tp in parts]
-    finally:
-        consumer.close()
-    return committed, ends
-
-
-def dead_letters(settings: Settings) -> list[dict[str, Any]]:
-    topic = settings.topic(DLQ_TOPIC)
-    serde = SchemaRegistry(settings.registry_config()).serde(topic, DLQ_TOPIC)
-    consumer = Consumer(
-        settings.kafka_config(
-            **{"group.id": settings.group("dlq-reader"), "auto.offset.reset": "earliest"}
-        )
-    )
-    consumer.subscribe([topic])
-    letters: list[dict[str, Any]] = []
-    try:
-        deadline = time.monotonic() + 20
-        while not letters and time.monotonic() < deadline:
-            for msg in consumer.consume(num_messages=100, timeout=1.0):
-                assert msg.error() is None, msg.error()
-                letters.append(serde.decode(msg.value()))
-    finally:
-        consumer.close()
-    return letters
+    group = settings.group(settings.sink_group_id)
+    return sink_harness.committed_and_end(settings, settings.topic(KPI_TOPIC), group)
 
 
 def query_in_subprocess(settings: Settings, port: int, sql: str) -> subprocess.CompletedProcess:
@@ -257,7 +189,7 @@ def test_failed_insert_is_retried_and_holds_back_the_commit(settings: Settings) 
         try:
             admin.command("RENAME TABLE kpi TO kpi_parked")
             produce(settings, records)
-            wait_for(lambda: sink.insert_failures >= 2, "the insert to fail twice", errors)
+            wait_for(lambda: sink.write_failures >= 2, "the insert to fail twice", errors)
             assert sink.rows_inserted == 0
             committed, _ = committed_and_end(settings)
             assert all(offset < 0 for offset in committed), committed  # nothing committed

@@ -17,18 +17,16 @@ import orjson
 import pytest
 
 from citystream.query import QueryError, format_result, run_query
-from connectors.sinks.clickhouse import (
+from connectors.sinks.clickhouse.backend import connect
+from connectors.sinks.clickhouse.endpoint import RejectedQuery, read_only_statement
+from connectors.sinks.clickhouse.schema import (
     KPI_COLUMNS,
     MIGRATIONS,
-    ClickHouseSink,
-    InvalidKpiRecord,
     Retention,
     apply_retention,
-    check_record,
-    connect,
     migrate,
 )
-from connectors.sinks.query_endpoint import RejectedQuery, read_only_statement
+from connectors.sinks.clickhouse.sink import ClickHouseSink, InvalidKpiRecord, check_record
 from core.kpis import KPIS
 from core.settings import Settings
 

@@ -24,7 +24,7 @@ import pytest
 
 from citystream.verify import Key, Value, recompute
 from connectors.sinks.clickhouse import ClickHouseSink
-from connectors.sinks.query_endpoint import QueryResult
+from connectors.sinks.clickhouse.endpoint import QueryResult
 from core.settings import Settings
 
 REPO = Path(__file__).resolve().parents[2]

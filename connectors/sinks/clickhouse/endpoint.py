@@ -1,8 +1,9 @@
-"""Read-only SQL over HTTP, served by the sink while it owns an embedded chDB directory.
+"""Read-only SQL: which statements pass, and the HTTP endpoint the chDB sink serves them on.
 
 chDB lets only one process open a database directory, so while the sink runs, analysts
 cannot open it themselves. The sink therefore answers queries on 127.0.0.1 through this
-endpoint, on a client set to ``readonly=1``, serialised with its inserts by a shared lock.
+endpoint, on a session set to ``readonly=1``, serialised with its inserts by a shared lock;
+:func:`ask_endpoint` is the other side, used by ``citystream query`` (through the backend).
 
 Protocol: ``POST /query`` with the SQL as the body; 200 with
 ``{"columns": [...], "types": [...], "rows": [[...], ...]}``, 400 with ``{"error": ...}``
@@ -14,13 +15,14 @@ from __future__ import annotations
 import logging
 import re
 import threading
-from collections.abc import Callable, Sequence
+import urllib.error
+import urllib.request
+from collections.abc import Callable
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import orjson
-from clickhouse_connect.driver.client import Client
 from clickhouse_connect.driver.exceptions import ClickHouseError
 
 log = logging.getLogger(__name__)
@@ -38,6 +40,14 @@ class RejectedQuery(ValueError):
     """A statement the read-only query path refuses before it reaches ClickHouse."""
 
 
+class QueryError(RuntimeError):
+    """The query could not run; the message says why (ClickHouse's text where it has one)."""
+
+
+class EndpointUnavailable(QueryError):
+    """Nothing listens on the sink's query port."""
+
+
 @dataclass(frozen=True)
 class QueryResult:
     columns: list[str]
@@ -52,49 +62,18 @@ def read_only_statement(sql: str) -> str:
     message instead of a ClickHouse error for the obvious cases.
     """
     statement = sql.strip().rstrip(";").rstrip()
-    keyword = _keyword(statement)
+    keyword = first_keyword(statement)
     if keyword not in READ_ONLY_KEYWORDS:
         allowed = ", ".join(sorted(READ_ONLY_KEYWORDS))
         raise RejectedQuery(f"only read-only statements ({allowed}) are allowed, got {keyword!r}")
     return statement
 
 
-def _keyword(statement: str) -> str:
+def first_keyword(statement: str) -> str:
+    """The statement's first word in upper case, past comments and parentheses."""
     noise = _LEADING_NOISE.match(statement)
     word = _FIRST_WORD.match(statement, noise.end() if noise else 0)
     return word.group(0).upper() if word else ""
-
-
-def _json_default(value: Any) -> Any:
-    if isinstance(value, bytes | bytearray | memoryview):
-        return bytes(value).decode("utf-8", "replace")
-    if isinstance(value, set | frozenset):
-        return list(value)
-    return str(value)  # Decimal, IP addresses, ...: their text form is what analysts expect
-
-
-def json_safe(rows: Sequence[Sequence[Any]]) -> list[list[Any]]:
-    """Rows as plain JSON values (datetimes as ISO 8601), identical on every query path."""
-    encoded = orjson.dumps(rows, default=_json_default, option=orjson.OPT_NON_STR_KEYS)
-    result: list[list[Any]] = orjson.loads(encoded)
-    return result
-
-
-def execute_read_only(client: Client, sql: str) -> QueryResult:
-    """Run one read-only statement; ``client`` should be connected with READ_ONLY_SETTINGS."""
-    statement = read_only_statement(sql)
-    result = client.query(statement)
-    columns = list(result.column_names)
-    types = [t.name for t in result.column_types]
-    if not columns and _keyword(statement) in {"SELECT", "WITH"}:
-        columns, types = _describe(client, statement)
-    return QueryResult(columns, types, json_safe(result.result_rows))
-
-
-def _describe(client: Client, statement: str) -> tuple[list[str], list[str]]:
-    """Column names of an empty result: chDB sends no header block when no rows match."""
-    described = client.query(f"DESCRIBE ({statement})")
-    return [str(r[0]) for r in described.result_rows], [str(r[1]) for r in described.result_rows]
 
 
 class _Server(ThreadingHTTPServer):
@@ -196,7 +175,7 @@ class QueryEndpoint:
 
     @property
     def url(self) -> str:
-        return f"http://{self._address[0]}:{self.port}/query"
+        return endpoint_url(self.port, self._address[0])
 
     def stop(self) -> None:
         if self._server is None:
@@ -206,3 +185,37 @@ class QueryEndpoint:
         if self._thread is not None:
             self._thread.join()
         self._server = self._thread = None
+
+
+def endpoint_url(port: int, host: str = "127.0.0.1") -> str:
+    return f"http://{host}:{port}/query"
+
+
+def ask_endpoint(port: int, sql: str) -> QueryResult:
+    """Ask the running sink; :class:`EndpointUnavailable` if no sink serves the port."""
+    url = endpoint_url(port)
+    timeout = float(READ_ONLY_SETTINGS["max_execution_time"]) + 10
+    request = urllib.request.Request(
+        url,
+        data=sql.encode(),
+        method="POST",
+        headers={"Content-Type": "text/plain; charset=utf-8"},
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as response:
+            body = orjson.loads(response.read())
+    except urllib.error.HTTPError as exc:
+        raise QueryError(_error_text(exc)) from exc
+    except urllib.error.URLError as exc:
+        if isinstance(exc.reason, ConnectionRefusedError):
+            raise EndpointUnavailable(f"nothing listens on {url}") from exc
+        raise QueryError(f"query endpoint {url}: {exc.reason}") from exc
+    return QueryResult(body["columns"], body["types"], body["rows"])
+
+
+def _error_text(exc: urllib.error.HTTPError) -> str:
+    raw = exc.read()
+    try:
+        return str(orjson.loads(raw)["error"])
+    except (orjson.JSONDecodeError, KeyError, TypeError):
+        return f"query endpoint answered HTTP {exc.code}: {raw[:500]!r}"

@@ -1,0 +1,248 @@
+"""Where the KPI tables live: embedded chDB or a ClickHouse server, behind one seam.
+
+clickhouse-connect already puts both behind one client (``chdb:///abs/path`` and
+``http(s)://host:port``), and a :class:`Session` is the part of it citystream uses: query,
+insert, command. What still differs is who may open the data, and this module is the only
+place that knows it (:func:`backend_for` picks by the URL):
+
+- a **server** takes any number of sessions, with the configured user, from any process;
+- **chDB** lets one process open its directory. That process (the running sink) serves
+  the others through its read-only endpoint; without a sink, a reader opens the
+  directory itself.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, ClassVar, Protocol
+from urllib.parse import urlparse
+
+import clickhouse_connect
+import orjson
+from clickhouse_connect.driver.exceptions import ClickHouseError
+from clickhouse_connect.driver.query import QueryResult as ClickHouseResult
+from clickhouse_connect.driver.summary import QuerySummary
+
+from connectors.sinks.clickhouse.endpoint import (
+    READ_ONLY_SETTINGS,
+    EndpointUnavailable,
+    QueryError,
+    QueryResult,
+    RejectedQuery,
+    ask_endpoint,
+    endpoint_url,
+    first_keyword,
+    read_only_statement,
+)
+from core.settings import Settings
+
+
+class Session(Protocol):
+    """The calls citystream makes on ClickHouse; clickhouse-connect's clients have them."""
+
+    def query(
+        self, query: str | None = None, parameters: Sequence[Any] | dict[str, Any] | None = None
+    ) -> ClickHouseResult: ...
+
+    def command(
+        self,
+        cmd: str,
+        parameters: Sequence[Any] | dict[str, Any] | None = None,
+        *,
+        use_database: bool = True,
+    ) -> str | int | Sequence[str] | QuerySummary: ...
+
+    def insert(
+        self,
+        table: str | None = None,
+        data: Sequence[Sequence[Any]] | None = None,
+        *,
+        column_names: str | Sequence[str] | None = "*",
+        database: str | None = None,
+        column_type_names: Sequence[str] | None = None,
+        column_oriented: bool = False,
+    ) -> QuerySummary: ...
+
+    def close(self) -> None: ...
+
+
+class Backend(ABC):
+    """How this process and others reach the tables at ``settings``' ClickHouse URL."""
+
+    # Only one process may open the data: that one (the sink) must serve the others' reads.
+    exclusive: ClassVar[bool]
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+
+    @property
+    def url(self) -> str:
+        return self.settings.resolved_clickhouse_url
+
+    def connect(self, *, readonly: bool = False) -> Session:
+        """A session with the sink's database as default (not checked: setup creates it);
+        ``readonly`` applies READ_ONLY_SETTINGS to it."""
+        client = clickhouse_connect.get_client(
+            dsn=self.url,
+            tz_mode="aware",
+            settings=dict(READ_ONLY_SETTINGS) if readonly else {},
+            **self._credentials(),
+        )
+        client.database = self.settings.clickhouse_database
+        return client
+
+    def read(self, sql: str) -> QueryResult:
+        """One read-only statement, from a process that is not the sink (``citystream query``)."""
+        try:
+            read_only_statement(sql)
+        except RejectedQuery as exc:
+            raise QueryError(str(exc)) from exc
+        return self._read(sql)
+
+    def _credentials(self) -> dict[str, Any]:
+        return {}
+
+    @abstractmethod
+    def _read(self, sql: str) -> QueryResult: ...
+
+    def _read_with(self, session: Session, sql: str) -> QueryResult:
+        try:
+            return execute_read_only(session, sql)
+        except ClickHouseError as exc:
+            raise QueryError(str(exc)) from exc
+        finally:
+            session.close()
+
+
+class ServerBackend(Backend):
+    """A ClickHouse server over HTTP(S): sessions as the configured user, from anywhere."""
+
+    exclusive = False
+
+    def _credentials(self) -> dict[str, Any]:
+        credentials: dict[str, Any] = {"username": self.settings.clickhouse_username}
+        if self.settings.clickhouse_password is not None:
+            credentials["password"] = self.settings.clickhouse_password.get_secret_value()
+        return credentials
+
+    def _read(self, sql: str) -> QueryResult:
+        try:
+            session = self.connect(readonly=True)
+        except ClickHouseError as exc:
+            raise QueryError(f"cannot connect to ClickHouse at {self.url}: {exc}") from exc
+        return self._read_with(session, sql)
+
+
+class ChdbBackend(Backend):
+    """Embedded chDB: a directory only one process may open at a time."""
+
+    exclusive = True
+
+    @property
+    def directory(self) -> Path:
+        return Path(urlparse(self.url).path)
+
+    def _read(self, sql: str) -> QueryResult:
+        """The running sink's endpoint, else the directory opened in this process."""
+        try:
+            return ask_endpoint(self.settings.query_port, sql)
+        except EndpointUnavailable:
+            return self._read_with(self._open_directory(), sql)
+
+    def _open_directory(self) -> Session:
+        path = self.directory
+        if not path.is_dir():
+            raise QueryError(f"no chDB data at {path}: has the ClickHouse sink run yet?")
+        try:
+            return self.connect(readonly=True)
+        except ClickHouseError as exc:
+            holder = lock_holder(path)
+            if holder is None:
+                raise QueryError(f"cannot open chDB directory {path}: {exc}") from exc
+            raise QueryError(
+                f"chDB directory {path} is locked by {holder}, and nothing answers on "
+                f"{endpoint_url(self.settings.query_port)}: the sink's query endpoint is off or"
+                " on another port (CITYSTREAM_QUERY_PORT must match the sink's)"
+            ) from exc
+
+
+def backend_for(settings: Settings) -> Backend:
+    """The one place that tells chDB from a server (by the URL's scheme)."""
+    return ChdbBackend(settings) if settings.embedded_clickhouse else ServerBackend(settings)
+
+
+def connect(settings: Settings, *, readonly: bool = False) -> Session:
+    """A session on ``settings``' ClickHouse (see :meth:`Backend.connect`)."""
+    return backend_for(settings).connect(readonly=readonly)
+
+
+# --- read-only statements ----------------------------------------------------------------
+
+
+def execute_read_only(session: Session, sql: str) -> QueryResult:
+    """Run one read-only statement; ``session`` should be connected with ``readonly``."""
+    statement = read_only_statement(sql)
+    result = session.query(statement)
+    columns = list(result.column_names)
+    types = [t.name for t in result.column_types]
+    if not columns and first_keyword(statement) in {"SELECT", "WITH"}:
+        columns, types = _describe(session, statement)
+    return QueryResult(columns, types, json_safe(result.result_rows))
+
+
+def _describe(session: Session, statement: str) -> tuple[list[str], list[str]]:
+    """Column names of an empty result: chDB sends no header block when no rows match."""
+    described = session.query(f"DESCRIBE ({statement})").result_rows
+    return [str(r[0]) for r in described], [str(r[1]) for r in described]
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, bytes | bytearray | memoryview):
+        return bytes(value).decode("utf-8", "replace")
+    if isinstance(value, set | frozenset):
+        return list(value)
+    return str(value)  # Decimal, IP addresses, ...: their text form is what analysts expect
+
+
+def json_safe(rows: Sequence[Sequence[Any]]) -> list[list[Any]]:
+    """Rows as plain JSON values (datetimes as ISO 8601), identical on every query path."""
+    encoded = orjson.dumps(rows, default=_json_default, option=orjson.OPT_NON_STR_KEYS)
+    result: list[list[Any]] = orjson.loads(encoded)
+    return result
+
+
+# --- who holds a chDB directory ----------------------------------------------------------
+
+
+def lock_holder(path: Path) -> str | None:
+    """Who holds the chDB directory, from the status file the engine keeps while open."""
+    try:
+        status = (path / "status").read_text()
+    except FileNotFoundError:
+        return None
+    pid_match = re.search(r"^PID:\s*(\d+)", status, re.M)
+    if pid_match is None:
+        return None
+    pid = int(pid_match.group(1))
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return None  # stale status file: the engine did not stop cleanly
+    except PermissionError:
+        pass  # alive, owned by someone else
+    started = re.search(r"^Started at:\s*(.+)$", status, re.M)
+    since = f", started {started.group(1).strip()}" if started else ""
+    return f"process {pid}{_command_line(pid)}{since}"
+
+
+def _command_line(pid: int) -> str:
+    try:
+        raw = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return ""
+    command = raw.replace(b"\0", b" ").decode(errors="replace").strip()
+    return f" ({command[:200]})"

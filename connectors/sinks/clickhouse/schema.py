@@ -1,0 +1,267 @@
+"""The KPI tables: their columns, the numbered migrations that create them, and retention.
+
+``kpi`` is a ReplacingMergeTree keyed by (kpi, scope, entity_id, window_start) whose
+version is (samples, revision), so a replayed or redelivered record collapses into the row
+it duplicates and ``kpi FINAL`` / ``kpi_latest`` show one row per key: the most complete,
+even when a restarted processor numbers its revisions from 0 again. The views built on it
+(``kpi_daily``, ``kpi_equity``) are the analysts' contract (docs/contracts.md).
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+from clickhouse_connect.driver.binding import quote_identifier
+
+from connectors.sinks.clickhouse.backend import Session
+from core import telemetry
+from core.settings import Settings
+
+log = logging.getLogger(__name__)
+
+KPI_TABLE = "kpi"
+TRACE_LINKS_TABLE = "kpi_trace_links"  # telemetry: KPI row <-> traces (docs/observability.md)
+ROLLUP_STATE_TABLE = "kpi_window_state"
+
+# The analysts' contract: names and types of the kpi table, in insert order.
+KPI_COLUMNS: tuple[tuple[str, str], ...] = (
+    ("kpi", "LowCardinality(String)"),
+    ("scope", "LowCardinality(String)"),
+    ("entity_id", "String"),
+    ("window_start", "DateTime64(3, 'UTC')"),
+    ("window_end", "DateTime64(3, 'UTC')"),
+    ("value", "Float64"),
+    ("samples", "UInt32"),
+    ("revision", "UInt32"),
+    ("computed_at", "DateTime64(3, 'UTC')"),
+)
+KPI_COLUMN_NAMES = tuple(name for name, _ in KPI_COLUMNS)
+KPI_COLUMN_TYPES = tuple(type_ for _, type_ in KPI_COLUMNS)
+
+
+@dataclass(frozen=True)
+class Migration:
+    """One numbered schema change; ``{db}`` in a statement is the quoted database."""
+
+    version: int
+    name: str
+    statements: tuple[str, ...]
+
+
+_KPI_COLUMNS_DDL = ",\n    ".join(f"{name} {type_}" for name, type_ in KPI_COLUMNS)
+_TRACE_LINKS_DDL = ",\n    ".join(f"{n} {t}" for n, t in telemetry.TRACE_LINK_COLUMNS)
+
+# One row per window in the rollup's state: the value and samples of the version that wins
+# in ``kpi`` (argMax by the same ``version``), so a revised or re-inserted window replaces
+# its earlier rows instead of adding to them. argMax states merge idempotently, so the
+# backfill may overlap rows the view already saw.
+_WINDOW_STATE_SELECT = """SELECT kpi, scope, entity_id, window_start,
+    argMaxState(value, version) AS value,
+    argMaxState(samples, version) AS samples
+FROM {db}.kpi
+GROUP BY kpi, scope, entity_id, window_start"""
+
+# Districts that are not one (readings of segments missing from the reference data).
+UNKNOWN_DISTRICT = "unknown"
+
+MIGRATIONS: tuple[Migration, ...] = (
+    Migration(
+        1,
+        "create kpi",
+        (
+            f"""CREATE TABLE IF NOT EXISTS {{db}}.kpi (
+    {_KPI_COLUMNS_DDL},
+    version UInt64 MATERIALIZED bitShiftLeft(toUInt64(samples), 32) + revision
+)
+ENGINE = ReplacingMergeTree(version)
+PARTITION BY toYYYYMM(window_start)
+ORDER BY (kpi, scope, entity_id, window_start)""",
+        ),
+    ),
+    Migration(
+        2,
+        "create kpi_latest",
+        (
+            f"""CREATE VIEW IF NOT EXISTS {{db}}.kpi_latest AS
+SELECT {", ".join(KPI_COLUMN_NAMES)} FROM {{db}}.kpi FINAL""",
+        ),
+    ),
+    Migration(
+        3,
+        "create kpi_window_state, its materialized view and backfill",
+        (
+            """CREATE TABLE IF NOT EXISTS {db}.kpi_window_state (
+    kpi LowCardinality(String),
+    scope LowCardinality(String),
+    entity_id String,
+    window_start DateTime64(3, 'UTC'),
+    value AggregateFunction(argMax, Float64, UInt64),
+    samples AggregateFunction(argMax, UInt32, UInt64)
+)
+ENGINE = AggregatingMergeTree
+PARTITION BY toYYYYMM(window_start)
+ORDER BY (kpi, scope, entity_id, window_start)""",
+            "CREATE MATERIALIZED VIEW IF NOT EXISTS {db}.kpi_window_state_mv "
+            "TO {db}.kpi_window_state AS\n" + _WINDOW_STATE_SELECT,
+            "INSERT INTO {db}.kpi_window_state\n" + _WINDOW_STATE_SELECT,
+        ),
+    ),
+    Migration(
+        4,
+        "create kpi_daily",
+        (
+            """CREATE VIEW IF NOT EXISTS {db}.kpi_daily AS
+SELECT kpi, scope, entity_id, toDate(window_start) AS day,
+    count() AS windows,
+    sum(value) AS sum_value,
+    avg(value) AS avg_value,
+    min(value) AS min_value,
+    max(value) AS max_value,
+    sum(samples) AS samples
+FROM (
+    SELECT kpi, scope, entity_id, window_start,
+        argMaxMerge(value) AS value,
+        argMaxMerge(samples) AS samples
+    FROM {db}.kpi_window_state
+    GROUP BY kpi, scope, entity_id, window_start
+)
+GROUP BY kpi, scope, entity_id, day""",
+        ),
+    ),
+    Migration(
+        5,
+        "create kpi_equity",
+        (
+            f"""CREATE VIEW IF NOT EXISTS {{db}}.kpi_equity AS
+SELECT kpi, entity_id AS district, window_start, window_end, value,
+    quantileExactInclusive(0.5)(value) OVER per_window AS city_median,
+    value - city_median AS gap,
+    if(city_median = 0, NULL, (value - city_median) / abs(city_median)) AS relative_gap,
+    count() OVER per_window AS districts
+FROM {{db}}.kpi FINAL
+WHERE scope = 'district' AND entity_id != '{UNKNOWN_DISTRICT}'
+WINDOW per_window AS (PARTITION BY kpi, window_start)""",
+        ),
+    ),
+    Migration(
+        6,
+        "create kpi_trace_links",
+        (
+            f"""CREATE TABLE IF NOT EXISTS {{db}}.{TRACE_LINKS_TABLE} (
+    {_TRACE_LINKS_DDL},
+    INDEX input_traces input_trace_ids TYPE bloom_filter GRANULARITY 4
+)
+ENGINE = MergeTree
+PARTITION BY toYYYYMM(window_start)
+ORDER BY (kpi, scope, entity_id, window_start, revision)
+TTL toDateTime(written_at) + INTERVAL 30 DAY""",
+        ),
+    ),
+)
+
+_MIGRATIONS_DDL = """CREATE TABLE IF NOT EXISTS {db}.schema_migrations (
+    version UInt32,
+    name String,
+    applied_at DateTime64(3, 'UTC')
+)
+ENGINE = ReplacingMergeTree
+ORDER BY version"""
+
+
+@dataclass(frozen=True)
+class Retention:
+    """Days each table keeps a window after its start (0 = forever); a TTL, so ClickHouse
+    drops expired rows in the background. ``kpi`` and the rollup's state expire apart, so
+    daily figures can outlive the 15-minute rows they came from."""
+
+    kpi_days: int = 0
+    rollup_days: int = 0
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> Retention:
+        return cls(settings.clickhouse_kpi_ttl_days, settings.clickhouse_rollup_ttl_days)
+
+    def by_table(self) -> dict[str, int]:
+        return {KPI_TABLE: self.kpi_days, ROLLUP_STATE_TABLE: self.rollup_days}
+
+
+def ttl_expression(days: int) -> str | None:
+    """The TTL as ClickHouse prints it back in ``engine_full``, so it compares as text."""
+    return f"toDateTime(window_start) + toIntervalDay({days})" if days > 0 else None
+
+
+def current_ttl(client: Session, database: str, table: str) -> str | None:
+    engine = client.command(
+        "SELECT engine_full FROM system.tables WHERE database = {db:String} AND name = {t:String}",
+        parameters={"db": database, "t": table},
+        use_database=False,
+    )
+    found = re.search(r"\bTTL (.+?)(?: SETTINGS |$)", str(engine))
+    return found.group(1) if found else None
+
+
+def apply_retention(client: Session, database: str, retention: Retention) -> dict[str, str | None]:
+    """Make each table's TTL follow ``retention``; returns the tables changed and their TTL.
+
+    Only a differing TTL is altered: MODIFY TTL rewrites the parts holding expired rows, which
+    a restart of the sink should not repeat.
+    """
+    changed: dict[str, str | None] = {}
+    for table, days in retention.by_table().items():
+        wanted = ttl_expression(days)
+        if current_ttl(client, database, table) == wanted:
+            continue
+        name = f"{quote_identifier(database)}.{quote_identifier(table)}"
+        alter = f"MODIFY TTL {wanted}" if wanted else "REMOVE TTL"
+        client.command(f"ALTER TABLE {name} {alter}", use_database=False)
+        log.info("ClickHouse table %s: TTL now %s", table, wanted or "none (kept forever)")
+        changed[table] = wanted
+    return changed
+
+
+def _applied(client: Session, db: str) -> set[int]:
+    if str(client.command(f"EXISTS TABLE {db}.schema_migrations", use_database=False)) != "1":
+        return set()
+    rows = client.query(f"SELECT version FROM {db}.schema_migrations FINAL").result_rows
+    return {int(row[0]) for row in rows}
+
+
+def migrate(
+    client: Session,
+    database: str,
+    retention: Retention,
+    migrations: Sequence[Migration] = MIGRATIONS,
+) -> list[int]:
+    """Create the database, apply pending ``migrations`` and the retention; returns the
+    migration versions applied now. Tests pass a prefix of MIGRATIONS to stage upgrades.
+
+    When every migration is applied and the TTLs are as set, it runs no DDL at all, so the
+    sink can start as a user that may only insert KPIs (infra/clickhouse/users.sql).
+    """
+    db = quote_identifier(database)
+    if {m.version for m in migrations} <= _applied(client, db):
+        apply_retention(client, database, retention)
+        return []
+    client.command(f"CREATE DATABASE IF NOT EXISTS {db}", use_database=False)
+    client.command(_MIGRATIONS_DDL.format(db=db), use_database=False)
+    done = _applied(client, db)
+    applied = []
+    for migration in migrations:
+        if migration.version in done:
+            continue
+        for statement in migration.statements:
+            client.command(statement.format(db=db), use_database=False)
+        client.insert(
+            "schema_migrations",
+            [[migration.version, migration.name, datetime.now(UTC)]],
+            column_names=["version", "name", "applied_at"],
+            database=database,
+        )
+        log.info("applied ClickHouse migration %d (%s)", migration.version, migration.name)
+        applied.append(migration.version)
+    apply_retention(client, database, retention)
+    return applied

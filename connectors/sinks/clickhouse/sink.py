@@ -1,0 +1,236 @@
+"""ClickHouse sink: KPI records from ``city.kpi.batches.v1`` into the ``kpi`` table.
+
+The consume loop, dead letters, retries and commit-after-write are
+:class:`~connectors.sinks.base.BatchingSink`'s; this sink decodes KPI batches, checks
+each row and inserts them. Delivery is at-least-once and the table makes it effectively
+exactly-once for readers (see :mod:`connectors.sinks.clickhouse.schema`).
+
+In chDB mode the sink also serves the read-only query endpoint while it runs, because no
+other process can open the directory while the sink holds it (see ``backend``).
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from clickhouse_connect.driver.exceptions import ClickHouseError
+
+from connectors.sinks.base import BatchingSink, InvalidRecord, Row
+from connectors.sinks.clickhouse.backend import Session, backend_for, execute_read_only
+from connectors.sinks.clickhouse.endpoint import QueryEndpoint, QueryResult
+from connectors.sinks.clickhouse.schema import (
+    KPI_COLUMN_NAMES,
+    KPI_COLUMN_TYPES,
+    KPI_TABLE,
+    TRACE_LINKS_TABLE,
+    Retention,
+    migrate,
+)
+from core import telemetry
+from core.kpis import KPIS
+from core.settings import Settings
+
+# The sink reads the column-wise copy of city.kpi.v1 that the processors write for it:
+# decoding one batch costs about what decoding one record does.
+KPI_TOPIC = "city.kpi.batches.v1"
+# Every scope some KPI of the catalogue has (segment, district, city, car_park, sensor, …):
+# a row with another scope is dead-lettered.
+SCOPES = frozenset(scope for kpi in KPIS.values() for scope in kpi.scopes)
+
+_TIMESTAMP_COLUMNS = frozenset({"window_start", "window_end", "computed_at"})
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_MILLISECOND = timedelta(milliseconds=1)
+
+
+# --- decoding -------------------------------------------------------------------------------
+
+
+class InvalidKpiRecord(InvalidRecord):
+    """Decodes, but cannot go into the kpi table (it would fail every later insert)."""
+
+
+def batch_rows(batch: Mapping[str, list[Any]]) -> list[dict[str, Any]]:
+    """A column-wise KpiBatch as KPI records."""
+    return [dict(zip(KPI_COLUMN_NAMES, values, strict=True)) for values in zip(
+        *(batch[name] for name in KPI_COLUMN_NAMES), strict=True
+    )]  # fmt: skip
+
+
+def check_record(record: Mapping[str, Any]) -> None:
+    if record["scope"] not in SCOPES:
+        raise InvalidKpiRecord(f"scope {record['scope']!r} is not one of {sorted(SCOPES)}")
+    if record["samples"] < 0 or record["revision"] < 0:
+        raise InvalidKpiRecord("samples and revision must not be negative")
+
+
+def _to_millis(value: Any) -> int:
+    if isinstance(value, datetime):
+        if value.tzinfo is None:  # naive means UTC, like everywhere in citystream
+            value = value.replace(tzinfo=UTC)
+        return (value - _EPOCH) // _MILLISECOND
+    return int(value)
+
+
+def kpi_columns(rows: Sequence[Mapping[str, Any]]) -> list[list[Any]]:
+    """Column-oriented insert data; timestamps as epoch millis (datetimes are converted)."""
+    columns = []
+    for name in KPI_COLUMN_NAMES:
+        column = [row[name] for row in rows]
+        if name in _TIMESTAMP_COLUMNS and set(map(type, column)) != {int}:
+            column = [_to_millis(v) for v in column]
+        columns.append(column)
+    return columns
+
+
+# --- the sink -------------------------------------------------------------------------------
+
+
+class ClickHouseSink(BatchingSink):
+    """Inserts KPI batches into ClickHouse; see the module docstring.
+
+    Counters (read them from any thread), besides the base's: ``rows_inserted``,
+    ``batches_inserted``, ``last_insert_seconds``.
+    """
+
+    component = "clickhouse-sink"
+    topic = KPI_TOPIC
+    retryable = (ClickHouseError, OSError)
+    rows_per_message = 500
+
+    def __init__(self, settings: Settings) -> None:
+        super().__init__(settings)
+        self.backend = backend_for(settings)
+        self.rows_inserted = 0
+        self.batches_inserted = 0
+        self.last_insert_seconds = 0.0
+        self.freshness = telemetry.Freshness()  # telemetry: newest window_end per domain
+        self.endpoint: QueryEndpoint | None = None
+        self._client: Session | None = None
+        self._query_client: Session | None = None
+        self._db_lock = threading.Lock()  # one chDB caller at a time: inserts and queries
+
+    def group(self) -> str:
+        return self.settings.group(self.settings.sink_group_id)
+
+    def rows(self, record: Any) -> list[Row]:
+        return batch_rows(record)
+
+    def check(self, row: Row) -> None:
+        check_record(row)
+
+    # --- database ---------------------------------------------------------------------------
+
+    def setup(self) -> list[int]:
+        """Connect and apply pending migrations (idempotent); returns versions applied now."""
+        if self._client is None:
+            self._client = self.backend.connect()
+        with self._db_lock:
+            retention = Retention.from_settings(self.settings)
+            return migrate(self._client, self.settings.clickhouse_database, retention)
+
+    def write(
+        self, rows: Sequence[Mapping[str, Any]], traces: telemetry.KpiTraces | None = None
+    ) -> None:
+        """Insert ``rows`` (KPI record dicts) as one batch; raises if the insert fails.
+
+        ``traces`` (the trace context of the KPI messages, when tracing is on) become the
+        insert span's links and, in the same batch, rows of ``kpi_trace_links``.
+        """
+        if not rows:
+            return
+        if self._client is None:
+            raise RuntimeError("ClickHouseSink.setup() must run before write()")
+        columns = kpi_columns(rows)
+        started = time.perf_counter()
+        # telemetry: the insert's span, linked to the KPI emissions it writes
+        with telemetry.insert_span(KPI_TABLE, len(rows), traces) as insert_trace_id, self._db_lock:
+            self._client.insert(
+                KPI_TABLE,
+                columns,
+                column_names=KPI_COLUMN_NAMES,
+                column_type_names=KPI_COLUMN_TYPES,
+                column_oriented=True,
+                database=self.settings.clickhouse_database,
+            )
+            if traces is not None and traces.rows:  # telemetry
+                self._insert_trace_links(self._client, traces, insert_trace_id)
+        self.last_insert_seconds = time.perf_counter() - started
+        telemetry.sink_inserted(len(rows), self.last_insert_seconds)  # telemetry
+        self.freshness.update(columns[0], columns[4])  # telemetry: kpi, window_end
+        self.rows_inserted += len(rows)
+        self.batches_inserted += 1
+
+    def _insert_trace_links(
+        self, client: Session, traces: telemetry.KpiTraces, insert_trace_id: str
+    ) -> None:
+        """telemetry: one kpi_trace_links row per traced KPI row, one insert per batch."""
+        client.insert(
+            TRACE_LINKS_TABLE,
+            telemetry.trace_link_columns(traces, insert_trace_id),
+            column_names=[n for n, _ in telemetry.TRACE_LINK_COLUMNS],
+            column_type_names=[t for _, t in telemetry.TRACE_LINK_COLUMNS],
+            column_oriented=True,
+            database=self.settings.clickhouse_database,
+        )
+
+    def seed_freshness(self) -> None:
+        """telemetry: start KPI freshness from what ClickHouse holds, so a restarted sink
+        reports a stale pipeline at once instead of no value until its first insert."""
+        if not telemetry.metrics_on():
+            return
+        result = self.query(
+            f"SELECT splitByChar('.', kpi)[1], toUnixTimestamp64Milli(max(window_end)) "
+            f"FROM {KPI_TABLE} WHERE NOT endsWith(kpi, '_1h') GROUP BY 1"
+        )
+        for domain, newest_ms in result.rows:
+            self.freshness.newest[str(domain)] = int(newest_ms)
+
+    def query(self, sql: str) -> QueryResult:
+        """Run a read-only statement on the sink's read-only session, between inserts."""
+        with self._db_lock:
+            if self._query_client is None:  # under the lock: endpoint threads race here
+                self._query_client = self.backend.connect(readonly=True)
+            return execute_read_only(self._query_client, sql)
+
+    # --- the query endpoint -------------------------------------------------------------------
+
+    def start_query_endpoint(self, port: int | None = None) -> QueryEndpoint:
+        """Serve :meth:`query` on 127.0.0.1 (``settings.query_port`` unless given)."""
+        if self.endpoint is None:
+            endpoint = QueryEndpoint(self.query, self.settings.query_port if port is None else port)
+            endpoint.start()
+            self.endpoint = endpoint
+        return self.endpoint
+
+    def stop_query_endpoint(self) -> None:
+        if self.endpoint is not None:
+            self.endpoint.stop()
+            self.endpoint = None
+
+    @contextmanager
+    def running(self) -> Iterator[None]:
+        """While consuming, serve readers that cannot open the data themselves (chDB)."""
+        if self.backend.exclusive:
+            self.start_query_endpoint()
+        try:
+            yield
+        finally:
+            self.stop_query_endpoint()
+
+    # --- lifecycle ----------------------------------------------------------------------------
+
+    def close(self) -> None:
+        """Release the database; in chDB mode this frees the directory for other processes."""
+        self.stop_query_endpoint()
+        for client in (self._query_client, self._client):
+            if client is not None:
+                client.close()
+        self._client = self._query_client = None
+
+    def __enter__(self) -> ClickHouseSink:
+        return self
