@@ -6,8 +6,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from core.kpis import POLLUTANTS
-from streams.engine.windows import (
+from core.family import (
     TREND_SUFFIX,
     UNKNOWN,
     Batch,
@@ -17,6 +16,7 @@ from streams.engine.windows import (
     KpiValue,
     district_and_city,
 )
+from core.kpis import POLLUTANTS
 
 AQI = "air.aqi"
 

@@ -13,8 +13,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from core.kafka import partition_for
-from streams.engine.windows import (
+from core.family import (
     HOUR_MS,
     UNKNOWN,
     Batch,
@@ -24,6 +23,7 @@ from streams.engine.windows import (
     KpiValue,
     district_and_city,
 )
+from core.kafka import partition_for
 
 UPTIME = "devices.uptime_pct"
 EXPECTED_PER_HOUR = 12  # one reading every 5 minutes

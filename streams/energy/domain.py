@@ -10,7 +10,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from streams.engine.windows import Batch, Domain, Group, GroupKey, KpiValue, district_and_city
+from core.family import Batch, Domain, Group, GroupKey, KpiValue, district_and_city
 
 KWH = "energy.kwh"
 CO2E = "energy.co2e_kg"

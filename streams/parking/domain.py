@@ -6,7 +6,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from streams.engine.windows import (
+from core.family import (
     UNKNOWN,
     Batch,
     Domain,

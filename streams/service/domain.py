@@ -16,7 +16,7 @@ import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from streams.engine.windows import CITY, Batch, Domain, Group, GroupKey, KpiValue, group
+from core.family import CITY, Batch, Domain, Group, GroupKey, KpiValue, group
 
 OPENED = "service.requests_opened"
 P50 = "service.response_minutes_p50"

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from core.family import CITY
 from streams.engine.processor import Input, ProcessorSpec
-from streams.engine.windows import CITY
 from streams.service.domain import Service
 
 

@@ -11,7 +11,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
-from streams.engine.windows import (
+from core.family import (
     TREND_SUFFIX,
     UNKNOWN,
     Batch,

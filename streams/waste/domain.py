@@ -6,7 +6,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from streams.engine.windows import Batch, Domain, Group, GroupKey, KpiValue, district_and_city
+from core.family import Batch, Domain, Group, GroupKey, KpiValue, district_and_city
 
 OVER_80 = "waste.bins_over_80pct"
 FULL_PCT = 80.0
