@@ -1,7 +1,8 @@
 """`citystream verify aarhus`: every Aarhus KPI family recomputed from the files, compared.
 
-The recomputations (verify, recompute_aarhus, recompute_devices, recompute_sim) share no
-code with the processors; this only runs them and compares with what ClickHouse holds.
+The recomputations are the oracles (oracles/aarhus_traffic.py, aarhus_air_parking.py,
+devices.py), which share no code with the processors; this only runs them on the files
+and compares with what ClickHouse holds (:func:`citystream.verify.stored_kpis`).
 """
 
 from __future__ import annotations
@@ -9,10 +10,12 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from citystream.recompute_aarhus import recompute_air, recompute_parking
-from citystream.recompute_devices import recompute_devices
-from citystream.verify import Key, Value, compare, recompute, stored_kpis
+from citystream.verify import stored_kpis
 from core.settings import Settings
+from oracles.aarhus_air_parking import recompute_air, recompute_parking
+from oracles.aarhus_traffic import recompute
+from oracles.compare import Key, Value, compare
+from oracles.devices import recompute_devices
 
 AARHUS_DOMAINS = ("traffic", "air", "parking", "devices")
 

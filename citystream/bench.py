@@ -277,7 +277,9 @@ def _measure_sink(s: Settings, kpi_rows: int) -> float:
 def _measure_two_workers(s: Settings, traffic: Path, metadata: Path) -> tuple[float, str]:
     """Both workers start together on a filled topic; the group splits the partitions."""
     from citystream.pipeline import wait_settled
-    from citystream.verify import compare, recompute, stored_kpis
+    from citystream.verify import stored_kpis
+    from oracles.aarhus_traffic import recompute
+    from oracles.compare import compare
 
     ensure_topics(s)
     register_schemas(s)

@@ -248,8 +248,9 @@ def replay(
 
 
 def verify(settings: Any, directory: Path, file: Path | None) -> int:
-    from citystream.verify import compare, stored_kpis
+    from citystream.verify import stored_kpis
     from oracles.boston_311 import expected_for_pack
+    from oracles.compare import compare
 
     expected = expected_for_pack(directory, file, settings.window_minutes)
     result = compare(expected, stored_kpis(settings, "service."))

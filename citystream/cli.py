@@ -560,7 +560,7 @@ def _verify_aarhus(args: argparse.Namespace) -> int:
 
 
 def _verify_simulation(args: argparse.Namespace) -> int:
-    from citystream.recompute_sim import run_verify_simulation
+    from citystream.verify import run_verify_simulation
     from connectors.sources.simulator import SimulationConfigError
 
     try:

@@ -10,7 +10,6 @@ from contextlib import contextmanager
 from citystream.audit import audit, expected_aarhus
 from citystream.pipeline import Pipeline
 from citystream.query import format_result, run_query
-from citystream.recompute_sim import expected_for_simulation
 from citystream.replay import (
     AarhusFiles,
     aarhus_sources,
@@ -19,6 +18,7 @@ from citystream.replay import (
     summary,
     wait_processed,
 )
+from citystream.verify import expected_for_simulation
 from connectors.publishing import ENERGY, SERVICE, WASTE
 from connectors.sources.aarhus import ReplayReport
 from connectors.sources.simulator import CitySimulatorSource, SimulationConfig, load_reference

@@ -7,7 +7,7 @@ Then the pipeline settles and the KPIs are recomputed from the raw topic
 is a :class:`SoakSource` (today: the Aarhus recording looped with shifted timestamps).
 Beside it the seeded city simulator feeds energy, waste and service requests at
 ``sim_rate`` events/s, with duplicates and late events; their KPIs are recomputed from
-what reached their topics (citystream/recompute_sim.py) and compared as well.
+what reached their topics (oracles/simulated.py) and compared as well.
 """
 
 from __future__ import annotations
@@ -157,9 +157,10 @@ def start_simulator(s: Settings, seed: int, rate: float) -> tuple[Any, threading
 
 def verify_simulated(s: Settings) -> Any:
     """The simulated domains' KPIs recomputed from their topics, compared with ClickHouse."""
-    from citystream.recompute_sim import drop_late, published_events, recompute
-    from citystream.verify import compare, stored_kpis
+    from citystream.verify import published_events, stored_kpis
     from connectors.sources.simulator import load_reference
+    from oracles.compare import compare
+    from oracles.simulated import drop_late, recompute
 
     reference = load_reference()
     events = drop_late(published_events(s, timeout_s=300), s.partitions)

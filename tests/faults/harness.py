@@ -11,10 +11,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from citystream.pipeline import Pipeline, wait_settled
-from citystream.verify import compare, recompute, stored_kpis
+from citystream.verify import stored_kpis
 from connectors.sources.aarhus import AarhusReplaySource, ReplayReport
 from core.kafka import ensure_topics, register_schemas
 from core.settings import Settings
+from oracles.aarhus_traffic import recompute
+from oracles.compare import compare
 from tests.oracle import METADATA, REPO
 
 FIXTURE = REPO / "tests/fixtures/traffic_2014-08-02_0600-0900.csv.gz"

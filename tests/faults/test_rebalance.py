@@ -34,9 +34,11 @@ def test_second_worker_joins_while_the_first_races_through_a_backlog(
 ) -> None:
     """A day of readings waits in Kafka; a second worker joins while the first is busy."""
     from citystream.pipeline import Pipeline, wait_settled
-    from citystream.verify import compare, recompute, stored_kpis
+    from citystream.verify import stored_kpis
     from connectors.sources.aarhus import AarhusReplaySource
     from core.kafka import ensure_topics, register_schemas
+    from oracles.aarhus_traffic import recompute
+    from oracles.compare import compare
     from tests.faults.harness import METADATA, REPO
 
     day = REPO / "data/aarhus/traffic_2014-08-02.csv.gz"

@@ -1,7 +1,7 @@
 """Air and parking end to end on the real stack: replay → Kafka → Faust → city.kpi.v1.
 
 The processors' KPIs must equal, key for key, value for value and sample for sample, what
-citystream/recompute_aarhus.py computes from the same files with code that shares nothing
+oracles/aarhus_air_parking.py computes from the same files with code that shares nothing
 with the sources or the processors. They are read from city.kpi.v1 (the latest, most
 complete record per window, as ClickHouse keeps it) and from ClickHouse.
 """
@@ -14,14 +14,15 @@ from typing import Any
 import pytest
 
 from citystream.pipeline import Pipeline
-from citystream.recompute_aarhus import recompute_air, recompute_parking
 from citystream.replay import AarhusFiles, run_replays, wait_processed
-from citystream.verify import Key, Value, compare, stored_kpis
+from citystream.verify import stored_kpis
 from connectors.sources.aarhus import CsvReplay
 from connectors.sources.aarhus_air import AarhusAirReplay
 from connectors.sources.aarhus_parking import AarhusParkingReplay
 from core.kafka import ensure_topics, register_schemas
 from core.settings import Settings
+from oracles.aarhus_air_parking import recompute_air, recompute_parking
+from oracles.compare import Key, Value, compare
 from tests.integration.test_air_parking_replay import (
     AIR_FIXTURE,
     BAD_AIR,

@@ -22,13 +22,13 @@ from confluent_kafka.schema_registry import SchemaRegistryClient
 from confluent_kafka.schema_registry.avro import AvroDeserializer
 from confluent_kafka.serialization import MessageField, SerializationContext
 
-from citystream.recompute_aarhus import recompute_air, recompute_parking
 from citystream.replay import AarhusFiles, run_replays, summary
 from connectors.sources.aarhus import CsvReplay
 from connectors.sources.aarhus_air import AarhusAirReplay
 from connectors.sources.aarhus_parking import AarhusParkingReplay
 from core.kafka import end_offsets, ensure_topics, partition_for, register_schemas
 from core.settings import Settings
+from oracles.aarhus_air_parking import recompute_air, recompute_parking
 
 pytestmark = pytest.mark.integration
 REPO = Path(__file__).resolve().parents[2]

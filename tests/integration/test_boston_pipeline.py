@@ -12,14 +12,14 @@ import pytest
 
 from citystream.city_cli import load
 from citystream.pipeline import Pipeline, wait_settled
-from citystream.recompute_sim import read_topic
 from citystream.replay import reconciles
-from citystream.verify import compare, stored_kpis
+from citystream.verify import read_topic, stored_kpis
 from connectors.sources.city_files import city_replay, publish_reference
 from core.city import load_pack
 from core.kafka import end_offsets, ensure_topics
 from core.settings import Settings
 from oracles.boston_311 import expected_for_pack
+from oracles.compare import compare
 from schemas.catalog import TOPICS
 from tests.integration.test_simulated_domains import domain_stats
 

@@ -13,13 +13,14 @@ from typing import Any
 import pytest
 
 from citystream.pipeline import Pipeline
-from citystream.recompute_devices import recompute_devices
 from citystream.replay import AarhusFiles, run_replays, wait_processed
-from citystream.verify import compare, stored_kpis
+from citystream.verify import stored_kpis
 from connectors.sources.aarhus import AarhusReplaySource, CsvReplay
 from connectors.sources.aarhus_air import AarhusAirReplay
 from core.kafka import ensure_topics, register_schemas
 from core.settings import Settings
+from oracles.compare import compare
+from oracles.devices import recompute_devices
 from tests.integration.test_air_parking_replay import AIR_FIXTURE
 from tests.oracle import REPO
 

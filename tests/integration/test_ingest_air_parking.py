@@ -4,7 +4,7 @@ real MQTT client publishing SensorThings MultiDatastream and Datastream observat
 through `citystream ingest http` / `ingest mqtt`, Kafka, the air and parking processors
 and ClickHouse.
 
-The expected KPIs come from citystream/recompute_aarhus.py (aggregate_air /
+The expected KPIs come from oracles/aarhus_air_parking.py (aggregate_air /
 aggregate_parking) over what the test sent, written down here by hand.
 """
 
@@ -19,18 +19,20 @@ import httpx
 import pytest
 
 from citystream.pipeline import Pipeline
-from citystream.recompute_aarhus import (
+from citystream.replay import AarhusFiles, wait_processed
+from citystream.verify import stored_kpis
+from connectors.publishing import EventPublisher
+from connectors.sources.aarhus_parking import CAR_PARKS_TOPIC, read_car_parks
+from core.settings import Settings
+from oracles.aarhus_air_parking import (
     AirRow,
     ParkingRow,
     aggregate_air,
     aggregate_parking,
     read_car_park_districts,
 )
-from citystream.replay import AarhusFiles, wait_processed
-from citystream.verify import compare, read_metadata, stored_kpis
-from connectors.publishing import EventPublisher
-from connectors.sources.aarhus_parking import CAR_PARKS_TOPIC, read_car_parks
-from core.settings import Settings
+from oracles.aarhus_traffic import read_metadata
+from oracles.compare import compare
 from tests.integration.test_ingest_http import (
     METADATA,
     entity,

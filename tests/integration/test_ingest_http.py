@@ -27,11 +27,11 @@ from pydantic import SecretStr
 
 from citystream.pipeline import Pipeline, launch
 from citystream.query import run_query
-from citystream.verify import aggregate, read_metadata
 from connectors.publishing import EventPublisher
 from connectors.sources.aarhus import read_segments
 from core.kafka import end_offsets, ensure_topics, register_schemas
 from core.settings import Settings
+from oracles.aarhus_traffic import aggregate, read_metadata
 from tests.conftest import free_port
 
 pytestmark = pytest.mark.integration

@@ -16,12 +16,14 @@ from pydantic import SecretStr
 
 from citystream.cli import stack_config
 from citystream.pipeline import Pipeline
-from citystream.verify import compare, recompute, stored_kpis
+from citystream.verify import stored_kpis
 from connectors.sources.aarhus import AarhusReplaySource
 from core.kafka import Publisher, ensure_topics, register_schemas
 from core.settings import Settings
 from core.startup import CredentialsRejected, wait_for_services
 from infra import kafka_security
+from oracles.aarhus_traffic import recompute
+from oracles.compare import compare
 from tests.oracle import METADATA, REPO
 
 pytestmark = pytest.mark.integration

@@ -8,13 +8,13 @@ import time
 import pytest
 
 from citystream.pipeline import Pipeline, wait_settled
-from citystream.recompute_sim import expected_for_simulation
-from citystream.verify import compare, stored_kpis
+from citystream.verify import expected_for_simulation, stored_kpis
 from connectors.publishing import ENERGY, SERVICE, WASTE
 from connectors.sources.simulator import CitySimulatorSource, SimulationConfig, load_reference
 from core.kafka import ensure_topics
 from core.kpis import KPIS
 from core.settings import Settings
+from oracles.compare import compare
 from tests.integration.test_traffic_pipeline import read_dead_letters
 
 pytestmark = pytest.mark.integration

@@ -12,12 +12,10 @@ from typing import Any
 import pytest
 
 from citystream.cli import main
-from citystream.recompute_sim import (
+from citystream.verify import (
     expected_for_simulation,
-    millis,
     published_events,
     read_topic,
-    recompute,
     simulated_events,
 )
 from connectors.publishing import ENERGY, SERVICE, WASTE
@@ -35,6 +33,7 @@ from connectors.sources.simulator import (
 )
 from core.kafka import end_offsets, ensure_topics, partition_for
 from core.settings import Settings
+from oracles.simulated import millis, recompute
 from tests.integration.test_traffic_pipeline import read_dead_letters
 
 pytestmark = pytest.mark.integration

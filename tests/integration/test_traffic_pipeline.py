@@ -17,10 +17,12 @@ from confluent_kafka.schema_registry.avro import AvroDeserializer
 from confluent_kafka.serialization import MessageField, SerializationContext
 
 from citystream.pipeline import Pipeline
-from citystream.verify import compare, recompute, stored_kpis
+from citystream.verify import stored_kpis
 from connectors.sources.aarhus import AarhusReplaySource
 from core.kafka import Publisher, end_offsets, ensure_topics, register_schemas
 from core.settings import Settings
+from oracles.aarhus_traffic import recompute
+from oracles.compare import compare
 from tests.oracle import METADATA, expected_kpis, kpis_in_clickhouse
 
 pytestmark = pytest.mark.integration

@@ -10,11 +10,11 @@ import pytest
 
 from citystream.cli import main
 from citystream.pipeline import Pipeline, settings_env
-from citystream.verify import in_range, parse_instant, recompute
 from connectors.sinks.clickhouse import connect
 from connectors.sources.aarhus import AarhusReplaySource
 from core.kafka import Publisher, ensure_topics, register_schemas
 from core.settings import Settings
+from oracles.aarhus_traffic import in_range, parse_instant, recompute
 from tests.oracle import METADATA, REPO
 
 pytestmark = pytest.mark.integration

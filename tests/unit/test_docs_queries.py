@@ -22,10 +22,11 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-from citystream.verify import Key, Value, recompute
 from connectors.sinks.clickhouse import ClickHouseSink
 from connectors.sinks.clickhouse.endpoint import QueryResult
 from core.settings import Settings
+from oracles.aarhus_traffic import recompute
+from oracles.compare import Key, Value
 
 REPO = Path(__file__).resolve().parents[2]
 PAGES = sorted((REPO / "docs").glob("*.md"))  # published pages; docs/pending/ is not

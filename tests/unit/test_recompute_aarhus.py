@@ -6,13 +6,13 @@ import gzip
 from datetime import UTC, datetime
 from pathlib import Path
 
-from citystream.recompute_aarhus import (
+from core.kafka import partition_for
+from oracles.aarhus_air_parking import (
     hopping_starts,
     local_ms,
     recompute_air,
     recompute_parking,
 )
-from core.kafka import partition_for
 
 REPO = Path(__file__).resolve().parents[2]
 METADATA = REPO / "data/aarhus/traffic_metadata.csv"

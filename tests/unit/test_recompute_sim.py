@@ -6,7 +6,10 @@ from datetime import UTC, datetime
 
 import pytest
 
-from citystream.recompute_sim import (
+from citystream.verify import simulated_events
+from connectors.sources.simulator import SimulationConfig, load_reference
+from core.kafka import partition_for
+from oracles.simulated import (
     ENERGY_TOPIC,
     SERVICE_TOPIC,
     WASTE_TOPIC,
@@ -14,11 +17,8 @@ from citystream.recompute_sim import (
     drop_late,
     nearest_rank,
     recompute,
-    simulated_events,
     window_of,
 )
-from connectors.sources.simulator import SimulationConfig, load_reference
-from core.kafka import partition_for
 
 W0 = 1_407_110_400_000  # 2014-08-04T00:00Z, a window start
 MIN = 60_000

@@ -3,8 +3,9 @@ from __future__ import annotations
 import gzip
 from pathlib import Path
 
-from citystream.verify import compare, recompute
 from core.kafka import partition_for
+from oracles.aarhus_traffic import recompute
+from oracles.compare import compare
 
 REPO = Path(__file__).resolve().parents[2]
 METADATA = REPO / "data/aarhus/traffic_metadata.csv"

@@ -3,7 +3,8 @@
 Shares no code with the processors. The rules, written plainly:
 
 - per sensor kind (``traffic``, ``air``) and Kafka partition of the sensor id, readings
-  count by the late and duplicate rules of :mod:`citystream.verify`, with 1-hour windows;
+  count by the late and duplicate rules of :mod:`oracles.aarhus_traffic`, with 1-hour
+  windows;
 - every hour from a partition's first accepted reading to its last gets a row for every
   known sensor on that partition (the road segments of ``traffic_metadata.csv``), with
   uptime = readings / 12 × 100, so a silent sensor shows 0; an unknown sensor that
@@ -18,9 +19,10 @@ from collections import defaultdict
 from collections.abc import Iterable
 from pathlib import Path
 
-from citystream.recompute_aarhus import Admission, valid_air
-from citystream.verify import Key, Value, _rows, _valid, read_metadata
 from core.kafka import partition_for
+from oracles.aarhus_air_parking import Admission, valid_air
+from oracles.aarhus_traffic import csv_rows, read_metadata, valid_traffic
+from oracles.compare import Key, Value
 
 HOUR_MS = 3_600_000
 PER_HOUR = 12
@@ -33,12 +35,13 @@ def recompute_devices(
     partitions: int,
     grace_minutes: int = 15,
 ) -> dict[Key, Value]:
+    """``devices.uptime_pct`` from either file or both (``None``: that kind is left out)."""
     districts = {s: str(m["POINT_1_POSTAL_CODE"]) for s, m in read_metadata(metadata).items()}
     readings: dict[str, Iterable[tuple[str, int]]] = {}
     if traffic is not None:
-        readings["traffic"] = ((r[0], r[1]) for r in map(_valid, _rows(traffic)) if r)
+        readings["traffic"] = ((r[0], r[1]) for r in map(valid_traffic, csv_rows(traffic)) if r)
     if air is not None:
-        readings["air"] = ((r.sensor, r.ts) for r in map(valid_air, _rows(air)) if r)
+        readings["air"] = ((r.sensor, r.ts) for r in map(valid_air, csv_rows(air)) if r)
     counts: dict[tuple[str, str, int], int] = {}
     for kind, rows in readings.items():
         counts.update(_hourly_counts(kind, rows, set(districts), partitions, grace_minutes))

@@ -1,9 +1,9 @@
 """Recompute the air-quality and parking KPIs from the Aarhus source files: the oracle.
 
-For auditors and for the tests. Like :mod:`citystream.verify` for traffic, it shares no
-parsing or aggregation code with the sources or the processors: it is the KPI catalogue
+For auditors and for the tests. Like :mod:`oracles.aarhus_traffic` for traffic, it shares
+no parsing or aggregation code with the sources or the processors: it is the KPI catalogue
 (``core/kpis.py``) written a second time, as plainly as possible, so a bug on either
-side shows up as a difference. It follows verify's rules:
+side shows up as a difference. It follows the traffic oracle's rules:
 
 - rows are taken in file order; a row the source would dead-letter is skipped;
 - a reading is **late** when stream time (the largest event time seen so far on its
@@ -39,18 +39,9 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from citystream.verify import (
-    AARHUS,
-    Comparison,
-    Key,
-    Value,
-    _rows,
-    compare,
-    read_metadata,
-    stored_kpis,
-)
 from core.kafka import partition_for
-from core.settings import Settings
+from oracles.aarhus_traffic import AARHUS, csv_rows, read_metadata
+from oracles.compare import Key, Value
 
 CITY = "aarhus"
 MINUTE_MS = 60_000
@@ -155,7 +146,7 @@ def valid_parking(row: Mapping[Any, Any]) -> ParkingRow | None:
 def read_car_park_districts(path: Path) -> dict[str, str]:
     return {
         str(r["garagecode"]).strip(): str(r["postal_code"]).strip()
-        for r in _rows(path)
+        for r in csv_rows(path)
         if (r.get("garagecode") or "").strip() and (r.get("postal_code") or "").strip()
     }
 
@@ -164,7 +155,7 @@ def read_car_park_districts(path: Path) -> dict[str, str]:
 
 
 class Admission:
-    """Late and duplicate rules of citystream.verify: which readings count, in order."""
+    """Late and duplicate rules of the traffic oracle: which readings count, in order."""
 
     def __init__(self, partitions: int, window_minutes: int, grace_minutes: int) -> None:
         self.partitions = partitions
@@ -204,7 +195,7 @@ def recompute_air(
     grace_minutes: int = 15,
 ) -> dict[Key, Value]:
     """Every air KPI of the catalogue for the readings of ``air``, in file order."""
-    readings = (r for r in map(valid_air, _rows(air)) if r is not None)
+    readings = (r for r in map(valid_air, csv_rows(air)) if r is not None)
     districts = {s: str(m["POINT_1_POSTAL_CODE"]) for s, m in read_metadata(metadata).items()}
     return aggregate_air(readings, districts, partitions, window_minutes, grace_minutes)
 
@@ -258,7 +249,7 @@ def recompute_parking(
     grace_minutes: int = 15,
 ) -> dict[Key, Value]:
     """``parking.occupancy_pct`` for the readings of ``parking``, in file order."""
-    readings = (r for r in map(valid_parking, _rows(parking)) if r is not None)
+    readings = (r for r in map(valid_parking, csv_rows(parking)) if r is not None)
     districts = read_car_park_districts(car_parks)
     return aggregate_parking(readings, districts, partitions, window_minutes, grace_minutes)
 
@@ -297,23 +288,3 @@ def aggregate_parking(
     for (scope, entity, start), (n, vehicles, spaces) in totals.items():
         out[("parking.occupancy_pct", scope, entity, start)] = (vehicles / spaces * 100, n)
     return out
-
-
-# --- auditing a run ----------------------------------------------------------------------
-
-
-def compare_stored(
-    settings: Settings,
-    air: Path,
-    parking: Path,
-    metadata: Path,
-    car_parks: Path,
-) -> Comparison:
-    """The recomputed air and parking KPIs against what ClickHouse holds for them."""
-    args = (settings.partitions, settings.window_minutes, settings.grace_minutes)
-    expected = {
-        **recompute_air(air, metadata, *args),
-        **recompute_parking(parking, car_parks, *args),
-    }
-    stored = {**stored_kpis(settings, "air."), **stored_kpis(settings, "parking.")}
-    return compare(expected, stored)

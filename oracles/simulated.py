@@ -1,10 +1,11 @@
 """Recompute the energy, waste and service KPIs from the simulator's events (the oracle).
 
-The events come from regenerating a simulation from its seed (:func:`simulated_events`)
-or from reading the ``city.<domain>.v1`` topics back (:func:`published_events`). The
-KPIs are the formulas of ``core/kpis.py`` written a second time, as plainly as
-possible, sharing no aggregation code with the processors, so a bug on either side shows
-up as a difference (compare with :func:`citystream.verify.compare`).
+The events are given: the caller regenerates a simulation from its seed or reads the
+``city.<domain>.v1`` topics back (``simulated_events`` and ``published_events`` in
+citystream/verify.py), so this module needs neither the simulator nor Kafka. The KPIs are
+the formulas of ``core/kpis.py`` written a second time, as plainly as possible, sharing
+no aggregation code with the processors, so a bug on either side shows up as a difference
+(compare with :func:`oracles.compare.compare`).
 
 Rules, over 15-minute tumbling windows aligned to the UTC epoch, by event time:
 
@@ -30,21 +31,15 @@ largest event time accepted so far on that partition.
 from __future__ import annotations
 
 import math
-import time
 from collections import defaultdict
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import datetime
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from core.kafka import end_offsets, partition_for
-from core.settings import Settings
+from core.kafka import partition_for
+from oracles.compare import Key, Value
 
-if TYPE_CHECKING:
-    from connectors.sources.simulator import Reference, SimulationConfig
-
-Key = tuple[str, str, str, int]  # kpi, scope, entity_id, window_start (epoch ms)
-Value = tuple[float, int]  # value, samples
 WINDOW_MS = 15 * 60_000
 CITY = "aarhus"
 ENERGY_TOPIC = "city.energy.v1"
@@ -193,75 +188,4 @@ def service_kpis(
         judged = [t <= sla_minutes[c] for t, c in closed if c in sla_minutes]
         if judged:
             out[("service.sla_met_pct", *key)] = (100.0 * sum(judged) / len(judged), len(judged))
-    return out
-
-
-def expected_for_simulation(
-    config: SimulationConfig, reference: Reference, settings: Settings
-) -> dict[Key, Value]:
-    """What the processors should store for this simulation: late events left out."""
-    window_ms, grace_ms = settings.window_minutes * 60_000, settings.grace_minutes * 60_000
-    events = drop_late(
-        simulated_events(config, reference), settings.partitions, window_ms, grace_ms
-    )
-    factors, sla = reference.emission_factors(), reference.sla_minutes()
-    return recompute(events, factors, sla, window_ms)
-
-
-def run_verify_simulation(settings: Settings, config: SimulationConfig) -> int:
-    """`citystream verify simulator`: the simulation's KPIs against ClickHouse; 1 on any
-    difference."""
-    from citystream.verify import compare, stored_kpis
-    from connectors.sources.simulator import load_reference
-
-    expected = expected_for_simulation(config, load_reference(), settings)
-    stored: dict[Key, Value] = {}
-    for domain in ("energy.", "waste.", "service."):
-        stored.update(stored_kpis(settings, domain))
-    result = compare(expected, stored)
-    print(result.summary())
-    print("verify: OK" if result.ok else "verify: DIFFERENCES FOUND")
-    return 0 if result.ok else 1
-
-
-# --- where the events come from ------------------------------------------------------
-
-
-def simulated_events(config: SimulationConfig, reference: Reference) -> list[Event]:
-    """Regenerate a simulation (connectors.sources.simulator) and keep what it publishes:
-    everything but the malformed copies, which the source dead-letters."""
-    from connectors.sources.simulator import simulate
-
-    return [Event(e.topic, e.record) for e in simulate(config, reference) if e.fault != "malformed"]
-
-
-def published_events(settings: Settings, timeout_s: float = 30.0) -> list[Event]:
-    """Read the three domain topics back, each partition in order, up to its end offset."""
-    return [Event(name, r) for name in TOPIC_KEYS for r in read_topic(settings, name, timeout_s)]
-
-
-def read_topic(settings: Settings, name: str, timeout_s: float = 30.0) -> list[dict[str, Any]]:
-    """Every record of a catalogue topic up to its end offsets, partition by partition."""
-    from confluent_kafka import Consumer, TopicPartition
-
-    from schemas.registry import SchemaRegistry
-
-    topic = settings.topic(name)
-    serde = SchemaRegistry(settings.registry_config()).serde(topic, name)
-    out: list[dict[str, Any]] = []
-    for partition, end in sorted(end_offsets(settings, topic).items()):
-        consumer = Consumer(settings.kafka_config(**{"group.id": "recompute-sim"}))
-        consumer.assign([TopicPartition(topic, partition, 0)])
-        read, deadline = 0, time.monotonic() + timeout_s
-        try:
-            while read < end:
-                if time.monotonic() > deadline:
-                    raise TimeoutError(f"{topic}/{partition}: read {read} of {end}")
-                for msg in consumer.consume(min(1000, end - read), timeout=1.0):
-                    if msg.error() is not None:
-                        raise RuntimeError(f"{topic}/{partition}: {msg.error()}")
-                    out.append(serde.decode(msg.value()))
-                    read += 1
-        finally:
-            consumer.close()
     return out
