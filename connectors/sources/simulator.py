@@ -3,7 +3,7 @@
 It is the source of the energy, waste and service domains until real feeds exist, and
 the load generator. Everything it emits follows from :class:`SimulationConfig` alone: one
 ``random.Random`` per domain, seeded from the seed, and no wall clock in any value, so the
-same seed and settings give a byte-identical event sequence. ``citystream/recompute_sim.py``
+same seed and settings give a byte-identical event sequence. ``oracles/simulated.py``
 regenerates that sequence to recompute the KPIs independently of the processors.
 
 Shapes (local time, Europe/Copenhagen):
