@@ -39,6 +39,11 @@ demo: $(STAMP) ## the whole pipeline on one day of real Aarhus traffic, KPIs pri
 # may run while the other's stack is up. The test stack also opens its SCRAM and
 # SCRAM-over-TLS listeners (tests/integration/test_kafka_security.py).
 TEST_STACK_DIR := $(CURDIR)/.citystream-test
+# Two test processes (pytest-xdist), one file each at a time: the integration tests wait on
+# Kafka, Faust and the sink more than they compute, and every test has its own topic
+# prefix, consumer groups, ports and chDB directory (tests/conftest.py), so files share
+# the stack safely. Tests that stop a broker use one of their own (tests/private_kafka.py).
+PYTEST_ARGS ?= -n 2 --dist loadfile
 TEST_KAFKA_PORT ?= 19092
 TEST_CONTROLLER_PORT ?= 19093
 TEST_SCRAM_PORT ?= 19094
