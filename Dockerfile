@@ -18,6 +18,7 @@ RUN python -m venv /opt/citystream
 WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY core/ core/
+COPY families/ families/
 COPY citystream/ citystream/
 COPY schemas/ schemas/
 COPY streams/ streams/

@@ -22,8 +22,9 @@ import yaml
 from pydantic import SecretStr
 from pydantic.fields import FieldInfo
 
-from core.kpis import KPIS, Kpi
+from core.kpis import Kpi
 from core.settings import Settings
+from families.registry import KPIS
 from schemas.catalog import TOPICS, TopicSpec, load_schema
 
 REPO = Path(__file__).resolve().parent.parent

@@ -9,23 +9,23 @@ import faust
 from core import telemetry
 from core.city import city_id
 from core.settings import Settings
-from streams.air.processor import SPEC as AIR
+from families.registry import REGISTRY, Registry
 from streams.app import create_app
-from streams.devices.processor import SPEC as DEVICES
-from streams.energy.processor import SPEC as ENERGY
 from streams.engine import agents
 from streams.engine.processor import ProcessorSpec, WindowedProcessor
-from streams.parking.processor import SPEC as PARKING
-from streams.service.processor import SPEC as SERVICE
-from streams.service.processor import service_spec
-from streams.traffic.processor import SPEC as TRAFFIC
-from streams.waste.processor import SPEC as WASTE
 
 log = logging.getLogger(__name__)
 
-PROCESSORS: dict[str, ProcessorSpec] = {
-    spec.name: spec for spec in (TRAFFIC, AIR, PARKING, DEVICES, ENERGY, WASTE, SERVICE)
-}
+
+def processor_specs(
+    registry: Registry = REGISTRY, city: str | None = None
+) -> dict[str, ProcessorSpec]:
+    """A processor per registered family, by name; with ``city`` (a city pack's id), the
+    families that follow the city pack name their city scope after it."""
+    return {f.name: ProcessorSpec.of(f, city) for f in registry.families}
+
+
+PROCESSORS: dict[str, ProcessorSpec] = processor_specs()
 
 
 def app_id(settings: Settings, names: list[str] | None = None) -> str:
@@ -42,24 +42,25 @@ def app_id(settings: Settings, names: list[str] | None = None) -> str:
     return "citystream-processors" if everything else "citystream-" + "-".join(chosen)
 
 
-def city_specs(settings: Settings) -> dict[str, ProcessorSpec]:
-    """Processors whose city scope follows the city pack (CITYSTREAM_CITY): the service
-    processor names its city scope after the pack's id. None without a pack."""
-    if settings.city is None:
-        return {}
-    return {"service": service_spec(city_id(settings.city))}
-
-
 def input_topics(names: list[str] | None = None) -> list[str]:
     """Every topic the chosen processors (default: all) consume, each once."""
     specs = [PROCESSORS[n] for n in names or PROCESSORS]
     return list(dict.fromkeys(t for spec in specs for t in spec.input_topics))
 
 
-def run(settings: Settings, names: list[str] | None = None, loglevel: str = "INFO") -> None:
-    """One worker process for ``names`` (default: every processor) in one consumer group."""
-    specs = {**PROCESSORS, **city_specs(settings)}
-    processors = [WindowedProcessor(settings, specs[n]) for n in names or PROCESSORS]
+def run(
+    settings: Settings,
+    names: list[str] | None = None,
+    loglevel: str = "INFO",
+    registry: Registry = REGISTRY,
+) -> None:
+    """One worker process for ``names`` (default: every processor) in one consumer group.
+
+    The service processor names its city scope after the city pack (CITYSTREAM_CITY).
+    """
+    city = city_id(settings.city) if settings.city is not None else None
+    specs = processor_specs(registry, city)
+    processors = [WindowedProcessor(settings, specs[n]) for n in names or specs]
     for processor in processors:
         processor.setup()
     app = create_app(settings, app_id(settings, names))

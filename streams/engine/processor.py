@@ -21,6 +21,7 @@ import orjson
 from confluent_kafka import Consumer, TopicPartition
 
 from core import telemetry
+from core.family import Family, Input
 from core.kafka import Publisher, wait_for_topic
 from core.settings import Settings
 from schemas.deadletter import dead_letter
@@ -29,7 +30,6 @@ from schemas.registry import SchemaRegistry
 from schemas.serde import AvroSerde
 from streams.engine.windows import (
     Counters,
-    Domain,
     Emission,
     MergeWindows,
     PartitionWindows,
@@ -47,14 +47,8 @@ MERGE_STAGE = "merge"  # telemetry: lineage key of the merge stage (stage 1: (in
 
 
 @dataclass(frozen=True)
-class Input:
-    domain: Domain[Any]
-    batch_topic: str
-
-
-@dataclass(frozen=True)
 class ProcessorSpec:
-    """What a KPI family's processor reads and writes."""
+    """What a KPI family's processor reads and writes (built from its :class:`Family`)."""
 
     name: str
     inputs: tuple[Input, ...]
@@ -64,6 +58,21 @@ class ProcessorSpec:
     # False for a processor reading another family's input (devices reads traffic and
     # air): their own processors dead-letter bad and late input, once.
     dead_letters_input: bool = True
+
+    @classmethod
+    def of(cls, family: Family, city: str | None = None) -> ProcessorSpec:
+        """The processor of ``family``; with ``city``, its rules name the city scope so."""
+        inputs = family.processor_inputs
+        if city is not None:
+            inputs = tuple(Input(i.domain.for_city(city), i.batch_topic) for i in inputs)
+        return cls(
+            name=family.name,
+            inputs=inputs,
+            partials_topic=family.partials_topic,
+            reference_topic=family.reference.topic if family.reference else None,
+            to_reference=family.to_reference,
+            dead_letters_input=family.dead_letters_input,
+        )
 
     @property
     def input_topics(self) -> tuple[str, ...]:

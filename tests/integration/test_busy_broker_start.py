@@ -14,7 +14,7 @@ from confluent_kafka.admin import AdminClient, NewTopic
 from core.kafka import ensure_topics, register_schemas
 from core.settings import Settings
 from streams.engine.processor import WindowedProcessor
-from streams.traffic.processor import SPEC as TRAFFIC
+from streams.worker import PROCESSORS
 from tests.private_kafka import PrivateKafka
 
 pytestmark = pytest.mark.integration
@@ -41,7 +41,7 @@ def test_processor_starts_on_a_busy_broker_right_after_its_topics_are_created(
     created = ensure_topics(s)  # and at once: the topics of a fresh namespace
     assert s.topic("city.road_segments.v1") in created
     register_schemas(s)
-    processor = WindowedProcessor(s, TRAFFIC)
+    processor = WindowedProcessor(s, PROCESSORS["traffic"])
     processor.setup()  # reference table and partition counts: waits, never fails
     try:
         assert processor.partition_counts == [s.partitions]

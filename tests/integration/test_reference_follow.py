@@ -26,7 +26,7 @@ from schemas.registry import SchemaRegistry
 from streams.alerts.processor import AlertsProcessor
 from streams.engine.processor import WindowedProcessor
 from streams.reference import CompactedTable
-from streams.traffic.processor import SPEC as TRAFFIC
+from streams.worker import PROCESSORS
 from tests.oracle import METADATA
 
 pytestmark = pytest.mark.integration
@@ -177,7 +177,7 @@ def test_unknown_segments_cost_at_most_one_synchronous_read_each(
     unknown = {(r.segment_id, r.event_time_ms) for r in readings if r.segment_id.startswith("9")}
     assert made.unknown_segments >= 10 and len(unknown) == made.unknown
 
-    processor = WindowedProcessor(s, TRAFFIC)
+    processor = WindowedProcessor(s, PROCESSORS["traffic"])
     processor.setup()
     try:
         asyncio.run(feed(processor, batches(readings, s.partitions)))

@@ -417,7 +417,7 @@ def test_reorder_buffer_puts_a_revision_after_the_window_it_revises() -> None:
 
 
 def test_every_rule_watches_a_catalogued_kpi_at_one_of_its_scopes() -> None:
-    from core.kpis import KPIS
+    from families.registry import KPIS
 
     for rule in default_rules(100.0):
         assert rule.kpi in KPIS, rule.kpi

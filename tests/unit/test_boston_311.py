@@ -17,9 +17,9 @@ import pytest
 from connectors.publishing import SERVICE, Rejected
 from connectors.sources.city_files import iter_service_events
 from core.city import load_pack
+from families.service.domain import P50, SLA_MET, Service, service_kpis
 from oracles.boston_311 import boston_ms, expected_for_pack, read_areas
 from streams.engine.windows import Group
-from streams.service.domain import P50, SLA_MET, Service, service_kpis
 from tests.unit.test_city_pack import BOSTON, to_geopackage
 
 MONTH = BOSTON / "boston_311_2015-01.csv.gz"

@@ -35,11 +35,12 @@ from citystream.catalog import (
     with_block,
 )
 from citystream.cli import main
-from core.kpis import KPIS, Kpi
+from core.kpis import Kpi
 from core.settings import Settings
+from families.registry import KPIS
+from families.traffic.domain import SegmentInfo, Traffic
 from schemas.catalog import TOPICS, load_schema
 from streams.engine.windows import MergeWindows, PartitionWindows
-from streams.traffic.domain import SegmentInfo, Traffic
 
 REPO = Path(__file__).resolve().parents[2]
 VALIDATOR = REPO / "tests" / "validate_asyncapi.cjs"

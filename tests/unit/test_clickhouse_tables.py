@@ -27,8 +27,8 @@ from connectors.sinks.clickhouse.schema import (
     migrate,
 )
 from connectors.sinks.clickhouse.sink import ClickHouseSink, InvalidKpiRecord, check_record
-from core.kpis import KPIS
 from core.settings import Settings
+from families.registry import KPIS
 
 T0 = datetime(2024, 5, 1, 8, 0, tzinfo=UTC)
 WINDOW = timedelta(minutes=15)

@@ -7,15 +7,15 @@ from typing import Any
 import pytest
 
 from core.kafka import partition_for
-from core.kpis import KPIS
-from streams.air.domain import Air
-from streams.devices.domain import Uptime
-from streams.energy.domain import Energy
+from families.air.domain import Air
+from families.devices.domain import Uptime
+from families.energy.domain import Energy
+from families.parking.domain import Parking
+from families.registry import KPIS
+from families.service.domain import Service, nearest_rank
+from families.traffic.domain import SegmentInfo, Traffic
+from families.waste.domain import Waste
 from streams.engine.windows import HOUR_MS, Domain, MergeWindows, PartitionWindows
-from streams.parking.domain import Parking
-from streams.service.domain import Service, nearest_rank
-from streams.traffic.domain import SegmentInfo, Traffic
-from streams.waste.domain import Waste
 
 MIN = 60_000
 SIZE = GRACE = 15 * MIN

@@ -2,8 +2,7 @@ from __future__ import annotations
 
 import pytest
 
-from streams.engine.windows import MergeWindows, PartitionWindows, window_start
-from streams.traffic.domain import (
+from families.traffic.domain import (
     AVG_SPEED,
     CONGESTION,
     VEHICLE_COUNT,
@@ -12,6 +11,7 @@ from streams.traffic.domain import (
     Traffic,
     kpi_values,
 )
+from streams.engine.windows import MergeWindows, PartitionWindows, window_start
 
 MIN = 60_000
 SIZE, GRACE = 15 * MIN, 15 * MIN

@@ -32,8 +32,8 @@ from connectors.sinks.clickhouse.schema import (
     migrate,
 )
 from core import telemetry
-from core.kpis import KPIS
 from core.settings import Settings
+from families.registry import KPIS
 
 # The sink reads the column-wise copy of city.kpi.v1 that the processors write for it:
 # decoding one batch costs about what decoding one record does.

@@ -2,7 +2,7 @@
 
 The time rules (windows, grace, duplicates, late readings, merge across partitions) are
 the engine's (streams/engine/windows.py); the formulas are the KPI catalogue's
-(core/kpis.py).
+(families/traffic/__init__.py).
 """
 
 from __future__ import annotations

@@ -29,6 +29,11 @@ class LastCount:
     capacity: int = 0
 
 
+def car_park_district(record: dict[str, Any]) -> str:
+    """A car park's reference value: its district."""
+    return str(record["district"])
+
+
 def occupancy(occupied: float, capacity: float) -> float:
     return occupied / capacity * 100.0
 

@@ -26,6 +26,11 @@ SLA_MET = "service.sla_met_pct"
 Event = tuple[str, str, str, int, int, int | None]
 
 
+def sla_minutes(record: dict[str, Any]) -> int:
+    """A category's reference value: its SLA in minutes."""
+    return int(record["sla_minutes"])
+
+
 def nearest_rank(values: Sequence[float], pct: float) -> float:
     """The value at rank ceil(pct/100 × n) of the sorted values (nearest-rank percentile)."""
     ordered = sorted(values)
@@ -55,6 +60,9 @@ class Service(Domain[list[Event]]):
 
     def __init__(self, city: str = CITY) -> None:
         self.city = city
+
+    def for_city(self, city: str) -> Service:
+        return Service(city)
 
     def new(self) -> list[Event]:
         return []

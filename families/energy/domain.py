@@ -23,6 +23,12 @@ class Consumption:
     district: str = ""
 
 
+def emission_factor(record: dict[str, Any]) -> float | None:
+    """None for a district without a known factor (a city pack's polygon): no CO2e there."""
+    factor = record["grid_emission_kg_per_kwh"]
+    return None if factor is None else float(factor)
+
+
 def energy_kpis(kwh: float, co2e: float | None, samples: int) -> list[KpiValue]:
     out = [(KWH, kwh, samples)]
     if co2e is not None:

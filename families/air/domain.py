@@ -16,9 +16,15 @@ from core.family import (
     KpiValue,
     district_and_city,
 )
-from core.kpis import POLLUTANTS
 
 AQI = "air.aqi"
+POLLUTANTS = (  # the five indices of a reading, as its schema names them
+    "ozone",
+    "particulate_matter",
+    "carbon_monoxide",
+    "sulfure_dioxide",
+    "nitrogen_dioxide",
+)
 
 
 @dataclass(slots=True)

@@ -1,1 +1,0 @@
-"""Traffic KPIs: segments, districts, the city."""
