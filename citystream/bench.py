@@ -20,8 +20,9 @@ from citystream.pipeline import Pipeline
 from citystream.progress import print_replay_progress
 from connectors.sinks.clickhouse import ClickHouseSink
 from connectors.sources.aarhus import AarhusReplaySource
-from core.kafka import end_offsets, ensure_topics, register_schemas
+from core.kafka import end_offsets
 from core.settings import Settings
+from families.registry import ensure_topics, register_schemas
 
 
 def _fresh(settings: Settings, name: str) -> Settings:

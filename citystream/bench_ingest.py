@@ -21,8 +21,8 @@ from pathlib import Path
 from typing import Any
 
 from citystream.pipeline import launch
-from core.kafka import ensure_topics, register_schemas
 from core.settings import Settings
+from families.registry import ensure_topics, register_schemas
 
 METADATA = Path(__file__).resolve().parent.parent / "data" / "aarhus" / "traffic_metadata.csv"
 BASE_MS = 1_481_108_400_000  # 2016-12-07T11:00:00Z

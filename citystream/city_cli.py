@@ -191,8 +191,8 @@ def init_pack(directory: Path, city_id: str | None, name: str | None, timezone: 
 def load(settings: Any, directory: Path) -> int:
     from connectors.sources.city_files import publish_reference
     from core.city import CityPackError, load_pack
-    from core.kafka import ensure_topics
     from core.startup import wait_for_services
+    from families.registry import ensure_topics
 
     try:
         pack = load_pack(directory)

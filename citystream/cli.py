@@ -327,7 +327,7 @@ def stack_config(settings: Settings) -> Any:
 
 
 def cmd_init(args: argparse.Namespace) -> int:
-    from core.kafka import ensure_topics, register_schemas
+    from families.registry import ensure_topics, register_schemas
 
     settings = build_settings(args)
     created = ensure_topics(settings)
@@ -349,7 +349,7 @@ def cmd_migrate(args: argparse.Namespace) -> int:
 
 def cmd_replay(args: argparse.Namespace) -> int:
     from citystream.replay import aarhus_sources, reconciles, run_replays, summary
-    from core.kafka import ensure_topics
+    from families.registry import ensure_topics
 
     settings = build_settings(args)
     files = aarhus_files(args, settings)
@@ -403,7 +403,7 @@ def _simulation(args: argparse.Namespace) -> tuple[Settings, Any]:
 def cmd_simulate(args: argparse.Namespace) -> int:
     from citystream.progress import print_simulation_progress
     from connectors.sources.simulator import CitySimulatorSource, SimulationConfigError
-    from core.kafka import ensure_topics
+    from families.registry import ensure_topics
 
     try:
         settings, config = _simulation(args)
@@ -459,7 +459,7 @@ def cmd_process(args: argparse.Namespace) -> int:
 def _process_alerts(args: argparse.Namespace) -> int:
     """The alerts processor runs alone: its own Faust app, consumer group and web port."""
     from core import telemetry
-    from core.kafka import ensure_topics
+    from families.registry import ensure_topics
     from streams.alerts import agents
 
     if args.processors != ["alerts"]:
@@ -629,7 +629,7 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 def cmd_ingest(args: argparse.Namespace) -> int:
     from connectors.sources.ingest_common import load_config
-    from core.kafka import ensure_topics
+    from families.registry import ensure_topics
 
     settings = build_settings(
         args, ingest_config=args.ingest_config, ingest_http_port=args.ingest_http_port

@@ -22,8 +22,9 @@ from citystream.verify import expected_for_simulation
 from connectors.publishing import ENERGY, SERVICE, WASTE
 from connectors.sources.aarhus import ReplayReport
 from connectors.sources.simulator import CitySimulatorSource, SimulationConfig, load_reference
-from core.kafka import ensure_topics, read_topic, register_schemas
+from core.kafka import read_topic
 from core.settings import Settings
+from families.registry import ensure_topics, register_schemas
 
 SUMMARY_QUERIES = {
     "Vehicles per district per hour (busiest hours first, top 12)": """

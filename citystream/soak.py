@@ -26,8 +26,8 @@ from citystream.pipeline import Pipeline, PipelineError, wait_settled
 from citystream.verify import verify_topics
 from connectors.publishing import EventPublisher, Reading, Rejected
 from connectors.sources.aarhus import iter_readings, read_segments
-from core.kafka import ensure_topics, register_schemas
 from core.settings import Settings
+from families.registry import ensure_topics, register_schemas
 
 DAY_MS = 86_400_000
 

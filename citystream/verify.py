@@ -181,10 +181,11 @@ def read_topic(settings: Settings, name: str, timeout_s: float = 30.0) -> list[d
     """Every record of a catalogue topic up to its end offsets, partition by partition."""
     from confluent_kafka import Consumer, TopicPartition
 
+    from families.registry import TOPICS
     from schemas.registry import SchemaRegistry
 
     topic = settings.topic(name)
-    serde = SchemaRegistry(settings.registry_config()).serde(topic, name)
+    serde = SchemaRegistry(settings.registry_config()).serde(topic, TOPICS[name])
     out: list[dict[str, Any]] = []
     for partition, end in sorted(end_offsets(settings, topic).items()):
         consumer = Consumer(settings.kafka_config(**{"group.id": "recompute-sim"}))

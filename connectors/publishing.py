@@ -2,26 +2,46 @@
 
 A traffic reading goes to ``city.traffic.v1`` (one per message, for subscribers) and into
 a column-wise batch on ``city.traffic.batches.v1`` (the processor's input), both on the
-segment's murmur2 partition. Other domains do the same through :meth:`EventPublisher.event`
-and an :class:`EventStream` (``city.<domain>.v1`` plus ``city.<domain>.batches.v1``).
+segment's murmur2 partition. Other families do the same through
+:meth:`EventPublisher.event` and their :class:`EventStream` (``city.<stem>.v1`` plus
+``city.<stem>.batches.v1``), derived from the family's declaration in ``families/``.
 Anything rejected goes to ``city.dlq.v1`` with its reason. Every source (replay,
 simulator, MQTT, HTTP) publishes through here, so the processors see them all.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
 
 from core import telemetry
+from core.family import EventStream
 from core.kafka import Publisher, partition_for, wait_for_topic
 from core.settings import Settings
+from families import traffic
+from families.registry import EVENT_STREAMS
+from families.registry import TOPICS as CATALOGUE
+from schemas.catalog import TopicSpec
 from schemas.deadletter import dead_letter
 from schemas.registry import SchemaRegistry
 from schemas.serde import AvroSerde
 
-TOPICS = ("city.road_segments.v1", "city.traffic.v1", "city.traffic.batches.v1", "city.dlq.v1")
+# The families' event streams, as declared in families/ (the names the sources import).
+# A record given to EventPublisher.event carries its batch columns by name, so a family's
+# record holds ``event_time_ms`` next to the Avro ``event_time``: fastavro writes only the
+# schema's fields to the per-event topic.
+TRAFFIC = EVENT_STREAMS["traffic"]  # published through the fast path below (Reading)
+AIR = EVENT_STREAMS["air"]
+PARKING = EVENT_STREAMS["parking"]
+ENERGY = EVENT_STREAMS["energy"]
+WASTE = EVENT_STREAMS["waste"]
+SERVICE = EVENT_STREAMS["service"]
+
+SEGMENTS = traffic.SEGMENTS.topic
+DLQ = "city.dlq.v1"
+TOPICS = (SEGMENTS, TRAFFIC.topic, TRAFFIC.batch_topic, DLQ)  # every publisher's
 
 
 @dataclass(frozen=True, slots=True)
@@ -36,24 +56,6 @@ class Reading:
     median_measured_time_s: int | None
     status: str
     origin: str  # file:line, topic/partition/offset, request id: where it came from
-
-
-@dataclass(frozen=True)
-class EventStream:
-    """A domain's pair of topics: one event per message, and column-wise batches of them.
-
-    ``columns`` are the fields of the event copied into the batch record (the batch schema
-    has one array per column, plus ``origin``); ``key`` names the field whose value is the
-    message key and picks the partition, so one entity's events stay in order.
-    ``optional`` columns may be absent from a record (None in the batch): a field added
-    later, which older sources do not fill.
-    """
-
-    topic: str
-    batch_topic: str
-    key: str
-    columns: tuple[str, ...]
-    optional: tuple[str, ...] = ()
 
 
 class _Columns:
@@ -133,9 +135,12 @@ class EventPublisher:
         component: str,
         streams: tuple[EventStream, ...] = (),
         reference_topics: tuple[str, ...] = (),
+        catalogue: Mapping[str, TopicSpec] = CATALOGUE,
     ) -> None:
+        """``catalogue``: the topics' declarations (default: the families registry's)."""
         self.settings = settings
         self.component = component
+        self.catalogue = catalogue
         self.streams = {s.topic: s for s in streams}
         names = [*TOPICS, *reference_topics]
         for s in streams:
@@ -147,7 +152,7 @@ class EventPublisher:
     def setup(self) -> None:
         registry = SchemaRegistry(self.settings.registry_config())
         self.serdes: dict[str, AvroSerde] = {
-            n: registry.serde(t, n) for n, t in self.topics.items()
+            n: registry.serde(t, self.catalogue[n]) for n, t in self.topics.items()
         }
         self.publisher = Publisher.create(self.settings)
         self.partitions = self._partition_count()
@@ -158,18 +163,16 @@ class EventPublisher:
         }
 
     def _partition_count(self) -> int:
-        return len(
-            wait_for_topic(self.publisher.producer, self.topics["city.traffic.v1"]).partitions
-        )
+        return len(wait_for_topic(self.publisher.producer, self.topics[TRAFFIC.topic]).partitions)
 
     def road_segment(self, segment: dict[str, Any]) -> None:
-        value = self.serdes["city.road_segments.v1"].encode(segment)
+        value = self.serdes[SEGMENTS].encode(segment)
         key = segment["segment_id"].encode()
-        self.publisher.send(self.topics["city.road_segments.v1"], key, value)
+        self.publisher.send(self.topics[SEGMENTS], key, value)
 
     def reading(self, r: Reading) -> None:
         partition = _partition_of(r.segment_id, self.partitions)
-        value = self.serdes["city.traffic.v1"].encode(
+        value = self.serdes[TRAFFIC.topic].encode(
             {
                 "segment_id": r.segment_id,
                 "event_time": r.event_time_ms,
@@ -184,9 +187,9 @@ class EventPublisher:
         buffer = self._buffers[partition]
         if not buffer.segment_id:  # telemetry: one span per batch message
             buffer.trace = telemetry.start_batch(
-                self.topics["city.traffic.batches.v1"], partition, self.component
+                self.topics[TRAFFIC.batch_topic], partition, self.component
             )
-        topic = self.topics["city.traffic.v1"]
+        topic = self.topics[TRAFFIC.topic]
         self.publisher.send(topic, r.segment_id.encode(), value, partition, buffer.trace.headers)
         if buffer.add(r) >= self.settings.source_batch_size:
             self._send_batch(partition)
@@ -225,17 +228,17 @@ class EventPublisher:
     def reject(self, rejected: Rejected) -> None:
         raw = rejected.raw.encode() if isinstance(rejected.raw, str) else rejected.raw
         record = dead_letter(rejected.reason, rejected.detail, self.component, rejected.origin, raw)
-        value = self.serdes["city.dlq.v1"].encode(record)
-        self.publisher.send(self.topics["city.dlq.v1"], rejected.reason.encode(), value)
+        value = self.serdes[DLQ].encode(record)
+        self.publisher.send(self.topics[DLQ], rejected.reason.encode(), value)
         self.dead_lettered += 1
         telemetry.dead_lettered(self.component, rejected.reason)  # telemetry
 
     def _send_batch(self, partition: int) -> None:
         batch = self._buffers[partition]
-        value = self.serdes["city.traffic.batches.v1"].encode(batch.record(self.component))
-        topic = self.topics["city.traffic.batches.v1"]
+        value = self.serdes[TRAFFIC.batch_topic].encode(batch.record(self.component))
+        topic = self.topics[TRAFFIC.batch_topic]
         self.publisher.send(topic, str(partition).encode(), value, partition, batch.trace.headers)
-        self._batch_sent(batch.trace, batch.origin, (self.topics["city.traffic.v1"], topic))
+        self._batch_sent(batch.trace, batch.origin, (self.topics[TRAFFIC.topic], topic))
         self._buffers[partition] = _BatchBuffer()
         self.batches_sent += 1
 
@@ -263,48 +266,3 @@ class EventPublisher:
         """Everything published so far is acknowledged, or DeliveryError is raised."""
         self.send_batches()
         self.publisher.flush(timeout)
-
-
-# --- domain streams
-# A record given to EventPublisher.event carries its batch columns by name, so a domain
-# record holds ``event_time_ms`` next to the Avro ``event_time``: fastavro writes only the
-# schema's fields to the per-event topic.
-AIR = EventStream(
-    "city.air.v1",
-    "city.air.batches.v1",
-    key="sensor_id",
-    columns=(
-        "sensor_id",
-        "event_time_ms",
-        "ozone",
-        "particulate_matter",
-        "carbon_monoxide",
-        "sulfure_dioxide",
-        "nitrogen_dioxide",
-    ),
-)
-PARKING = EventStream(
-    "city.parking.v1",
-    "city.parking.batches.v1",
-    key="car_park_id",
-    columns=("car_park_id", "event_time_ms", "vehicle_count", "total_spaces"),
-)
-ENERGY = EventStream(
-    "city.energy.v1",
-    "city.energy.batches.v1",
-    key="meter_id",
-    columns=("meter_id", "district", "event_time_ms", "kwh"),
-)
-WASTE = EventStream(
-    "city.waste.v1",
-    "city.waste.batches.v1",
-    key="bin_id",
-    columns=("bin_id", "district", "event_time_ms", "fill_pct"),
-)
-SERVICE = EventStream(
-    "city.service_requests.v1",
-    "city.service_requests.batches.v1",
-    key="request_id",
-    columns=("request_id", "status", "category", "district", "event_time_ms", "opened_at_ms"),
-    optional=("sla_due_ms",),  # a request's own due time (Boston's TARGET_DT), else None
-)

@@ -20,7 +20,7 @@ from confluent_kafka import (
 from confluent_kafka.admin import AdminClient, ClusterMetadata, NewTopic, TopicMetadata
 
 from core.settings import Settings
-from schemas.catalog import TOPICS, TopicSpec, load_schema
+from schemas.catalog import TopicSpec, load_schema
 from schemas.registry import SchemaRegistry
 
 log = logging.getLogger(__name__)
@@ -39,8 +39,14 @@ def topic_config(spec: TopicSpec, settings: Settings) -> dict[str, str]:
     return conf
 
 
-def ensure_topics(settings: Settings, timeout: float = 30.0) -> list[str]:
-    """Create missing catalogue topics; existing ones are left as they are."""
+def create_topics(
+    settings: Settings, specs: Iterable[TopicSpec], timeout: float = 30.0
+) -> list[str]:
+    """Create the missing ones of ``specs``; existing ones are left as they are.
+
+    The topic catalogue is the families registry's (``families.registry.ensure_topics``
+    passes it); the core does not know the families.
+    """
     admin = AdminClient(settings.kafka_config())
     existing = set(admin.list_topics(timeout=timeout).topics)
     wanted = [
@@ -50,7 +56,7 @@ def ensure_topics(settings: Settings, timeout: float = 30.0) -> list[str]:
             replication_factor=settings.replication_factor,
             config=topic_config(spec, settings),
         )
-        for spec in TOPICS.values()
+        for spec in specs
         if settings.topic(spec.name) not in existing
     ]
     if not wanted:
@@ -64,12 +70,15 @@ def ensure_topics(settings: Settings, timeout: float = 30.0) -> list[str]:
     return [t.topic for t in wanted]
 
 
-def register_schemas(settings: Settings) -> dict[str, int]:
-    """Register every catalogue schema under its topic's subject (BACKWARD compatible)."""
+def register_subjects(settings: Settings, specs: Iterable[TopicSpec]) -> dict[str, int]:
+    """Register the schema of each of ``specs`` under its topic's subject (BACKWARD
+    compatible); ``families.registry.register_schemas`` passes the whole catalogue."""
     registry = SchemaRegistry(settings.registry_config())
     return {
-        settings.topic(name): registry.register(settings.topic(name), load_schema(spec.schema_file))
-        for name, spec in TOPICS.items()
+        settings.topic(spec.name): registry.register(
+            settings.topic(spec.name), load_schema(spec.schema_file)
+        )
+        for spec in specs
     }
 
 

@@ -8,7 +8,7 @@ from typing import Any
 from confluent_kafka.schema_registry import Schema, SchemaRegistryClient
 from confluent_kafka.schema_registry.error import SchemaRegistryError
 
-from schemas.catalog import TOPICS, load_schema
+from schemas.catalog import CORE_TOPICS, TopicSpec, load_schema
 from schemas.serde import AvroSerde, UnknownSchemaError
 
 COMPATIBILITY = "BACKWARD"
@@ -36,9 +36,15 @@ class SchemaRegistry:
                 return True
             raise
 
-    def serde(self, topic: str, base_topic: str | None = None) -> AvroSerde:
-        """A serde for ``topic`` whose schema is the catalogue entry of ``base_topic``."""
-        schema = load_schema(TOPICS[base_topic or topic].schema_file)
+    def serde(self, topic: str, base: TopicSpec | str | None = None) -> AvroSerde:
+        """A serde for ``topic`` (prefixed) carrying the schema of ``base``.
+
+        ``base`` is a catalogue entry (``families.registry.TOPICS[name]``), or the name of
+        one of the core's topics (kpi, kpi batches, alerts, dead letters); a family's topic
+        must be given as its entry, since only the registry knows the families.
+        """
+        spec = base if isinstance(base, TopicSpec) else _core_topic(base or topic)
+        schema = load_schema(spec.schema_file)
         return AvroSerde(schema, self.register(topic, schema), self.writer_schema)
 
     def writer_schema(self, schema_id: int) -> dict[str, Any]:
@@ -55,3 +61,12 @@ class SchemaRegistry:
                 raise UnknownSchemaError(f"schema id {schema_id} has no schema text")
             self._writer_cache[schema_id] = json.loads(found.schema_str)
         return self._writer_cache[schema_id]
+
+
+def _core_topic(name: str) -> TopicSpec:
+    try:
+        return CORE_TOPICS[name]
+    except KeyError:
+        raise KeyError(
+            f"{name} is not a core topic: pass its TopicSpec (families.registry.TOPICS[name])"
+        ) from None

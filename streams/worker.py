@@ -22,7 +22,7 @@ def processor_specs(
 ) -> dict[str, ProcessorSpec]:
     """A processor per registered family, by name; with ``city`` (a city pack's id), the
     families that follow the city pack name their city scope after it."""
-    return {f.name: ProcessorSpec.of(f, city) for f in registry.families}
+    return {f.name: ProcessorSpec.of(f, registry.topics, city) for f in registry.families}
 
 
 PROCESSORS: dict[str, ProcessorSpec] = processor_specs()

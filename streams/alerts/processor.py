@@ -28,6 +28,7 @@ import orjson
 from core import telemetry
 from core.kafka import Publisher
 from core.settings import Settings
+from families.registry import TOPICS as CATALOGUE
 from schemas.deadletter import dead_letter
 from schemas.faust_codec import Undecodable
 from schemas.registry import SchemaRegistry
@@ -104,7 +105,7 @@ class AlertsProcessor:
         """Registry, producer, reference data and alert state; run before the worker starts."""
         registry = SchemaRegistry(self.settings.registry_config())
         self.serdes: dict[str, AvroSerde] = {
-            n: registry.serde(t, n) for n, t in self.topics.items()
+            n: registry.serde(t, CATALOGUE[n]) for n, t in self.topics.items()
         }
         self.publisher = Publisher.create(self.settings, **{"linger.ms": 5})
         self.segments = self._table("city.road_segments.v1", lambda r: str(r["district"]))

@@ -13,7 +13,7 @@ import asyncio
 import logging
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -24,6 +24,7 @@ from core import telemetry
 from core.family import Family, Input
 from core.kafka import Publisher, wait_for_topic
 from core.settings import Settings
+from schemas.catalog import TopicSpec
 from schemas.deadletter import dead_letter
 from schemas.faust_codec import Undecodable
 from schemas.registry import SchemaRegistry
@@ -53,6 +54,7 @@ class ProcessorSpec:
     name: str
     inputs: tuple[Input, ...]
     partials_topic: str
+    catalogue: Mapping[str, TopicSpec]  # the declarations of (at least) its topics
     reference_topic: str | None = None
     to_reference: Callable[[dict[str, Any]], Any] = dict
     # False for a processor reading another family's input (devices reads traffic and
@@ -60,8 +62,11 @@ class ProcessorSpec:
     dead_letters_input: bool = True
 
     @classmethod
-    def of(cls, family: Family, city: str | None = None) -> ProcessorSpec:
-        """The processor of ``family``; with ``city``, its rules name the city scope so."""
+    def of(
+        cls, family: Family, catalogue: Mapping[str, TopicSpec], city: str | None = None
+    ) -> ProcessorSpec:
+        """The processor of ``family`` (its topics declared in ``catalogue``: the registry's);
+        with ``city``, its rules name the city scope after it."""
         inputs = family.processor_inputs
         if city is not None:
             inputs = tuple(Input(i.domain.for_city(city), i.batch_topic) for i in inputs)
@@ -69,6 +74,7 @@ class ProcessorSpec:
             name=family.name,
             inputs=inputs,
             partials_topic=family.partials_topic,
+            catalogue=catalogue,
             reference_topic=family.reference.topic if family.reference else None,
             to_reference=family.to_reference,
             dead_letters_input=family.dead_letters_input,
@@ -170,7 +176,7 @@ class WindowedProcessor:
         """Registry, producer and reference data; run by the entry point before the worker."""
         registry = SchemaRegistry(self.settings.registry_config())
         self.serdes: dict[str, AvroSerde] = {
-            n: registry.serde(t, n) for n, t in self.topics.items()
+            n: registry.serde(t, self.spec.catalogue[n]) for n, t in self.topics.items()
         }
         self.publisher = Publisher.create(self.settings, **{"linger.ms": 5})
         self.reference: CompactedTable | _NoReference = _NoReference()

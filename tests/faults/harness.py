@@ -13,8 +13,8 @@ from pathlib import Path
 from citystream.pipeline import Pipeline, wait_settled
 from citystream.verify import stored_kpis
 from connectors.sources.aarhus import AarhusReplaySource, ReplayReport
-from core.kafka import ensure_topics, register_schemas
 from core.settings import Settings
+from families.registry import ensure_topics, register_schemas
 from oracles.aarhus_traffic import recompute
 from oracles.compare import compare
 from tests.oracle import METADATA, REPO

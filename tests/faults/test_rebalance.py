@@ -36,7 +36,7 @@ def test_second_worker_joins_while_the_first_races_through_a_backlog(
     from citystream.pipeline import Pipeline, wait_settled
     from citystream.verify import stored_kpis
     from connectors.sources.aarhus import AarhusReplaySource
-    from core.kafka import ensure_topics, register_schemas
+    from families.registry import ensure_topics, register_schemas
     from oracles.aarhus_traffic import recompute
     from oracles.compare import compare
     from tests.faults.harness import METADATA, REPO

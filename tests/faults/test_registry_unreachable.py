@@ -58,7 +58,7 @@ def test_processor_waits_for_the_registry_then_starts(settings: Settings, tmp_pa
             "startup_timeout_s": 90,
         }
     )
-    from core.kafka import ensure_topics
+    from families.registry import ensure_topics
 
     ensure_topics(s)
     log = tmp_path / "processor.log"

@@ -19,8 +19,8 @@ from citystream.verify import stored_kpis
 from connectors.sources.aarhus import CsvReplay
 from connectors.sources.aarhus_air import AarhusAirReplay
 from connectors.sources.aarhus_parking import AarhusParkingReplay
-from core.kafka import ensure_topics, register_schemas
 from core.settings import Settings
+from families.registry import ensure_topics, register_schemas
 from oracles.aarhus_air_parking import recompute_air, recompute_parking
 from oracles.compare import Key, Value, compare
 from tests.integration.test_air_parking_replay import (

@@ -26,8 +26,9 @@ from citystream.replay import AarhusFiles, run_replays, summary
 from connectors.sources.aarhus import CsvReplay
 from connectors.sources.aarhus_air import AarhusAirReplay
 from connectors.sources.aarhus_parking import AarhusParkingReplay
-from core.kafka import end_offsets, ensure_topics, partition_for, register_schemas
+from core.kafka import end_offsets, partition_for
 from core.settings import Settings
+from families.registry import ensure_topics, register_schemas
 from oracles.aarhus_air_parking import recompute_air, recompute_parking
 
 pytestmark = pytest.mark.integration

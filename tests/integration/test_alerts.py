@@ -18,8 +18,9 @@ from confluent_kafka.schema_registry.avro import AvroDeserializer
 from confluent_kafka.serialization import MessageField, SerializationContext
 
 from citystream.pipeline import Pipeline, http_get
-from core.kafka import Publisher, end_offsets, ensure_topics, register_schemas
+from core.kafka import Publisher, end_offsets
 from core.settings import Settings
+from families.registry import TOPICS, ensure_topics, register_schemas
 from schemas.catalog import load_schema
 from schemas.registry import SchemaRegistry
 from tests.conftest import free_port
@@ -61,7 +62,7 @@ class Producer:
         self.publisher = Publisher.create(settings)
 
     def send(self, name: str, key: bytes | None, record: dict[str, Any], partition: int) -> None:
-        serde = self.registry.serde(self.settings.topic(name), name)
+        serde = self.registry.serde(self.settings.topic(name), TOPICS[name])
         self.publisher.send(self.settings.topic(name), key, serde.encode(record), partition)
 
     def kpis(self, partition: int, *rows: dict[str, Any]) -> None:

@@ -16,8 +16,9 @@ import pytest
 
 from connectors.sinks.base import BatchingSink, InvalidRecord, Row
 from core import telemetry
-from core.kafka import Publisher, ensure_topics, register_schemas
+from core.kafka import Publisher
 from core.settings import Settings
+from families.registry import ensure_topics, register_schemas
 from schemas.registry import SchemaRegistry
 from tests.integration import sink_harness
 from tests.integration.sink_harness import dead_letters, running, wait_for

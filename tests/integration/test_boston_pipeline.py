@@ -16,11 +16,11 @@ from citystream.replay import reconciles
 from citystream.verify import read_topic, stored_kpis
 from connectors.sources.city_files import city_replay, publish_reference
 from core.city import load_pack
-from core.kafka import end_offsets, ensure_topics
+from core.kafka import end_offsets
 from core.settings import Settings
+from families.registry import TOPICS, ensure_topics
 from oracles.boston_311 import expected_for_pack
 from oracles.compare import compare
-from schemas.catalog import TOPICS
 from tests.integration.test_simulated_domains import domain_stats
 
 pytestmark = pytest.mark.integration

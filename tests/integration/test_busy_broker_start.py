@@ -11,8 +11,8 @@ from __future__ import annotations
 import pytest
 from confluent_kafka.admin import AdminClient, NewTopic
 
-from core.kafka import ensure_topics, register_schemas
 from core.settings import Settings
+from families.registry import ensure_topics, register_schemas
 from streams.engine.processor import WindowedProcessor
 from streams.worker import PROCESSORS
 from tests.private_kafka import PrivateKafka

@@ -17,8 +17,8 @@ from citystream.replay import AarhusFiles, run_replays, wait_processed
 from citystream.verify import stored_kpis
 from connectors.sources.aarhus import AarhusReplaySource, CsvReplay
 from connectors.sources.aarhus_air import AarhusAirReplay
-from core.kafka import ensure_topics, register_schemas
 from core.settings import Settings
+from families.registry import ensure_topics, register_schemas
 from oracles.compare import compare
 from oracles.devices import recompute_devices
 from tests.integration.test_air_parking_replay import AIR_FIXTURE

@@ -29,8 +29,9 @@ from citystream.pipeline import Pipeline, launch
 from citystream.query import run_query
 from connectors.publishing import EventPublisher
 from connectors.sources.aarhus import read_segments
-from core.kafka import end_offsets, ensure_topics, register_schemas
+from core.kafka import end_offsets
 from core.settings import Settings
+from families.registry import ensure_topics, register_schemas
 from oracles.aarhus_traffic import aggregate, read_metadata
 from tests.conftest import free_port
 

@@ -18,9 +18,10 @@ from citystream.cli import stack_config
 from citystream.pipeline import Pipeline
 from citystream.verify import stored_kpis
 from connectors.sources.aarhus import AarhusReplaySource
-from core.kafka import Publisher, ensure_topics, register_schemas
+from core.kafka import Publisher
 from core.settings import Settings
 from core.startup import CredentialsRejected, wait_for_services
+from families.registry import ensure_topics, register_schemas
 from infra import kafka_security
 from oracles.aarhus_traffic import recompute
 from oracles.compare import compare

@@ -12,9 +12,9 @@ from typing import Any
 
 import pytest
 
-from core.kafka import Publisher, ensure_topics, register_schemas
+from core.kafka import Publisher
 from core.settings import Settings
-from schemas.catalog import TOPICS
+from families.registry import TOPICS, ensure_topics, register_schemas
 from schemas.registry import SchemaRegistry
 
 pytestmark = pytest.mark.integration

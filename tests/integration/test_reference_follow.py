@@ -20,8 +20,9 @@ from confluent_kafka.admin import AdminClient, NewTopic
 from citystream.dirty_input import UNKNOWN_ONLY, make_dirty
 from connectors.publishing import Reading
 from connectors.sources.aarhus import iter_readings, read_segments
-from core.kafka import Publisher, ensure_topics, partition_for, register_schemas
+from core.kafka import Publisher, partition_for
 from core.settings import Settings
+from families.registry import TOPICS, ensure_topics, register_schemas
 from schemas.registry import SchemaRegistry
 from streams.alerts.processor import AlertsProcessor
 from streams.engine.processor import WindowedProcessor
@@ -45,7 +46,7 @@ class Reference:
         self.publisher = Publisher.create(settings)
 
     def serde(self, name: str) -> Any:
-        return self.registry.serde(self.settings.topic(name), name)
+        return self.registry.serde(self.settings.topic(name), TOPICS[name])
 
     def send(self, name: str, key: str, record: dict[str, Any] | None) -> None:
         value = None if record is None else self.serde(name).encode(record)
@@ -116,7 +117,7 @@ def test_a_reference_topic_created_after_the_table_is_waited_for(settings: Setti
     restarting): the table waits for it (bounded) instead of failing."""
     register_schemas(settings)
     topic = settings.topic(SEGMENTS)
-    serde = SchemaRegistry(settings.registry_config()).serde(topic, SEGMENTS)
+    serde = SchemaRegistry(settings.registry_config()).serde(topic, TOPICS[SEGMENTS])
     table = CompactedTable(settings.kafka_config(), topic, serde, dict, lambda *a: None)
     outcome: list[Any] = []
 

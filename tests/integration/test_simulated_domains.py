@@ -11,9 +11,8 @@ from citystream.pipeline import Pipeline, wait_settled
 from citystream.verify import expected_for_simulation, stored_kpis
 from connectors.publishing import ENERGY, SERVICE, WASTE
 from connectors.sources.simulator import CitySimulatorSource, SimulationConfig, load_reference
-from core.kafka import ensure_topics
 from core.settings import Settings
-from families.registry import KPIS
+from families.registry import KPIS, ensure_topics
 from oracles.compare import compare
 from tests.integration.test_traffic_pipeline import read_dead_letters
 

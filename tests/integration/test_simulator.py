@@ -31,8 +31,9 @@ from connectors.sources.simulator import (
     simulate,
     validate_event,
 )
-from core.kafka import end_offsets, ensure_topics, partition_for
+from core.kafka import end_offsets, partition_for
 from core.settings import Settings
+from families.registry import ensure_topics
 from oracles.simulated import millis, recompute
 from tests.integration.test_traffic_pipeline import read_dead_letters
 

@@ -19,8 +19,9 @@ from connectors.sinks.clickhouse import (
     ClickHouseSink,
     connect,
 )
-from core.kafka import Publisher, ensure_topics, register_schemas
+from core.kafka import Publisher
 from core.settings import Settings
+from families.registry import ensure_topics, register_schemas
 from schemas.registry import SchemaRegistry
 from tests.integration import sink_harness
 from tests.integration.sink_harness import dead_letters, running, wait_for

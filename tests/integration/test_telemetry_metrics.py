@@ -15,8 +15,8 @@ from citystream.pipeline import Pipeline, http_get
 from citystream.status import collect, render
 from connectors.sources.aarhus import AarhusReplaySource, ReplayReport
 from core import telemetry
-from core.kafka import ensure_topics, register_schemas
 from core.settings import Settings
+from families.registry import ensure_topics, register_schemas
 from tests.oracle import METADATA
 
 pytestmark = pytest.mark.integration

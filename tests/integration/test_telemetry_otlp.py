@@ -21,8 +21,8 @@ from typing import Any
 import pytest
 
 from citystream.pipeline import Pipeline, http_get, launch
-from core.kafka import ensure_topics, register_schemas
 from core.settings import Settings
+from families.registry import ensure_topics, register_schemas
 from tests.conftest import free_port
 from tests.oracle import METADATA
 

@@ -27,8 +27,9 @@ from citystream.pipeline import Pipeline
 from citystream.query import run_query
 from connectors.sources.aarhus import AarhusReplaySource
 from core import telemetry
-from core.kafka import end_offsets, ensure_topics, register_schemas
+from core.kafka import end_offsets
 from core.settings import Settings
+from families.registry import ensure_topics, register_schemas
 from tests.oracle import METADATA
 
 pytestmark = pytest.mark.integration

@@ -19,8 +19,9 @@ from confluent_kafka.serialization import MessageField, SerializationContext
 from citystream.pipeline import Pipeline
 from citystream.verify import stored_kpis
 from connectors.sources.aarhus import AarhusReplaySource
-from core.kafka import Publisher, end_offsets, ensure_topics, register_schemas
+from core.kafka import Publisher, end_offsets
 from core.settings import Settings
+from families.registry import ensure_topics, register_schemas
 from oracles.aarhus_traffic import recompute
 from oracles.compare import compare
 from tests.oracle import METADATA, expected_kpis, kpis_in_clickhouse

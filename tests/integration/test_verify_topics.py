@@ -12,8 +12,9 @@ from citystream.cli import main
 from citystream.pipeline import Pipeline, settings_env
 from connectors.sinks.clickhouse import connect
 from connectors.sources.aarhus import AarhusReplaySource
-from core.kafka import Publisher, ensure_topics, register_schemas
+from core.kafka import Publisher
 from core.settings import Settings
+from families.registry import ensure_topics, register_schemas
 from oracles.aarhus_traffic import in_range, parse_instant, recompute
 from tests.oracle import METADATA, REPO
 

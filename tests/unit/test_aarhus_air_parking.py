@@ -13,7 +13,8 @@ from connectors.publishing import AIR, PARKING, Rejected
 from connectors.sources.aarhus import RowError, local_to_utc_ms
 from connectors.sources.aarhus_air import AirParser, iter_air
 from connectors.sources.aarhus_parking import ParkingParser, iter_parking, read_car_parks
-from schemas.catalog import TOPICS, load_schema
+from families.registry import TOPICS
+from schemas.catalog import load_schema
 
 REPO = Path(__file__).resolve().parents[2]
 AIR_HEADER = (

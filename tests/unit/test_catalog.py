@@ -37,9 +37,9 @@ from citystream.catalog import (
 from citystream.cli import main
 from core.kpis import Kpi
 from core.settings import Settings
-from families.registry import KPIS
+from families.registry import KPIS, TOPICS
 from families.traffic.domain import SegmentInfo, Traffic
-from schemas.catalog import TOPICS, load_schema
+from schemas.catalog import load_schema
 from streams.engine.windows import MergeWindows, PartitionWindows
 
 REPO = Path(__file__).resolve().parents[2]

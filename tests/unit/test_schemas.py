@@ -6,7 +6,8 @@ import fastavro
 import pytest
 
 from core.kafka import murmur2, partition_for
-from schemas.catalog import AVRO_DIR, TOPICS, load_schema
+from families.registry import TOPICS
+from schemas.catalog import AVRO_DIR, load_schema
 from schemas.faust_codec import AvroCodec, Undecodable
 from schemas.serde import AvroSerde, SerdeError, UnknownSchemaError
 

@@ -22,7 +22,8 @@ from connectors.sources.simulator import (
     validate_event,
 )
 from core.settings import Settings
-from schemas.catalog import TOPICS, load_schema
+from families.registry import TOPICS
+from schemas.catalog import load_schema
 
 MONDAY = int(datetime(2014, 8, 4, tzinfo=UTC).timestamp() * 1000)
 REFERENCE = load_reference()
