@@ -106,7 +106,7 @@ def make_dirty(
     writer.writerow(header)
     writer.writerows(row for _, _, row in out)
     target.parent.mkdir(parents=True, exist_ok=True)
-    target.write_bytes(gzip.compress(text.getvalue().encode(), compresslevel=1))
+    target.write_bytes(gzip.compress(text.getvalue().encode(), compresslevel=1, mtime=0))
     report.rows_out, report.unknown_segments = len(out), len(unknown)
     return report
 
@@ -124,5 +124,5 @@ def head_rows(source: Path, target: Path, rows: int) -> Path:
     with open_text(source) as handle:
         lines = [line for _, line in zip(range(rows + 1), handle, strict=False)]
     target.parent.mkdir(parents=True, exist_ok=True)
-    target.write_bytes(gzip.compress("".join(lines).encode(), compresslevel=1))
+    target.write_bytes(gzip.compress("".join(lines).encode(), compresslevel=1, mtime=0))
     return target
