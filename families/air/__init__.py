@@ -8,6 +8,7 @@ from core.kpis import HOPPING, SEGMENT_SCOPES, TREND_SCOPES, TUMBLING, Kpi
 from families.air.domain import AQI, POLLUTANTS, Air
 from families.traffic import SEGMENTS
 from families.traffic.domain import segment_info
+from oracles.aarhus_air_parking import recompute_air
 
 TOPIC = "city.air.v1"
 AQI_FORMULA = f"mean over readings of max({', '.join(POLLUTANTS)})"
@@ -36,4 +37,5 @@ FAMILY = Family(
     ),
     reference=SEGMENTS,
     to_reference=segment_info,
+    oracle=recompute_air,
 )

@@ -10,6 +10,7 @@ from families import air, traffic
 from families.devices.domain import UPTIME, Uptime
 from families.traffic import SEGMENTS
 from families.traffic.domain import segment_info
+from oracles.devices import recompute_devices
 
 UPTIME_FORMULA = (
     "readings received / readings expected × 100 per sensor and hour (traffic and air: one "
@@ -30,4 +31,5 @@ FAMILY = Family(
     ),
     reference=SEGMENTS,
     to_reference=segment_info,
+    oracle=recompute_devices,
 )

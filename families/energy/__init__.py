@@ -6,6 +6,7 @@ from __future__ import annotations
 from core.family import Events, Family, Reference
 from core.kpis import TUMBLING, Kpi
 from families.energy.domain import CO2E, KWH, Energy, emission_factor
+from oracles.simulated import energy_kpis
 
 TOPIC = "city.energy.v1"
 SCOPES = ("meter", "district", "city")
@@ -36,4 +37,5 @@ FAMILY = Family(
         doc="District reference data (name, grid emission factor), latest per district",
     ),
     to_reference=emission_factor,
+    oracle=energy_kpis,
 )

@@ -6,6 +6,7 @@ from __future__ import annotations
 from core.family import Events, Family, Reference
 from core.kpis import TUMBLING, Kpi
 from families.parking.domain import OCCUPANCY, Parking, car_park_district
+from oracles.aarhus_air_parking import recompute_parking
 
 OCCUPANCY_FORMULA = (
     "car park: last observed vehiclecount / totalspaces × 100 in the window; district and "
@@ -36,4 +37,5 @@ FAMILY = Family(
         doc="Car park reference data, latest value per car park",
     ),
     to_reference=car_park_district,
+    oracle=recompute_parking,
 )

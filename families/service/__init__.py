@@ -7,6 +7,7 @@ from __future__ import annotations
 from core.family import Events, Family, Reference
 from core.kpis import TUMBLING, Kpi
 from families.service.domain import OPENED, P50, P90, SLA_MET, Service, sla_minutes
+from oracles.simulated import service_kpis
 
 TOPIC = "city.service_requests.v1"
 SCOPES = ("category", "district", "city")
@@ -45,4 +46,5 @@ FAMILY = Family(
         doc="Service request categories with their SLA, latest value per category",
     ),
     to_reference=sla_minutes,
+    oracle=service_kpis,  # a city pack's 311 data: oracles/boston_311.py
 )

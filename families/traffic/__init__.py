@@ -6,6 +6,7 @@ from __future__ import annotations
 from core.family import TREND_SUFFIX, Events, Family, Reference
 from core.kpis import HOPPING, SEGMENT_SCOPES, TREND_SCOPES, TUMBLING, Kpi
 from families.traffic.domain import AVG_SPEED, CONGESTION, VEHICLE_COUNT, Traffic, segment_info
+from oracles.aarhus_traffic import recompute
 
 TOPIC = "city.traffic.v1"
 # Road segments: also the air sensors (same REPORT_IDs) and the devices' known sensors.
@@ -45,4 +46,5 @@ FAMILY = Family(
     reference=SEGMENTS,
     to_reference=segment_info,
     partials_version=2,
+    oracle=recompute,
 )

@@ -5,6 +5,7 @@ from __future__ import annotations
 from core.family import Events, Family
 from core.kpis import TUMBLING, Kpi
 from families.waste.domain import OVER_80, Waste
+from oracles.simulated import waste_kpis
 
 KPIS = (
     Kpi(OVER_80, "bins", "bins whose last fill level in the window is above 80 %",
@@ -23,4 +24,5 @@ FAMILY = Family(
         doc="Every waste bin fill report, one per message",
         batch_doc="Processor input: the same fill reports, many per message, column-wise",
     ),
+    oracle=waste_kpis,
 )

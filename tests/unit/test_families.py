@@ -98,3 +98,9 @@ def test_a_family_declaration_is_checked() -> None:
     with pytest.raises(ValueError, match=re.escape("comes from city.bins.v1")):
         Family("bins", (dataclasses.replace(kpi, source_topic="x"),), waste.FAMILY.domain, events)
     assert isinstance(Family("bins", (kpi,), waste.FAMILY.domain, events).events, Events)
+
+
+def test_every_family_names_its_independent_oracle() -> None:
+    for family in FAMILIES:
+        assert family.oracle is not None, family.name
+        assert family.oracle.__module__.startswith("oracles."), family.name
