@@ -159,7 +159,29 @@ class Settings(BaseSettings):
         None, description="...or a JSON file of that shape (e.g. a mounted secret)"
     )
     ingest_max_body_bytes: int = Field(
-        1_048_576, ge=1024, description="Larger request bodies are refused with 413"
+        1_048_576,
+        ge=1024,
+        description="Larger request bodies are refused with 413; larger MQTT payloads are "
+        "dead-lettered as too_large",
+    )
+    ingest_max_depth: int = Field(
+        32,
+        ge=2,
+        le=256,
+        description="Arrays/objects nested deeper in an HTTP body or MQTT payload: "
+        "refused as too_complex (HTTP 400, dead-lettered)",
+    )
+    ingest_max_items: int = Field(
+        10_000,
+        ge=1,
+        description="More events in one HTTP body or MQTT payload (array items, NDJSON "
+        "lines, NGSI-LD entities): refused as too_complex",
+    )
+    ingest_max_string_chars: int = Field(
+        4096,
+        ge=64,
+        description="A longer JSON string (key or value) in an HTTP body or MQTT payload: "
+        "refused as too_complex",
     )
     ingest_rate_limit_rps: float = Field(
         50.0, gt=0, description="Requests per second per API key; beyond: 429"

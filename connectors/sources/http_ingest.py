@@ -6,6 +6,10 @@
 - ``GET /health`` (alive), ``GET /ready`` (Kafka reachable, not backpressured),
   ``GET /stats`` (accepted/rejected per source), ``GET /openapi.json``.
 
+A body is bounded before it is parsed: bytes (413), then nesting depth, events and
+string length (:class:`JsonLimits`; 400 ``too_complex``). Whatever cannot be parsed is a
+400 with a dead letter, never a 500.
+
 A 202 means durable: the request's events (and dead letters) are acknowledged by Kafka
 before the answer. Requests share flushes (group commit), so batching clients pay one
 Kafka round trip per group. When Kafka falls behind, the service answers 503 with
@@ -33,6 +37,7 @@ from aiohttp import web
 
 from connectors.publishing import AIR, PARKING, EventPublisher, Rejected
 from connectors.sources.ingest_common import (
+    DEFAULT_LIMITS,
     DOMAINS,
     INVALID_EVENT,
     INVALID_TIMESTAMP,
@@ -41,6 +46,7 @@ from connectors.sources.ingest_common import (
     AirEvent,
     IngestConfig,
     IngestError,
+    JsonLimits,
     NgsiConfig,
     NgsiTypeMapping,
     ParkingEvent,
@@ -48,6 +54,7 @@ from connectors.sources.ingest_common import (
     TrafficEvent,
     convert,
     dumps,
+    fit_dead_letter,
     loads,
     parse_time,
     publish_accepted,
@@ -55,7 +62,7 @@ from connectors.sources.ingest_common import (
     validate_event,
     validate_items,
 )
-from connectors.sources.ngsi_context import canonical_names
+from connectors.sources.ngsi_context import ContextCache, canonical_names
 from core.kafka import DeliveryError
 from core.settings import Settings
 
@@ -74,7 +81,8 @@ _NGSI_ATTRIBUTE_TYPES = frozenset({"Property", "GeoProperty", "Relationship", "L
 def _attribute(raw: Any) -> tuple[Any, str | None, str | None]:
     """(value, unitCode, observedAt) of a normalized or key-values attribute."""
     value, unit, observed = raw, None, None
-    if isinstance(raw, dict) and raw.get("type") in _NGSI_ATTRIBUTE_TYPES:
+    kind = raw.get("type") if isinstance(raw, dict) else None
+    if isinstance(kind, str) and kind in _NGSI_ATTRIBUTE_TYPES:
         value = raw.get("object") if raw["type"] == "Relationship" else raw.get("value")
         unit, observed = raw.get("unitCode"), raw.get("observedAt")
     if isinstance(value, dict) and "@value" in value:  # {"@type": "DateTime", "@value": ...}
@@ -82,17 +90,20 @@ def _attribute(raw: Any) -> tuple[Any, str | None, str | None]:
     return value, unit, observed
 
 
-def ngsi_event(config: NgsiConfig, entity: Any, context: Any = None) -> dict[str, Any]:
+def ngsi_event(
+    config: NgsiConfig, entity: Any, context: Any = None, contexts: ContextCache | None = None
+) -> dict[str, Any]:
     """One NGSI-LD entity as a canonical event dict; IngestError says why it cannot be.
 
     Names resolve through the entity's ``@context`` (else the notification's ``context``,
-    else every shipped one) to Smart Data Model terms (:mod:`ngsi_context`).
+    else every shipped one) to Smart Data Model terms (:mod:`ngsi_context`); ``contexts``
+    resolves each context of a request once.
     """
     if not isinstance(entity, dict) or not isinstance(entity.get("type"), str):
         raise IngestError(INVALID_EVENT, "an NGSI-LD entity needs `id` and `type`")
     if not isinstance(entity.get("id"), str):
         raise IngestError(INVALID_EVENT, "an NGSI-LD entity needs `id` and `type`")
-    etype, attrs = canonical_names(entity, entity.get("@context", context))
+    etype, attrs = canonical_names(entity, entity.get("@context", context), contexts)
     mapping = config.types.get(etype)
     if mapping is None:
         raise IngestError(UNKNOWN_ENTITY, f"entity type {etype!r} is not in the mapping file")
@@ -197,7 +208,9 @@ class ApiKeys:
             raise ValueError(
                 "no API keys: set CITYSTREAM_INGEST_API_KEYS or CITYSTREAM_INGEST_API_KEYS_FILE"
             )
-        self._keys = [(client, key.encode()) for client, key in keys.items()]
+        self._keys = [
+            (client, key.encode(errors="backslashreplace")) for client, key in keys.items()
+        ]
 
     @classmethod
     def from_settings(cls, settings: Settings) -> ApiKeys:
@@ -219,7 +232,7 @@ class ApiKeys:
     def client(self, presented: str | None) -> str | None:
         if not presented:
             return None
-        given = presented.encode()
+        given = presented.encode(errors="backslashreplace")  # headers may hold any bytes
         found = None
         for client, key in self._keys:  # no early exit: timing says nothing about which
             if hmac.compare_digest(given, key):
@@ -273,7 +286,7 @@ class PublisherSide:
         publish_accepted(self.events, accepted)
 
     def reject(self, rejected: Rejected) -> None:
-        self.events.reject(rejected)
+        self.events.reject(fit_dead_letter(rejected))
 
     def send_batches(self) -> None:
         self.events.send_batches()
@@ -342,6 +355,7 @@ def unavailable(retry_after: int, detail: str) -> Refused:
 
 CLIENT = web.RequestKey("client", str)
 REQUEST_ID = web.RequestKey("request_id", str)
+BODY_READ = web.RequestKey("body_read", bool)
 
 
 Outcome = Accepted | Rejected
@@ -364,6 +378,7 @@ class IngestService:
         self.kafka = kafka
         self.keys = keys
         self.clock = clock
+        self.limits = JsonLimits.from_settings(settings)
         self.limiter = TokenBucket(settings.ingest_rate_limit_rps, settings.ingest_rate_burst)
         self.commit = GroupCommit(kafka, settings.ingest_request_timeout_s)
         self.counters = {"events": SourceCounters(), "ngsi-ld": SourceCounters()}
@@ -403,6 +418,10 @@ class IngestService:
         try:
             return await self._checked(request, handler)
         except Refused as refused:
+            if request.can_read_body and not request.get(BODY_READ):
+                # refused before its body was read: the connection closes after the answer
+                # (say so, rather than fail the client's next request on it)
+                refused.response.force_close()
             return refused.response
 
     async def _checked(self, request: web.Request, handler: Handler) -> web.StreamResponse:
@@ -440,11 +459,16 @@ class IngestService:
 
     async def _body(self, request: web.Request) -> bytes:
         try:
-            return await asyncio.wait_for(request.read(), self.settings.ingest_request_timeout_s)
+            body = await asyncio.wait_for(request.read(), self.settings.ingest_request_timeout_s)
         except TimeoutError:
             raise Refused(408, "timeout", "the request body did not arrive in time") from None
         except web.HTTPRequestEntityTooLarge:
             raise self._too_large() from None
+        except web.RequestPayloadError as exc:  # e.g. a Content-Encoding that does not decode
+            detail = f"the body cannot be read: {' '.join(str(exc).split())}"
+            raise Refused(400, "invalid_encoding", detail) from None
+        request[BODY_READ] = True
+        return body
 
     def _too_large(self) -> Refused:
         return Refused(413, "too_large", f"body over {self.settings.ingest_max_body_bytes} bytes")
@@ -456,7 +480,7 @@ class IngestService:
         if request.content_type == "application/json":
             ndjson = False
         try:
-            items = split_items(raw, ndjson)
+            items = split_items(raw, ndjson, self.limits)
         except IngestError as exc:
             return await self._refuse_body(exc, origin, raw, "events")
         now_ms = int(self.clock() * 1000)
@@ -468,22 +492,26 @@ class IngestService:
         raw = await self._body(request)
         origin = f"ngsi-ld:{request[CLIENT]}:{request[REQUEST_ID]}"
         try:
-            body = loads(raw)
+            body = loads(raw, self.limits)
             entities = notification_entities(body)
+            self.limits.check_items(len(entities), "entities")
         except IngestError as exc:
             return await self._refuse_body(exc, origin, raw, "ngsi-ld")
         now_ms = int(self.clock() * 1000)
         future_ms = int(self.settings.ingest_max_future_s * 1000)
+        context, contexts = notification_context(body), ContextCache()
         outcomes: list[Outcome] = []
         for i, entity in enumerate(entities):
             where = f"{origin}#{i}"
-            item_raw = dumps(entity)
             try:
-                event = ngsi_event(self.ngsi, entity, notification_context(body))
+                event = ngsi_event(self.ngsi, entity, context, contexts)
             except IngestError as exc:
-                outcomes.append(Rejected(exc.reason, str(exc), where, item_raw))
+                outcomes.append(Rejected(exc.reason, str(exc), where, dumps(entity)))
                 continue
-            outcomes.append(validate_event(event, where, item_raw, now_ms, future_ms))
+            outcome = validate_event(event, where, b"", now_ms, future_ms)
+            if isinstance(outcome, Rejected):  # the entity as received, not its mapping
+                outcome = Rejected(outcome.reason, outcome.detail, where, dumps(entity))
+            outcomes.append(outcome)
         return await self._answer(outcomes, request[REQUEST_ID], "ngsi-ld")
 
     async def _durable(self) -> None:
@@ -557,7 +585,8 @@ class IngestService:
         return web.json_response({**self.counters_dict(), "pending": self.kafka.pending()})
 
     async def openapi(self, _request: web.Request) -> web.Response:
-        return web.json_response(openapi_document())
+        document = openapi_document(self.limits, self.settings.ingest_max_body_bytes)
+        return web.json_response(document)
 
 
 def _presented_key(request: web.Request) -> str | None:
@@ -590,7 +619,12 @@ def _response(description: str, schema: str | None = "Error", retry: bool = Fals
 
 
 _GUARDED = {
-    "400": _response("The body is not JSON (dead-lettered whole as invalid_json)"),
+    "400": _response(
+        "The body cannot be used as a whole, and is dead-lettered whole with `error` as "
+        "its reason: `invalid_json` (not JSON, not UTF-8, not an array/Notification "
+        "where one is needed) or `too_complex` (over a limit of `x-citystream-limits`: "
+        "nesting depth, events per body, characters per string)"
+    ),
     "401": _response("Missing or unknown API key"),
     "408": _response("The body did not arrive in time"),
     "413": _response("Body larger than CITYSTREAM_INGEST_MAX_BODY_BYTES"),
@@ -599,8 +633,36 @@ _GUARDED = {
 }
 
 
-def openapi_document() -> dict[str, Any]:
-    """The service's OpenAPI 3.1 document; request schemas come from the pydantic models."""
+def _limits(limits: JsonLimits, max_body_bytes: int) -> dict[str, Any]:
+    """What one request body may hold (the ``x-citystream-limits`` of a request body)."""
+    return {
+        "maxBodyBytes": max_body_bytes,
+        "maxDepth": limits.max_depth,
+        "maxItems": limits.max_items,
+        "maxStringChars": limits.max_string_chars,
+        "description": (
+            f"A body is at most {max_body_bytes} bytes (else 413) of UTF-8 JSON, nests "
+            f"arrays/objects at most {limits.max_depth} levels deep, holds at most "
+            f"{limits.max_items} events (array items, NDJSON lines, NGSI-LD entities) and "
+            f"no string (key or value) over {limits.max_string_chars} characters; else "
+            "400 too_complex. Set with CITYSTREAM_INGEST_MAX_BODY_BYTES, _MAX_DEPTH, "
+            "_MAX_ITEMS and _MAX_STRING_CHARS. An NDJSON line over a limit is rejected "
+            "alone (too_complex), like a line that is not JSON (invalid_json)."
+        ),
+    }
+
+
+_DEFAULT_BODY_BYTES: int = Settings.model_fields["ingest_max_body_bytes"].default
+
+
+def openapi_document(
+    limits: JsonLimits = DEFAULT_LIMITS, max_body_bytes: int = _DEFAULT_BODY_BYTES
+) -> dict[str, Any]:
+    """The service's OpenAPI 3.1 document; request schemas come from the pydantic models.
+
+    ``limits`` and ``max_body_bytes`` are the service's own (the defaults: the settings').
+    """
+    bounds = _limits(limits, max_body_bytes)
     event_schemas = {
         model.__name__: model.model_json_schema(ref_template="#/components/schemas/{model}")
         for model in (TrafficEvent, AirEvent, ParkingEvent)
@@ -646,7 +708,7 @@ def openapi_document() -> dict[str, Any]:
             "type": {"const": "Notification"},
             "subscriptionId": {"type": "string"},
             "notifiedAt": {"type": "string"},
-            "data": {"type": "array", "items": {"type": "object"}},
+            "data": {"type": "array", "items": {"type": "object"}, "maxItems": limits.max_items},
         },
     }
     error = {
@@ -667,9 +729,15 @@ def openapi_document() -> dict[str, Any]:
                     "security": security,
                     "requestBody": {
                         "required": True,
+                        "description": bounds["description"],
+                        "x-citystream-limits": bounds,
                         "content": {
                             "application/json": {
-                                "schema": {"type": "array", "items": _ref("Event")}
+                                "schema": {
+                                    "type": "array",
+                                    "items": _ref("Event"),
+                                    "maxItems": limits.max_items,
+                                }
                             },
                             "application/x-ndjson": {
                                 "schema": {"type": "string", "description": "one event a line"}
@@ -686,6 +754,8 @@ def openapi_document() -> dict[str, Any]:
                     "security": security,
                     "requestBody": {
                         "required": True,
+                        "description": bounds["description"],
+                        "x-citystream-limits": bounds,
                         "content": {
                             "application/json": {"schema": _ref("Notification")},
                             "application/ld+json": {"schema": _ref("Notification")},

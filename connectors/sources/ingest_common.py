@@ -11,12 +11,15 @@ and rows in the mapping file (no connector code changes).
 
 from __future__ import annotations
 
+import codecs
 import json
 import math
+import re
 import tomllib
 from collections import Counter, OrderedDict
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
+from itertools import accumulate
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -33,6 +36,7 @@ from pydantic import (
 )
 
 from connectors.publishing import AIR, PARKING, EventPublisher, EventStream, Reading, Rejected
+from core.settings import Settings
 
 # --- dead-letter reasons (docs/ingest.md) ------------------------------------------------
 
@@ -45,6 +49,8 @@ UNKNOWN_DOMAIN = "unknown_domain"
 UNKNOWN_DATASTREAM = "unknown_datastream"
 UNKNOWN_ENTITY = "unknown_entity"
 INCOMPLETE_OBSERVATION = "incomplete_observation"
+TOO_COMPLEX = "too_complex"
+TOO_LARGE = "too_large"
 
 
 class IngestError(ValueError):
@@ -360,14 +366,31 @@ def aqi_index(kind: str, value: float, unit: str) -> float:
     )
 
 
-def convert(value: object, kind: str, unit: str | None, what: str) -> object:
+def convert(value: object, kind: str, unit: object, what: str) -> object:
     """``value`` in ``unit`` to the canonical unit of ``kind`` (counts stay whole numbers)."""
-    if unit is not None and unit not in UNITS[kind]:
-        raise IngestError(WRONG_UNIT, f"{what}: unit {unit!r} is not a {kind} unit")
+    if unit is not None and (not isinstance(unit, str) or unit not in UNITS[kind]):
+        raise IngestError(WRONG_UNIT, f"{what}: unit {short_repr(unit)} is not a {kind} unit")
     if isinstance(value, bool) or not isinstance(value, int | float):
         return value  # the model reports the wrong type
     if isinstance(value, float) and not math.isfinite(value):
         return value  # the model reports NaN/inf
+    try:
+        return _scaled(value, kind, unit if isinstance(unit, str) else None)
+    except OverflowError:  # an integer beyond floats, or a product that overflows
+        raise IngestError(INVALID_EVENT, f"{what}: {short_repr(value)} is out of range") from None
+
+
+def short_repr(value: object, chars: int = 80) -> str:
+    """``repr`` of a value for a detail, cut to ``chars``."""
+    text = repr(value) if not isinstance(value, int) or abs(value) < 10**chars else "a huge number"
+    return _cut(text, chars)
+
+
+def _cut(text: str, chars: int = 80) -> str:
+    return text if len(text) <= chars else f"{text[: chars - 3]}..."
+
+
+def _scaled(value: float, kind: str, unit: str | None) -> object:
     if kind in AQI_TABLES:
         return aqi_index(kind, value, unit or "AQI")
     factor = UNITS[kind][unit] if unit is not None else 1.0
@@ -387,10 +410,13 @@ def event_id(domain: str, sensor: str, event_time_ms: int) -> str:
     return f"{domain}:{sensor}:{event_time_ms}"
 
 
-def _errors(exc: ValidationError) -> str:
-    return "; ".join(
-        f"{'.'.join(str(p) for p in e['loc']) or 'event'}: {e['msg']}" for e in exc.errors()
+def _errors(exc: ValidationError, shown: int = 10) -> str:
+    """The model's complaints, the first ``shown`` of them (an event may have thousands)."""
+    errors = exc.errors(include_url=False, include_input=False, include_context=False)
+    text = "; ".join(
+        f"{_cut('.'.join(str(p) for p in e['loc']) or 'event')}: {e['msg']}" for e in errors[:shown]
     )
+    return text if len(errors) <= shown else f"{text}; and {len(errors) - shown} more"
 
 
 @dataclass(frozen=True, slots=True)
@@ -428,7 +454,8 @@ def validate_event(
     spec = DOMAINS.get(domain) if isinstance(domain, str) else None
     if spec is None:
         known = ", ".join(sorted(DOMAINS))
-        return Rejected(UNKNOWN_DOMAIN, f"domain {domain!r} is not one of: {known}", origin, raw)
+        detail = f"domain {short_repr(domain)} is not one of: {known}"
+        return Rejected(UNKNOWN_DOMAIN, detail, origin, raw)
     try:
         model = spec.model.model_validate(data)
     except ValidationError as exc:
@@ -460,58 +487,228 @@ def validate_event(
     return Accepted(reading, event_id("traffic", model.segment_id, event_ms))
 
 
-def loads(raw: bytes | str) -> Any:
-    """JSON, with NaN/Infinity read as floats so the model can reject them per item."""
+# --- bounded JSON: what one body may cost, checked before json.loads --------------------
+
+
+@dataclass(frozen=True, slots=True)
+class JsonLimits:
+    """What one body (an HTTP request, an MQTT payload) may hold besides its bytes.
+
+    ``max_depth``: arrays and objects nested in each other (``[{}]`` is 2).
+    ``max_items``: events in one body (array elements, NDJSON lines, NGSI-LD entities).
+    ``max_string_chars``: characters of any one JSON string, object keys included.
+    """
+
+    max_depth: int = 32
+    max_items: int = 10_000
+    max_string_chars: int = 4096
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> JsonLimits:
+        return cls(
+            max_depth=settings.ingest_max_depth,
+            max_items=settings.ingest_max_items,
+            max_string_chars=settings.ingest_max_string_chars,
+        )
+
+    def check_items(self, count: int, what: str = "events") -> None:
+        if count > self.max_items:
+            raise IngestError(TOO_COMPLEX, f"{count} {what} in one body, over {self.max_items}")
+
+
+DEFAULT_LIMITS = JsonLimits()
+# Dead letters carry the raw input, but a Kafka message has a size limit (librdkafka's
+# message.max.bytes is 1,000,000 by default): longer payloads keep their first bytes.
+MAX_DEAD_LETTER_PAYLOAD = 512 * 1024
+
+_QUOTE, _BACKSLASH = b'"', b"\\"
+_ESCAPE = re.compile(rb"\\.", re.DOTALL)  # a backslash and the character it escapes
+_NOT_STRUCTURE = bytes(b for b in range(256) if b not in b'"[]{}')  # deleted by the scan
+_PAIRS = bytes.maketrans(b"[{]}", b"(())")  # the kind of bracket does not change depth
+_STEPS = bytes.maketrans(b"[{]}", b"\x01\x01\xff\xff")  # as signed bytes: +1, -1
+
+
+def _too_deep(tokens: bytes, limit: int) -> bool:
+    """Whether a body reduced to its quotes and brackets nests deeper than ``limit``.
+
+    Brackets inside strings do not count. Matched pairs are removed innermost first, a
+    level per pass (bytes.replace), so a well-formed body costs as many passes as it is
+    deep; a broken body (unmatched brackets) is counted bracket by bracket, stopping at
+    the first level over ``limit``.
+    """
+    outside = tokens.replace(b'""', b"")  # strings without brackets in them
+    if _QUOTE in outside:  # some string holds brackets: keep only what lies outside strings
+        outside = b"".join(tokens.split(_QUOTE)[::2])
+    pairs = outside.translate(_PAIRS)
+    if b"(" * (limit + 1) in pairs:
+        return True
+    for _ in range(limit):
+        shorter = pairs.replace(b"()", b"")
+        if len(shorter) == len(pairs):
+            break
+        pairs = shorter
+    if not pairs:
+        return False
+    if b"()" in pairs:  # a pair still holding more than ``limit`` levels
+        return True
+    steps = memoryview(outside.translate(_STEPS)).cast("b")
+    return any(depth > limit for depth in accumulate(steps))
+
+
+def _long_string(raw: bytes, data: bytes, limit: int) -> int:
+    """Characters of the first string longer than ``limit`` (0: none), before parsing.
+
+    ``data`` is ``raw`` with escaped quotes neutralized, so its quotes delimit strings. A
+    string of more than ``limit`` characters has more than ``limit`` bytes between its
+    quotes: the scan hops from the last quote of each window of ``limit`` + 1 bytes (two
+    hops advance at least a window) and decodes only a string it cannot hop over.
+    """
+    start, end = 0, len(data)
+    counted = quotes = 0  # quotes in data[:counted]
+    while end - start > limit:
+        last = data.rfind(_QUOTE, start, start + limit + 1)
+        if last >= 0:
+            start = last + 1
+            continue
+        quotes += data.count(_QUOTE, counted, start)
+        counted = start
+        closing = data.find(_QUOTE, start)
+        if closing < 0:
+            return 0  # an unterminated string or a long tail: the parser judges it
+        if quotes % 2:  # inside a string: measure it
+            opening = data.rfind(_QUOTE, 0, start)
+            try:
+                chars = len(json.loads(raw[opening : closing + 1].decode()))
+            except ValueError:
+                return 0  # a bad escape: not JSON, the parser says so
+            if chars > limit:
+                return chars
+        start = closing + 1
+    return 0
+
+
+def loads(raw: bytes | str, limits: JsonLimits = DEFAULT_LIMITS) -> Any:
+    """JSON within ``limits``; NaN/Infinity read as floats so the model can reject them per item.
+
+    Anything that cannot be parsed is an IngestError (``invalid_json``; over a limit:
+    ``too_complex``), never another exception. The text must be UTF-8 (RFC 8259; a BOM is
+    skipped). Nesting and string lengths are measured on the bytes before parsing, in a
+    few C-speed passes (translate, replace, rfind): a hostile body costs about what its
+    bytes cost, and never a recursion.
+    """
+    if isinstance(raw, str):
+        try:
+            raw = raw.encode()
+        except UnicodeEncodeError as exc:
+            raise IngestError(INVALID_JSON, f"not JSON: {exc}") from None
+    if raw.startswith(codecs.BOM_UTF8):
+        raw = raw[len(codecs.BOM_UTF8) :]
     try:
-        return json.loads(raw)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise IngestError(INVALID_JSON, f"not JSON: {exc}") from exc
+        text = raw.decode()
+    except UnicodeDecodeError as exc:
+        detail = f"not JSON: not UTF-8 ({exc.reason} at byte {exc.start})"
+        raise IngestError(INVALID_JSON, detail) from None
+    # An escaped quote does not end a string: every escape neutralized (same length).
+    data = _ESCAPE.sub(b"__", raw) if _BACKSLASH in raw else raw
+    tokens = data.translate(None, _NOT_STRUCTURE)
+    opens = tokens.count(b"[") + tokens.count(b"{")  # fewer than the limit: cannot be deeper
+    if opens > limits.max_depth and _too_deep(tokens, limits.max_depth):
+        raise IngestError(TOO_COMPLEX, f"arrays/objects nested over {limits.max_depth} levels")
+    chars = _long_string(raw, data, limits.max_string_chars)
+    if chars:
+        raise IngestError(
+            TOO_COMPLEX, f"a string of {chars} characters, over {limits.max_string_chars}"
+        )
+    try:
+        return json.loads(text)
+    except (ValueError, RecursionError) as exc:
+        raise IngestError(INVALID_JSON, f"not JSON: {exc}") from None
+
+
+def fit_dead_letter(rejected: Rejected, limit: int = MAX_DEAD_LETTER_PAYLOAD) -> Rejected:
+    """``rejected`` as a dead letter can carry it: its raw input cut to ``limit`` bytes (the
+    detail says so), its detail to 4,096 characters, and texts that UTF-8 cannot encode
+    (lone surrogates) escaped."""
+    raw = rejected.raw
+    if isinstance(raw, str):
+        raw = raw.encode(errors="backslashreplace")
+    detail, origin = _encodable(rejected.detail[:4096]), _encodable(rejected.origin[:1024])
+    if len(raw) > limit:
+        detail = f"{detail} (payload: the first {limit} of {len(raw)} bytes)"
+        raw = raw[:limit]
+    if (raw, detail, origin) == (rejected.raw, rejected.detail, rejected.origin):
+        return rejected
+    return replace(rejected, detail=detail, origin=origin, raw=raw)
+
+
+def _encodable(text: str) -> str:
+    try:
+        text.encode()
+    except UnicodeEncodeError:
+        return text.encode(errors="backslashreplace").decode()
+    return text
 
 
 def validate_items(
-    items: list[tuple[Any, bytes]], origin: str, now_ms: int, max_future_ms: int
+    items: list[tuple[Any, bytes | None]], origin: str, now_ms: int, max_future_ms: int
 ) -> list[Accepted | Rejected]:
-    """Every item of a body (from :func:`split_items`) through :func:`validate_event`."""
+    """Every item of a body (from :func:`split_items`) through :func:`validate_event`.
+
+    An item without bytes of its own (an array element) is written out for its dead
+    letter only if it is rejected.
+    """
     out: list[Accepted | Rejected] = []
     for i, (item, raw) in enumerate(items):
         where = f"{origin}#{i}"
         if isinstance(item, IngestError):
-            out.append(Rejected(item.reason, str(item), where, raw))
-        else:
-            out.append(validate_event(item, where, raw, now_ms, max_future_ms))
+            out.append(Rejected(item.reason, str(item), where, raw or b""))
+            continue
+        outcome = validate_event(item, where, raw or b"", now_ms, max_future_ms)
+        if raw is None and isinstance(outcome, Rejected):
+            outcome = replace(outcome, raw=dumps(item))
+        out.append(outcome)
     return out
 
 
-def split_items(raw: bytes, ndjson: bool | None = None) -> list[tuple[Any, bytes]]:
-    """A body of events as (parsed item or IngestError, the item's own bytes).
+def split_items(
+    raw: bytes, ndjson: bool | None = None, limits: JsonLimits = DEFAULT_LIMITS
+) -> list[tuple[Any, bytes | None]]:
+    """A body of events as (parsed item or IngestError, the item's own bytes if it has any).
 
     ``ndjson`` None guesses: a body starting with ``[`` is a JSON array, one line is one
-    object, several lines are NDJSON. A bad NDJSON line spoils only itself; an array that
-    does not parse spoils the whole body (IngestError is raised).
+    object, several lines are NDJSON. A bad NDJSON line spoils only itself; a body that is
+    not NDJSON and does not parse, or one over ``limits.max_items``, spoils the whole body
+    (IngestError is raised).
     """
     text = raw.strip()
     if ndjson is None:
         ndjson = not text.startswith(b"[") and b"\n" in text
-    if not ndjson and not text.startswith(b"["):
-        return [(_item(text), text)]
     if ndjson:
-        return [(_item(line), line) for line in (ln.strip() for ln in text.split(b"\n")) if line]
-    items = loads(text)
-    if not isinstance(items, list):
+        lines = [line for line in (ln.strip() for ln in text.split(b"\n")) if line]
+        limits.check_items(len(lines), "lines")
+        return [(_item(line, limits), line) for line in lines]
+    body = loads(text, limits)
+    if not text.startswith(b"["):
+        return [(body, text)]
+    if not isinstance(body, list):
         raise IngestError(INVALID_JSON, "expected a JSON array of events")
-    return [(item, dumps(item)) for item in items]
+    limits.check_items(len(body))
+    return [(item, None) for item in body]
 
 
-def _item(line: bytes) -> Any:
+def _item(line: bytes, limits: JsonLimits) -> Any:
     try:
-        return loads(line)
+        return loads(line, limits)
     except IngestError as exc:
         return exc
 
 
 def dumps(value: object) -> bytes:
-    """An item's JSON for its dead letter (NaN kept as written)."""
-    return json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode()
+    """An item's JSON for its dead letter (NaN kept as written; lone surrogates escaped)."""
+    try:
+        return json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode()
+    except UnicodeEncodeError:
+        return json.dumps(value, separators=(",", ":")).encode()
 
 
 # --- the mapping file ------------------------------------------------------------------

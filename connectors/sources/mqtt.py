@@ -17,6 +17,9 @@ Topic formats (per subscription in the config file):
   ``.../MultiDatastreams(<id>)/Observations``: the result is an array, one canonical
   field per position (an air reading's five pollutants in one observation).
 - ``events``: canonical events (an object, an array or NDJSON), as ``POST /v1/events``.
+
+Payloads are bounded as HTTP bodies are (``CITYSTREAM_INGEST_MAX_BODY_BYTES``, then the
+JSON limits of :class:`JsonLimits`); over a bound they are dead-lettered whole.
 """
 
 from __future__ import annotations
@@ -36,19 +39,23 @@ import paho.mqtt.client as mqtt
 
 from connectors.publishing import AIR, PARKING, EventPublisher, Rejected
 from connectors.sources.ingest_common import (
+    DEFAULT_LIMITS,
     DOMAINS,
     INCOMPLETE_OBSERVATION,
     INVALID_EVENT,
     INVALID_TIMESTAMP,
+    TOO_LARGE,
     UNKNOWN_DATASTREAM,
     Accepted,
     DatastreamMapping,
     IngestConfig,
     IngestError,
+    JsonLimits,
     RecentKeys,
     SourceCounters,
     convert,
     dumps,
+    fit_dead_letter,
     loads,
     parse_time,
     publish_accepted,
@@ -227,11 +234,24 @@ Outcome = Accepted | Rejected
 
 
 class MqttIngest:
-    """Maps MQTT messages to canonical events; Kafka and the broker are injected."""
+    """Maps MQTT messages to canonical events; Kafka and the broker are injected.
 
-    def __init__(self, config: IngestConfig, max_future_ms: int) -> None:
+    A payload is bounded as an HTTP body is: ``max_payload_bytes`` (None: no bound),
+    then ``limits`` on its JSON; over a bound it is dead-lettered (``too_large``,
+    ``too_complex``).
+    """
+
+    def __init__(
+        self,
+        config: IngestConfig,
+        max_future_ms: int,
+        limits: JsonLimits = DEFAULT_LIMITS,
+        max_payload_bytes: int | None = None,
+    ) -> None:
         self.config = config
         self.max_future_ms = max_future_ms
+        self.limits = limits
+        self.max_payload_bytes = max_payload_bytes
         self.recent = RecentKeys(config.mqtt.dedup_window)
         self.joiner = Joiner(config.mqtt.join_timeout_s)
         self.formats = [(s.filter, s.format) for s in config.mqtt.subscriptions]
@@ -245,6 +265,9 @@ class MqttIngest:
         if self.recent.seen(key):
             return None
         origin = f"mqtt:{msg.topic}"
+        if self.max_payload_bytes is not None and len(msg.payload) > self.max_payload_bytes:
+            detail = f"payload of {len(msg.payload)} bytes, over {self.max_payload_bytes}"
+            return [Rejected(TOO_LARGE, detail, origin, msg.payload)], [msg.token]
         fmt = next((f for flt, f in self.formats if mqtt.topic_matches_sub(flt, msg.topic)), None)
         now_ms = int(now * 1000)
         if fmt == "events":
@@ -256,7 +279,7 @@ class MqttIngest:
 
     def _events(self, msg: Message, origin: str, now_ms: int) -> list[Outcome]:
         try:
-            items = split_items(msg.payload)
+            items = split_items(msg.payload, limits=self.limits)
         except IngestError as exc:
             return [Rejected(exc.reason, str(exc), origin, msg.payload)]
         return list(validate_items(items, origin, now_ms, self.max_future_ms))
@@ -264,7 +287,8 @@ class MqttIngest:
     def _observation(
         self, msg: Message, origin: str, now: float, now_ms: int
     ) -> tuple[list[Outcome], list[Any]]:
-        part, complete = observation_part(self.config, msg.topic, loads(msg.payload))
+        body = loads(msg.payload, self.limits)
+        part, complete = observation_part(self.config, msg.topic, body)
         if complete:
             event = part.event(part.values)
             outcome = validate_event(event, origin, msg.payload, now_ms, self.max_future_ms)
@@ -291,7 +315,12 @@ class MqttSource:
     def __init__(self, settings: Settings, config: IngestConfig) -> None:
         self.settings = settings
         self.config = config
-        self.ingest = MqttIngest(config, int(settings.ingest_max_future_s * 1000))
+        self.ingest = MqttIngest(
+            config,
+            int(settings.ingest_max_future_s * 1000),
+            JsonLimits.from_settings(settings),
+            settings.ingest_max_body_bytes,
+        )
         self.report = MqttReport()
         self._inbox: queue.Queue[Message] = queue.Queue(maxsize=50_000)
         self._stop = threading.Event()
@@ -442,13 +471,13 @@ class MqttSource:
                 publish_accepted(self.events, outcome)
                 counters.accepted += 1
             else:
-                self.events.reject(outcome)
+                self.events.reject(fit_dead_letter(outcome))
                 counters.rejected[outcome.reason] += 1
         self._unacked.extend(tokens)
 
     def _settle_expired(self) -> None:
         for rejected, tokens in self.ingest.expired(time.time()):
-            self.events.reject(rejected)
+            self.events.reject(fit_dead_letter(rejected))
             self.report.counters.rejected[rejected.reason] += 1
             self._unacked.extend(tokens)
 

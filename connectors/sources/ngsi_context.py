@@ -18,11 +18,13 @@ specification requires.
 from __future__ import annotations
 
 import json
+from collections import ChainMap
+from collections.abc import Mapping
 from functools import cache
 from pathlib import Path
 from typing import Any
 
-from connectors.sources.ingest_common import IngestError
+from connectors.sources.ingest_common import IngestError, short_repr
 
 UNKNOWN_CONTEXT = "unknown_context"
 CONTEXTS = Path(__file__).resolve().parent / "contexts"
@@ -64,11 +66,11 @@ def _definitions(context: dict[str, Any], outer: Terms) -> Terms:
         iri = definition.get("@id") if isinstance(definition, dict) else definition
         if isinstance(iri, str):
             raw[term] = iri
-    scope = {**outer, **raw}
+    scope = ChainMap(raw, outer)  # not a copy: a long context list stays linear
     return {term: _absolute(iri, scope) for term, iri in raw.items()}
 
 
-def _absolute(iri: str, scope: dict[str, str]) -> str:
+def _absolute(iri: str, scope: Mapping[str, str]) -> str:
     if iri.startswith("@") or "://" in iri:
         return iri
     prefix, colon, suffix = iri.partition(":")
@@ -90,14 +92,16 @@ def active_terms(context: Any) -> Terms:
                 if shipped is None:
                     raise IngestError(
                         UNKNOWN_CONTEXT,
-                        f"@context {entry!r} is not one of the contexts shipped with "
+                        f"@context {short_repr(entry)} is not one of the contexts shipped with "
                         "citystream (remote contexts are never fetched); inline it",
                     )
                 terms.update(_file_terms(shipped))
             elif isinstance(entry, dict):
                 terms.update(_definitions(entry, terms))
             else:
-                raise IngestError(UNKNOWN_CONTEXT, f"@context entry {entry!r} is not usable")
+                raise IngestError(
+                    UNKNOWN_CONTEXT, f"@context entry {short_repr(entry)} is not usable"
+                )
     return {**terms, **_file_terms(CORE)}  # the core context applies last
 
 
@@ -134,9 +138,35 @@ def term(iri: str) -> str:
     return iri
 
 
-def canonical_names(entity: dict[str, Any], context: Any) -> tuple[str, dict[str, Any]]:
+class ContextCache:
+    """The terms of each ``@context`` value of one request, resolved once.
+
+    A notification's context applies to every entity in it; resolving it per entity
+    would make a request cost entities x context size. Keyed by identity: the parsed
+    body outlives the cache, which keeps each context it saw (so no id is reused).
+    """
+
+    def __init__(self) -> None:
+        self._seen: dict[int, tuple[Any, Terms | IngestError]] = {}
+
+    def terms(self, context: Any) -> Terms:
+        seen = self._seen.get(id(context))
+        if seen is None or seen[0] is not context:
+            try:
+                result: Terms | IngestError = active_terms(context)
+            except IngestError as exc:
+                result = exc
+            seen = self._seen[id(context)] = (context, result)
+        if isinstance(seen[1], IngestError):
+            raise IngestError(seen[1].reason, str(seen[1]))
+        return seen[1]
+
+
+def canonical_names(
+    entity: dict[str, Any], context: Any, contexts: ContextCache | None = None
+) -> tuple[str, dict[str, Any]]:
     """(type, attributes by Smart Data Model term) of an entity under ``context``."""
-    terms = active_terms(context)
+    terms = contexts.terms(context) if contexts is not None else active_terms(context)
     etype = term(expand(str(entity.get("type")), terms))
     attrs = {
         term(expand(k, terms)): v for k, v in entity.items() if k not in ("id", "type", "@context")
