@@ -49,6 +49,7 @@ RUN groupadd --gid 10001 citystream \
 COPY --from=build /opt/citystream /opt/citystream
 # The shipped day of Aarhus traffic and the segment metadata, for `citystream replay`.
 COPY data/aarhus/ /opt/citystream/data/aarhus/
+COPY cities/ /opt/citystream/cities/
 # The data dir is the working directory too: Faust keeps its `<app id>-data` folder there.
 # The processor's web server (stats, probes), the HTTP ingest and /metrics must listen beyond
 # loopback in a container.
