@@ -13,6 +13,7 @@ AsyncAPI document, the sources' event streams and the processor list.
 
 from __future__ import annotations
 
+import copy
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -21,7 +22,7 @@ from typing import Any, Generic, TypeVar
 from core.kpis import Kpi
 from schemas.catalog import TopicSpec
 
-CITY = "aarhus"  # the city scope's entity_id (a city pack's id where a domain follows one)
+CITY = "aarhus"  # the city scope's entity_id without a city pack (a domain's default ``city``)
 UNKNOWN = "unknown"  # the district of an entity without reference data
 HOUR_MS = 3_600_000
 TREND_SUFFIX = "_1h"  # the hopping 1-hour trend KPIs: ``<kpi>_1h``
@@ -63,6 +64,7 @@ class Domain(ABC, Generic[Acc]):
     reference_column: str | None = None  # events whose value here lacks reference data count
     trend: bool = False  # also hopping 1 h windows
     window_ms: int | None = None  # a fixed window size (devices: 1 h); None = the setting
+    city: str = CITY  # the city scope's entity_id: the city pack's id (``for_city``)
 
     @abstractmethod
     def new(self) -> Acc: ...
@@ -98,12 +100,11 @@ class Domain(ABC, Generic[Acc]):
         return ()
 
     def for_city(self, city: str) -> Domain[Acc]:
-        """These rules with the city scope named ``city`` (a city pack's id, CITYSTREAM_CITY).
-
-        Rules that always name the city scope :data:`CITY` return themselves; a family that
-        follows the city pack (service) returns a copy naming ``city``.
-        """
-        return self
+        """A copy of these rules whose city scope is named ``city`` (a city pack's id, from
+        CITYSTREAM_CITY); without a pack the city scope is :data:`CITY`."""
+        copied = copy.copy(self)
+        copied.city = city
+        return copied
 
 
 def group(groups: dict[GroupKey, Group], scope: str, entity: str) -> Group:
@@ -113,9 +114,14 @@ def group(groups: dict[GroupKey, Group], scope: str, entity: str) -> Group:
     return found
 
 
-def district_and_city(groups: dict[GroupKey, Group], district: str, samples: int) -> list[Group]:
-    """The groups an entity's window counts in, its samples added to each: callers add sums."""
-    found = [group(groups, "district", district), group(groups, "city", CITY)]
+def district_and_city(
+    groups: dict[GroupKey, Group], district: str, samples: int, *, city: str
+) -> list[Group]:
+    """The groups an entity's window counts in, its samples added to each: callers add sums.
+
+    ``city`` is the city scope's entity_id: the domain's own (``self.city``).
+    """
+    found = [group(groups, "district", district), group(groups, "city", city)]
     for g in found:
         g.samples += samples
     return found

@@ -43,7 +43,7 @@ from core.kafka import partition_for
 from oracles.aarhus_traffic import AARHUS, csv_rows, read_metadata
 from oracles.compare import Key, Value
 
-CITY = "aarhus"
+CITY = "aarhus"  # the city scope's entity_id by default (a pack's id: ``city``)
 MINUTE_MS = 60_000
 HOP_MINUTES = 60
 POLLUTANTS = {  # KPI name part -> source column (the source spells "particullate")
@@ -193,11 +193,12 @@ def recompute_air(
     partitions: int,
     window_minutes: int = 15,
     grace_minutes: int = 15,
+    city: str = CITY,
 ) -> dict[Key, Value]:
     """Every air KPI of the catalogue for the readings of ``air``, in file order."""
     readings = (r for r in map(valid_air, csv_rows(air)) if r is not None)
     districts = {s: str(m["POINT_1_POSTAL_CODE"]) for s, m in read_metadata(metadata).items()}
-    return aggregate_air(readings, districts, partitions, window_minutes, grace_minutes)
+    return aggregate_air(readings, districts, partitions, window_minutes, grace_minutes, city)
 
 
 def aggregate_air(
@@ -206,6 +207,7 @@ def aggregate_air(
     partitions: int,
     window_minutes: int = 15,
     grace_minutes: int = 15,
+    city: str = CITY,
 ) -> dict[Key, Value]:
     admission = Admission(partitions, window_minutes, grace_minutes)
     size = window_minutes * MINUTE_MS
@@ -218,7 +220,7 @@ def aggregate_air(
         windows = [("tumbling", r.ts - r.ts % size)]
         windows += [("hopping", s) for s in hopping_starts(r.ts, size, HOP_MINUTES * MINUTE_MS)]
         for family, start in windows:
-            for scope, entity in (*scopes, ("city", CITY)):
+            for scope, entity in (*scopes, ("city", city)):
                 if family == "hopping" and scope == "segment":
                     continue  # trends are for districts and the city
                 acc = sums[(family, scope, entity, start)]
@@ -247,11 +249,12 @@ def recompute_parking(
     partitions: int,
     window_minutes: int = 15,
     grace_minutes: int = 15,
+    city: str = CITY,
 ) -> dict[Key, Value]:
     """``parking.occupancy_pct`` for the readings of ``parking``, in file order."""
     readings = (r for r in map(valid_parking, csv_rows(parking)) if r is not None)
     districts = read_car_park_districts(car_parks)
-    return aggregate_parking(readings, districts, partitions, window_minutes, grace_minutes)
+    return aggregate_parking(readings, districts, partitions, window_minutes, grace_minutes, city)
 
 
 def aggregate_parking(
@@ -260,6 +263,7 @@ def aggregate_parking(
     partitions: int,
     window_minutes: int = 15,
     grace_minutes: int = 15,
+    city: str = CITY,
 ) -> dict[Key, Value]:
     admission = Admission(partitions, window_minutes, grace_minutes)
     size = window_minutes * MINUTE_MS
@@ -280,7 +284,7 @@ def aggregate_parking(
             r.vehicles / r.spaces * 100,
             n,
         )
-        for scope, entity in (("district", districts.get(car_park, "unknown")), ("city", CITY)):
+        for scope, entity in (("district", districts.get(car_park, "unknown")), ("city", city)):
             acc = totals[(scope, entity, start)]
             acc[0] += n
             acc[1] += r.vehicles

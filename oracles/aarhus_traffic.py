@@ -31,6 +31,7 @@ from core.kafka import partition_for
 from oracles.compare import Key, Value
 
 AARHUS = ZoneInfo("Europe/Copenhagen")
+CITY = "aarhus"  # the city scope's entity_id by default (a pack's id: ``city``)
 Reading = tuple[str, int, int, float]  # segment, event time (epoch ms), vehicles, speed
 
 
@@ -79,10 +80,12 @@ def recompute(
     partitions: int,
     window_minutes: int = 15,
     grace_minutes: int = 15,
+    city: str = CITY,
 ) -> dict[Key, Value]:
     """Every KPI the contract defines for the readings of ``traffic``, in file order."""
     readings = (r for r in map(valid_traffic, csv_rows(traffic)) if r is not None)
-    return aggregate(readings, read_metadata(metadata), partitions, window_minutes, grace_minutes)
+    meta = read_metadata(metadata)
+    return aggregate(readings, meta, partitions, window_minutes, grace_minutes, city)
 
 
 def read_metadata(metadata: Path) -> dict[str, dict[str, str]]:
@@ -96,6 +99,7 @@ def aggregate(
     partitions: int,
     window_minutes: int = 15,
     grace_minutes: int = 15,
+    city: str = CITY,
 ) -> dict[Key, Value]:
     """The KPI contract over (segment, event ms, vehicles, speed) readings, in order."""
     size, grace = window_minutes * 60_000, grace_minutes * 60_000
@@ -113,7 +117,7 @@ def aggregate(
         seen.add((segment, ts))
         district = str(meta[segment]["POINT_1_POSTAL_CODE"]) if segment in meta else "unknown"
         for suffix, start in _windows_of(window, size):
-            for scope, entity in (("segment", segment), ("district", district), ("city", "aarhus")):
+            for scope, entity in (("segment", segment), ("district", district), ("city", city)):
                 if suffix and scope == "segment":
                     continue  # trends are for districts and the city
                 acc = sums[(suffix, scope, entity, start)]

@@ -24,6 +24,7 @@ from oracles.aarhus_air_parking import Admission, valid_air
 from oracles.aarhus_traffic import csv_rows, read_metadata, valid_traffic
 from oracles.compare import Key, Value
 
+CITY = "aarhus"  # the city scope's entity_id by default (a pack's id: ``city``)
 HOUR_MS = 3_600_000
 PER_HOUR = 12
 
@@ -34,6 +35,7 @@ def recompute_devices(
     metadata: Path,
     partitions: int,
     grace_minutes: int = 15,
+    city: str = CITY,
 ) -> dict[Key, Value]:
     """``devices.uptime_pct`` from either file or both (``None``: that kind is left out)."""
     districts = {s: str(m["POINT_1_POSTAL_CODE"]) for s, m in read_metadata(metadata).items()}
@@ -45,7 +47,7 @@ def recompute_devices(
     counts: dict[tuple[str, str, int], int] = {}
     for kind, rows in readings.items():
         counts.update(_hourly_counts(kind, rows, set(districts), partitions, grace_minutes))
-    return _uptime_kpis(counts, districts)
+    return _uptime_kpis(counts, districts, city)
 
 
 def _hourly_counts(
@@ -73,14 +75,14 @@ def _hourly_counts(
 
 
 def _uptime_kpis(
-    counts: dict[tuple[str, str, int], int], districts: dict[str, str]
+    counts: dict[tuple[str, str, int], int], districts: dict[str, str], city: str = CITY
 ) -> dict[Key, Value]:
     out: dict[Key, Value] = {}
     groups: dict[tuple[str, str, int], list[float]] = defaultdict(lambda: [0.0, 0.0, 0.0])
     for (kind, sensor, hour), n in counts.items():
         pct = n / PER_HOUR * 100.0
         out[("devices.uptime_pct", "sensor", f"{kind}:{sensor}", hour)] = (pct, n)
-        for scope, entity in (("district", districts.get(sensor, "unknown")), ("city", "aarhus")):
+        for scope, entity in (("district", districts.get(sensor, "unknown")), ("city", city)):
             acc = groups[(scope, entity, hour)]
             acc[0] += pct
             acc[1] += 1

@@ -41,7 +41,7 @@ from core.kafka import partition_for
 from oracles.compare import Key, Value
 
 WINDOW_MS = 15 * 60_000
-CITY = "aarhus"
+CITY = "aarhus"  # the city scope's entity_id by default (a pack's id: ``city``)
 ENERGY_TOPIC = "city.energy.v1"
 WASTE_TOPIC = "city.waste.v1"
 SERVICE_TOPIC = "city.service_requests.v1"
@@ -106,20 +106,24 @@ def recompute(
     emission_factors: Mapping[str, float],
     sla_minutes: Mapping[str, int],
     window_ms: int = WINDOW_MS,
+    city: str = CITY,
 ) -> dict[Key, Value]:
     """Every energy, waste and service KPI of these events: {key: (value, samples)}."""
     by_topic: dict[str, list[Mapping[str, Any]]] = defaultdict(list)
     for event in unique(events):
         by_topic[event.topic].append(event.record)
     return {
-        **energy_kpis(by_topic[ENERGY_TOPIC], emission_factors, window_ms),
-        **waste_kpis(by_topic[WASTE_TOPIC], window_ms),
-        **service_kpis(by_topic[SERVICE_TOPIC], sla_minutes, window_ms),
+        **energy_kpis(by_topic[ENERGY_TOPIC], emission_factors, window_ms, city),
+        **waste_kpis(by_topic[WASTE_TOPIC], window_ms, city),
+        **service_kpis(by_topic[SERVICE_TOPIC], sla_minutes, window_ms, city),
     }
 
 
 def energy_kpis(
-    readings: Iterable[Mapping[str, Any]], factors: Mapping[str, float], window_ms: int
+    readings: Iterable[Mapping[str, Any]],
+    factors: Mapping[str, float],
+    window_ms: int,
+    city: str = CITY,
 ) -> dict[Key, Value]:
     kwh: dict[tuple[str, str, int], list[float]] = defaultdict(list)
     co2e: dict[tuple[str, str, int], list[float]] = defaultdict(list)
@@ -128,7 +132,7 @@ def energy_kpis(
         for scope, entity in (
             ("meter", r["meter_id"]),
             ("district", r["district"]),
-            ("city", CITY),
+            ("city", city),
         ):
             kwh[(scope, entity, start)].append(r["kwh"])
             if r["district"] in factors:
@@ -142,7 +146,9 @@ def energy_kpis(
     return out
 
 
-def waste_kpis(reports: Iterable[Mapping[str, Any]], window_ms: int) -> dict[Key, Value]:
+def waste_kpis(
+    reports: Iterable[Mapping[str, Any]], window_ms: int, city: str = CITY
+) -> dict[Key, Value]:
     last: dict[tuple[str, int], tuple[int, float, str]] = {}  # (bin, window) -> latest
     reports_of: dict[tuple[str, int], int] = defaultdict(int)
     for r in reports:
@@ -154,7 +160,7 @@ def waste_kpis(reports: Iterable[Mapping[str, Any]], window_ms: int) -> dict[Key
     over: dict[tuple[str, str, int], int] = defaultdict(int)
     samples: dict[tuple[str, str, int], int] = defaultdict(int)
     for (bin_id, start), (_, fill, district) in last.items():
-        for scope, entity in (("district", district), ("city", CITY)):
+        for scope, entity in (("district", district), ("city", city)):
             samples[(scope, entity, start)] += reports_of[(bin_id, start)]
             over[(scope, entity, start)] += fill > 80
     return {
@@ -164,14 +170,17 @@ def waste_kpis(reports: Iterable[Mapping[str, Any]], window_ms: int) -> dict[Key
 
 
 def service_kpis(
-    events: Iterable[Mapping[str, Any]], sla_minutes: Mapping[str, int], window_ms: int
+    events: Iterable[Mapping[str, Any]],
+    sla_minutes: Mapping[str, int],
+    window_ms: int,
+    city: str = CITY,
 ) -> dict[Key, Value]:
     opened: dict[tuple[str, str, int], int] = defaultdict(int)
     responses: dict[tuple[str, str, int], list[tuple[float, str]]] = defaultdict(list)
     for e in events:
         ts = millis(e["event_time"])
         start = window_of(ts, window_ms)
-        scopes = (("category", e["category"]), ("district", e["district"]), ("city", CITY))
+        scopes = (("category", e["category"]), ("district", e["district"]), ("city", city))
         for scope, entity in scopes:
             if e["status"] == "opened":
                 opened[(scope, entity, start)] += 1

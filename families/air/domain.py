@@ -76,7 +76,9 @@ class Air(Domain[AirSums]):
     ) -> None:
         info = reference.get(entity)
         sums = _as_sums(acc)
-        for g in district_and_city(groups, info.district if info else UNKNOWN, acc.samples):
+        for g in district_and_city(
+            groups, info.district if info else UNKNOWN, acc.samples, city=self.city
+        ):
             for name, amount in sums.items():
                 g.add(name, amount)
 

@@ -89,7 +89,9 @@ class Uptime(Domain[Received]):
         groups: dict[GroupKey, Group],
     ) -> None:
         info = reference.get(entity)
-        for g in district_and_city(groups, info.district if info else UNKNOWN, acc.readings):
+        for g in district_and_city(
+            groups, info.district if info else UNKNOWN, acc.readings, city=self.city
+        ):
             g.add("uptime_sum", uptime_pct(acc.readings))
             g.add("sensors", 1.0)
 

@@ -67,7 +67,7 @@ class Energy(Domain[Consumption]):
         groups: dict[GroupKey, Group],
     ) -> None:
         co2e = self._co2e(acc, reference)
-        for g in district_and_city(groups, acc.district, acc.samples):
+        for g in district_and_city(groups, acc.district, acc.samples, city=self.city):
             g.add("kwh", acc.kwh)
             g.add("co2e_meters", 0.0 if co2e is None else 1.0)
             g.add("co2e", co2e or 0.0)

@@ -69,7 +69,9 @@ class Parking(Domain[LastCount]):
         reference: Mapping[str, Any],
         groups: dict[GroupKey, Group],
     ) -> None:
-        for g in district_and_city(groups, str(reference.get(entity, UNKNOWN)), acc.samples):
+        for g in district_and_city(
+            groups, str(reference.get(entity, UNKNOWN)), acc.samples, city=self.city
+        ):
             g.add("occupied", acc.occupied)
             g.add("capacity", acc.capacity)
 

@@ -61,9 +61,6 @@ class Service(Domain[list[Event]]):
     def __init__(self, city: str = CITY) -> None:
         self.city = city
 
-    def for_city(self, city: str) -> Service:
-        return Service(city)
-
     def new(self) -> list[Event]:
         return []
 

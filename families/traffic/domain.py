@@ -85,7 +85,9 @@ class Traffic(Domain[Sums]):
         self, entity: str, acc: Sums, reference: Mapping[str, Any], groups: dict[GroupKey, Group]
     ) -> None:
         info = reference.get(entity)
-        for g in district_and_city(groups, info.district if info else UNKNOWN, acc.samples):
+        for g in district_and_city(
+            groups, info.district if info else UNKNOWN, acc.samples, city=self.city
+        ):
             g.add("vehicles", acc.vehicles)
             g.add("speed_weighted", acc.speed_weighted)
 

@@ -45,7 +45,7 @@ class Waste(Domain[LastFill]):
         reference: Mapping[str, Any],
         groups: dict[GroupKey, Group],
     ) -> None:
-        for g in district_and_city(groups, acc.district, acc.samples):
+        for g in district_and_city(groups, acc.district, acc.samples, city=self.city):
             g.add("over_80", 1.0 if acc.fill_pct > FULL_PCT else 0.0)
 
     def group_kpis(self, scope: str, group: Group, trend: bool) -> list[KpiValue]:

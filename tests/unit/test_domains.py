@@ -189,3 +189,54 @@ def test_expected_sensors_follow_a_reference_change_of_the_same_size() -> None:
     after = {"a": None, "c": None}
     assert set(uptime.expected(0, 1, before)) == {"a", "b"}
     assert set(uptime.expected(0, 1, after)) == {"a", "c"}
+
+
+# --- the city scope follows the city pack (CITYSTREAM_CITY) ----------------------------------
+
+CASES: dict[str, tuple[Any, list[dict[str, Any]], dict[str, Any]]] = {
+    "air": (Air(), [air("a", 1, 10, 20, 30, 40, 50), air("zzz", 2, 1, 2, 3, 4, 5)], SEGMENTS),
+    "traffic": (
+        Traffic(),
+        [{"segment_id": "a", "event_time_ms": T0 + MIN, "vehicle_count": 10,
+          "avg_speed_kmh": 40.0}],
+        SEGMENTS,
+    ),
+    "parking": (Parking(), [park("P1", 1, 100, 200), park("P2", 3, 50, 100)], {"P1": "8000"}),
+    "energy": (Energy(), [meter("m1", "8000", 1, 1.5), meter("m2", "9999", 2, 1.0)],
+               {"8000": 0.2}),
+    "waste": (Waste(), [fill("b1", "8000", 1, 85), fill("b3", "8200", 4, 81)], {}),
+    "service": (Service(), [request("r1", "opened", 1, 1), request("r2", "closed", 5, -100)],
+                {"pothole": 60}),
+    "devices": (
+        Uptime("traffic", "segment_id"),
+        [{"segment_id": s, "event_time_ms": T0 + m * MIN} for s in "ab" for m in (0, 5)],
+        SEGMENTS,
+    ),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("family", sorted(CASES))
+def test_a_domain_for_a_city_pack_names_the_city_scope_after_it(family: str) -> None:
+    domain, rows, reference = CASES[family]
+    springfield = domain.for_city("springfield")
+    default = run(domain, rows, reference)
+    followed = run(springfield, rows, reference)
+    assert {k[2] for k in default if k[1] == "city"} == {"aarhus"}
+    assert {k[2] for k in followed if k[1] == "city"} == {"springfield"}
+    # the same rows and values, only the city scope's entity_id differs
+    renamed = {(k, s, "springfield" if s == "city" else e, w): v
+               for (k, s, e, w), v in default.items()}  # fmt: skip
+    assert followed == renamed
+    assert domain.city == "aarhus", "for_city copies: the rules it was called on are unchanged"
+    assert type(springfield) is type(domain) and springfield.name == domain.name
+
+
+def test_every_registered_family_follows_the_city_pack() -> None:
+    from families.registry import REGISTRY
+    from streams.engine.processor import ProcessorSpec
+
+    for family in REGISTRY.families:
+        spec = ProcessorSpec.of(family, REGISTRY.topics, "springfield")
+        assert {i.domain.city for i in spec.inputs} == {"springfield"}, family.name
+        plain = ProcessorSpec.of(family, REGISTRY.topics)
+        assert {i.domain.city for i in plain.inputs} == {"aarhus"}, family.name

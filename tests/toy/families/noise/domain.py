@@ -52,7 +52,7 @@ class Noise(Domain[SoundEnergy]):
         reference: Mapping[str, Any],
         groups: dict[GroupKey, Group],
     ) -> None:
-        for g in district_and_city(groups, acc.district, acc.samples):
+        for g in district_and_city(groups, acc.district, acc.samples, city=self.city):
             g.add("energy", acc.energy)
 
     def group_kpis(self, scope: str, group: Group, trend: bool) -> list[KpiValue]:
