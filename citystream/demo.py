@@ -6,6 +6,7 @@ import time
 from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 
 from citystream.audit import audit, expected_aarhus
 from citystream.pipeline import Pipeline
@@ -21,10 +22,13 @@ from citystream.replay import (
 from citystream.verify import expected_for_simulation
 from connectors.publishing import ENERGY, SERVICE, WASTE
 from connectors.sources.aarhus import ReplayReport
+from connectors.sources.city_files import city_replay, publish_reference
 from connectors.sources.simulator import CitySimulatorSource, SimulationConfig, load_reference
+from core.city import load_pack
 from core.kafka import read_topic
 from core.settings import Settings
 from families.registry import ensure_topics, register_schemas
+from oracles.boston_311 import expected_for_pack
 
 SUMMARY_QUERIES = {
     "Vehicles per district per hour (busiest hours first, top 12)": """
@@ -123,45 +127,123 @@ def run_demo(settings: Settings, files: AarhusFiles, keep_stack: bool) -> int:
     else:
         update["clickhouse_database"] = f"{settings.clickhouse_database}_{run.rstrip('.')}"
     settings = settings.model_copy(update=update)
-    step("1/7 starting Kafka (KRaft) and Apicurio Registry")
+    step("1/9 starting Kafka (KRaft) and Apicurio Registry")
     with local_stack(settings, keep_stack):
-        step(f"2/7 creating topics and registering schemas (prefix {run})")
+        step(f"2/9 creating topics and registering schemas (prefix {run})")
         ensure_topics(settings)
         for topic, schema_id in register_schemas(settings).items():
             print(f"    {topic}-value: schema id {schema_id}")
-        pipeline = Pipeline(settings)
-        try:
-            step(
-                "3/7 starting the processors (Faust), the alerts processor and the ClickHouse sink"
-            )
-            pipeline.start("processor", "alerts", "sink")
-            step("4/7 replaying traffic, air quality and parking; simulating the same day's city")
-            reports = replay_day(settings, files)
-            print(summary(reports))
-            simulated = simulate_day(settings)
-            step("5/7 waiting for the processors and the sink to catch up")
-            published = {n: r.published for n, r in reports.items()}
-            published["devices"] = published["traffic"] + published["air"]
-            published.update(simulated)
-            stats = wait_processed(pipeline, published)
-            step("6/7 KPIs queried from ClickHouse while the sink runs")
-            for title, sql in SUMMARY_QUERIES.items():
-                print(f"\n{title}")
-                print(format_result(*run_query(settings, sql), "table"))
-            print(f"\nAlerts on city.alerts.v1: {alert_counts(settings)}\n")
-            failed = [n for n, r in reports.items() if not print_reconciliation(n, r, stats[n])]
-            step("7/7 audit: every KPI recomputed from the inputs, independently of the processors")
-            expected = expected_aarhus(settings, files)
-            expected["simulated"] = expected_for_simulation(
-                SIMULATED_DAY, load_reference(), settings
-            )
-            failed += audit(settings, expected)
-            where = settings.clickhouse_url or settings.resolved_clickhouse_url
-            print(f"\nThis run's tables: {where} (database {settings.clickhouse_database});")
-            print('query them with CITYSTREAM_CLICKHOUSE_URL=<that> citystream query "SQL"')
-            return 1 if failed else 0
-        finally:
-            pipeline.stop()
+        failed = aarhus_day(settings, files)
+        failed += boston_month(settings)
+        return 1 if failed else 0
+
+
+def aarhus_day(settings: Settings, files: AarhusFiles) -> list[str]:
+    """Steps 3-7: the Aarhus day through every processor, its KPIs and their audit."""
+    pipeline = Pipeline(settings)
+    try:
+        step("3/9 starting the processors (Faust), the alerts processor and the ClickHouse sink")
+        pipeline.start("processor", "alerts", "sink")
+        step("4/9 replaying traffic, air quality and parking; simulating the same day's city")
+        reports = replay_day(settings, files)
+        print(summary(reports))
+        simulated = simulate_day(settings)
+        step("5/9 waiting for the processors and the sink to catch up")
+        published = {n: r.published for n, r in reports.items()}
+        published["devices"] = published["traffic"] + published["air"]
+        published.update(simulated)
+        stats = wait_processed(pipeline, published)
+        step("6/9 KPIs queried from ClickHouse while the sink runs")
+        for title, sql in SUMMARY_QUERIES.items():
+            print(f"\n{title}")
+            print(format_result(*run_query(settings, sql), "table"))
+        print(f"\nAlerts on city.alerts.v1: {alert_counts(settings)}\n")
+        failed = [n for n, r in reports.items() if not print_reconciliation(n, r, stats[n])]
+        step("7/9 audit: every KPI recomputed from the inputs, independently of the processors")
+        expected = expected_aarhus(settings, files)
+        expected["simulated"] = expected_for_simulation(SIMULATED_DAY, load_reference(), settings)
+        failed += audit(settings, expected)
+        print_tables(settings)
+        return failed
+    finally:
+        pipeline.stop()
+
+
+def print_tables(settings: Settings) -> None:
+    where = settings.clickhouse_url or settings.resolved_clickhouse_url
+    print(f"\nThis run's tables: {where} (database {settings.clickhouse_database});")
+    print('query them with CITYSTREAM_CLICKHOUSE_URL=<that> citystream query "SQL"')
+
+
+BOSTON_PACK = Path(__file__).resolve().parent.parent / "cities" / "boston"
+BOSTON_QUERIES = {
+    "Boston 311, January 2015: requests opened, mean of the windows' median response (hours) "
+    "and SLA met per neighbourhood "
+    "(top 10 by requests)": """
+        SELECT entity_id AS neighbourhood,
+               toUInt64(sumIf(value, kpi = 'service.requests_opened')) AS opened,
+               round(avgIf(value, kpi = 'service.response_minutes_p50') / 60, 1) AS window_p50_h,
+               round(avgIf(value, kpi = 'service.sla_met_pct'), 1) AS sla_met_pct
+        FROM kpi_latest WHERE scope = 'district' AND startsWith(kpi, 'service.')
+        GROUP BY neighbourhood ORDER BY opened DESC LIMIT 10""",
+    "Boston 311: the city (entity boston) per week of January": """
+        SELECT toMonday(window_start, 'America/New_York') AS week,
+               toUInt64(sumIf(value, kpi = 'service.requests_opened')) AS opened,
+               round(avgIf(value, kpi = 'service.sla_met_pct'), 1) AS sla_met_pct
+        FROM kpi_latest WHERE scope = 'city' AND entity_id = 'boston'
+          AND toStartOfMonth(window_start, 'America/New_York') = '2015-01-01'
+        GROUP BY week ORDER BY week""",
+}
+
+
+def boston_month(settings: Settings) -> list[str]:
+    """Steps 8-9: the second city, from its city pack: a month of real 311 requests through
+    the service processor into tables of its own, its KPIs, and their audit."""
+    step("8/9 Boston (city pack cities/boston): a month of real 311 requests")
+    update: dict[str, object] = {
+        "topic_prefix": settings.topic_prefix + "boston.",
+        "city": BOSTON_PACK,
+    }
+    if settings.embedded_clickhouse:  # a directory of its own: one sink owns one directory
+        tables = Path(settings.resolved_clickhouse_url.removeprefix("chdb://")).parent
+        update["clickhouse_url"] = f"chdb://{tables / 'boston'}"
+    else:
+        update["clickhouse_database"] = f"{settings.clickhouse_database}_boston"
+    boston = settings.model_copy(update=update)
+    ensure_topics(boston)
+    register_schemas(boston)
+    pipeline = Pipeline(boston, processors=("service",))
+    try:
+        pipeline.start("processor", "sink")
+        report = replay_city(boston, BOSTON_PACK, "requests")
+        print(summary({"boston": report}))
+        stats = wait_processed(pipeline, {"service": report.published})["service"]
+        for title, sql in BOSTON_QUERIES.items():
+            print(f"\n{title}")
+            print(format_result(*run_query(boston, sql), "table"))
+        counted = stats["accepted"] + stats["duplicates"] + stats["late"]
+        ok = counted == report.published
+        print(
+            f"\nboston   reconciliation: events published {report.published:,} (opened and"
+            f" closed) = accepted {stats['accepted']:,} + duplicates {stats['duplicates']:,}"
+            f" + late {stats['late']:,}  [{'OK' if ok else 'MISMATCH'}]"
+        )
+        failed = [] if ok else ["boston"]
+        step("9/9 audit: Boston's KPIs recomputed by an independent oracle (oracles/boston_311.py)")
+        failed += audit(boston, {"boston": expected_for_pack(BOSTON_PACK)})
+        print_tables(boston)
+        return failed
+    finally:
+        pipeline.stop()
+
+
+def replay_city(settings: Settings, pack_dir: Path, source_name: str) -> ReplayReport:
+    """A city pack's reference data and one of its sources, published; producers end here."""
+    pack = load_pack(pack_dir)
+    publish_reference(settings, pack)
+    source = city_replay(settings, pack, pack.source(source_name))
+    source.setup()
+    return source.run()
 
 
 def replay_day(settings: Settings, files: AarhusFiles) -> dict[str, ReplayReport]:
