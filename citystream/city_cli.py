@@ -188,7 +188,8 @@ def init_pack(directory: Path, city_id: str | None, name: str | None, timezone: 
 # --- load, replay, verify ------------------------------------------------------------
 
 
-def load(settings: Any, directory: Path) -> int:
+def load(settings: Any, directory: Path, skip: tuple[str, ...] = ()) -> int:
+    """The pack's reference data to its topics; ``skip``: kinds the replayed sources publish."""
     from connectors.sources.city_files import publish_reference
     from core.city import CityPackError, load_pack
     from core.startup import wait_for_services
@@ -202,12 +203,13 @@ def load(settings: Any, directory: Path) -> int:
     wait_for_services(settings)
     ensure_topics(settings)
     try:
-        report = publish_reference(settings, pack)
+        report = publish_reference(settings, pack, skip)
     except ValueError as exc:
         print(f"citystream city load: nothing published:\n{exc}", file=sys.stderr)
         return 1
     counts = ", ".join(f"{kind} {n:,}" for kind, n in report.published.items()) or "nothing"
-    print(f"{pack.id}: reference data published: {counts}")
+    by_sources = f" ({', '.join(skip)}: by their sources)" if skip else ""
+    print(f"{pack.id}: reference data published: {counts}{by_sources}")
     return 0
 
 
@@ -217,19 +219,21 @@ def replay(
     import signal
 
     from citystream.replay import reconciles, run_replays
-    from connectors.sources.city_files import city_replay, describe
+    from connectors.sources.city_files import city_replay, describe, parser_for
     from core.city import CityPackError, load_pack
 
     try:
         pack = load_pack(directory)
         sources = [pack.source(only)] if only else list(pack.spec.sources)
-    except (CityPackError, KeyError) as exc:
+        # reference kinds a source's replay publishes itself are not published twice
+        own = tuple(dict.fromkeys(k for s in sources for k in parser_for(s).publishes))
+    except (CityPackError, KeyError, ValueError) as exc:
         print(f"citystream city replay: {exc}", file=sys.stderr)
         return 2
     if file is not None and len(sources) != 1:
         print("citystream city replay: --file needs --source (the source it replaces)")
         return 2
-    if code := load(settings, directory):
+    if code := load(settings, directory, own):
         return code
     replays = {s.name: city_replay(settings, pack, s, file, speed) for s in sources}
     for source in replays.values():

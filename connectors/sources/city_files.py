@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import csv
 import math
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Collection, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from functools import lru_cache
@@ -304,10 +304,13 @@ ReplayFactory = Callable[
 
 @dataclass(frozen=True)
 class Parser:
-    """How a source is replayed, and which file columns it reads besides those mapped."""
+    """How a source is replayed, which file columns it reads besides those mapped, and
+    which reference kinds its replay publishes itself (the Aarhus replays publish the road
+    segments or car parks before their readings, as ``citystream replay aarhus`` does)."""
 
     replay: ReplayFactory
     columns: tuple[str, ...] = ()
+    publishes: tuple[str, ...] = ()
 
 
 def _reference_file(pack: CityPack, kind: str) -> Path:
@@ -335,9 +338,9 @@ def _aarhus_parking(s: Settings, p: CityPack, src: SourceSpec, f: Path | None,
 DECLARATIVE: dict[str, Parser] = {"service": Parser(ServiceFileReplay)}
 # Parsers with real logic, by ``kind``: the CityPulse files of Aarhus (CityBench layout).
 KINDS: dict[str, Parser] = {
-    "aarhus_traffic": Parser(_aarhus_traffic, READING_COLUMNS),
-    "aarhus_air": Parser(_aarhus_air, AIR_COLUMNS),
-    "aarhus_parking": Parser(_aarhus_parking, PARKING_COLUMNS),
+    "aarhus_traffic": Parser(_aarhus_traffic, READING_COLUMNS, ("road_segments",)),
+    "aarhus_air": Parser(_aarhus_air, AIR_COLUMNS, ("road_segments",)),
+    "aarhus_parking": Parser(_aarhus_parking, PARKING_COLUMNS, ("car_parks",)),
 }
 
 
@@ -374,23 +377,27 @@ class LoadReport:
     published: dict[str, int]  # per reference kind
 
 
-def publish_reference(settings: Settings, pack: CityPack) -> LoadReport:
+def publish_reference(settings: Settings, pack: CityPack, skip: Collection[str] = ()) -> LoadReport:
     """Every reference record of the pack to its compacted topic, durable on return.
 
-    Only reference topics are written. A pack whose reference data has problems raises
-    ValueError listing them and publishes nothing (``citystream city validate`` says more).
+    Only reference topics are written; kinds in ``skip`` are left out (a replay whose
+    sources publish them). A pack whose reference data has problems raises ValueError
+    listing them and publishes nothing (``citystream city validate`` says more).
     """
     reference = read_reference(pack)
     if reference.problems:
         raise ValueError("\n".join(map(str, reference.problems)))
-    topics = tuple(REFERENCE_TOPICS[k] for k in reference.records)
+    records = {k: v for k, v in reference.records.items() if k not in skip}
+    if not records:
+        return LoadReport({})
+    topics = tuple(REFERENCE_TOPICS[k] for k in records)
     publisher = EventPublisher(settings, f"{pack.id}-reference", reference_topics=topics)
     publisher.setup()
     published: dict[str, int] = {}
-    for kind, records in reference.records.items():
-        for record in records:
+    for kind, rows in records.items():
+        for record in rows:
             publisher.reference(REFERENCE_TOPICS[kind], str(record[REFERENCE_KEYS[kind]]), record)
-        published[kind] = len(records)
+        published[kind] = len(rows)
     publisher.flush()
     return LoadReport(published)
 
