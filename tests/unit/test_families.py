@@ -60,11 +60,14 @@ def test_a_batch_schema_has_the_declared_columns() -> None:
             assert fields == ["source", *columns, "origin"], family.name
 
 
-def test_a_city_pack_names_the_service_city_scope() -> None:
+def test_a_city_pack_names_every_family_s_city_scope() -> None:
     boston = processor_specs(city="boston")
-    assert boston["service"].inputs[0].domain.city == "boston"  # type: ignore[attr-defined]
-    assert PROCESSORS["service"].inputs[0].domain.city == "aarhus"  # type: ignore[attr-defined]
-    assert boston["traffic"].inputs == PROCESSORS["traffic"].inputs
+    assert boston.keys() == PROCESSORS.keys()
+    for name, spec in boston.items():
+        assert {i.domain.city for i in spec.inputs} == {"boston"}, name
+        assert {i.domain.city for i in PROCESSORS[name].inputs} == {"aarhus"}, name
+        topics = [i.batch_topic for i in spec.inputs]
+        assert topics == [i.batch_topic for i in PROCESSORS[name].inputs], name
 
 
 def copy_of_waste(**changes: object) -> Family:
