@@ -42,9 +42,9 @@ def add_city_parser(
 
 
 def cmd_city(args: argparse.Namespace) -> int:
-    from citystream.cli import build_settings
+    from citystream.cli import city_namespace, flag_settings
 
-    settings = build_settings(args)
+    settings = flag_settings(args)  # init and validate must not need a valid pack
     directory = args.directory or settings.city
     if directory is None:
         print(
@@ -55,7 +55,7 @@ def cmd_city(args: argparse.Namespace) -> int:
         return init_pack(directory, args.city_id, args.city_name, args.timezone)
     if args.action == "validate":
         return validate(directory)
-    settings = settings.model_copy(update={"city": directory})
+    settings = city_namespace(settings, directory)  # the city's topics and database
     if args.action == "load":
         return load(settings, directory)
     if args.action == "replay":

@@ -72,9 +72,40 @@ def aarhus_files(args: argparse.Namespace, settings: Settings) -> Any:
 
 
 def build_settings(args: argparse.Namespace, **extra: Any) -> Settings:
+    """The command's settings: flags over CITYSTREAM_* variables, in the city's namespace."""
+    return city_namespace(flag_settings(args, **extra))
+
+
+def flag_settings(args: argparse.Namespace, **extra: Any) -> Settings:
     overrides = {k: getattr(args, k) for k in SETTING_FLAGS if getattr(args, k, None) is not None}
     overrides.update({k: v for k, v in extra.items() if v is not None})
     return Settings(**overrides)
+
+
+class NoCityPack(ValueError):
+    """CITYSTREAM_CITY or --city names no valid city pack."""
+
+
+def city_namespace(settings: Settings, city: Path | None = None) -> Settings:
+    """``settings`` for the city pack ``city`` (default: ``settings.city``): the city gets
+    its own topic prefix ``<id>.`` (topics, consumer groups, schema subjects) and database
+    ``citystream_<id>``, each unless set explicitly, so that cities sharing one Kafka and
+    one ClickHouse do not mix. Without a pack the settings are as they were."""
+    from core.city import CityPackError, city_id
+
+    city = city or settings.city
+    if city is None:
+        return settings
+    try:
+        name = city_id(city)
+    except CityPackError as exc:
+        raise NoCityPack(f"city pack {city}: {exc}") from exc
+    update: dict[str, Any] = {"city": city}
+    if "topic_prefix" not in settings.model_fields_set:
+        update["topic_prefix"] = f"{name}."
+    if "clickhouse_database" not in settings.model_fields_set:
+        update["clickhouse_database"] = f"citystream_{name.replace('-', '_')}"
+    return settings.model_copy(update=update)
 
 
 def parser() -> argparse.ArgumentParser:
@@ -122,6 +153,14 @@ def parser() -> argparse.ArgumentParser:
     sink = sub.add_parser("sink", help="run a sink")
     sink.add_argument("target", choices=["clickhouse"])
     sink.add_argument("--query-port", type=int, dest="query_port")
+    sink.add_argument(
+        "--city",
+        dest="cities",
+        action="append",
+        type=Path,
+        metavar="DIR",
+        help="serve this city pack's namespace (repeat for several cities in one ClickHouse)",
+    )
     _add_common(sink)
 
     query = sub.add_parser("query", help="query the KPI tables (works while the sink runs)")
@@ -281,6 +320,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ServiceUnavailable as exc:
         print(f"citystream {args.command}: {exc}", file=sys.stderr)
         return 69  # EX_UNAVAILABLE
+    except NoCityPack as exc:
+        print(f"citystream {args.command}: {exc}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         return 130
     finally:
@@ -486,12 +528,20 @@ def cmd_sink(args: argparse.Namespace) -> int:
 
     from connectors.sinks.clickhouse import ClickHouseSink
 
-    settings = build_settings(args, query_port=args.query_port)
+    # --city (repeatable): one sink for these cities, each in its own namespace
+    settings = flag_settings(args, query_port=args.query_port)
+    cities = [city_namespace(settings, city) for city in args.cities or ()]
+    if not cities:
+        settings = city_namespace(settings)
+    try:
+        sink = ClickHouseSink(settings, cities)
+    except ValueError as exc:  # two cities in one namespace
+        print(f"citystream sink: {exc}", file=sys.stderr)
+        return 2
     wait_for_services(settings)
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
-    sink = ClickHouseSink(settings)
     sink.setup()
     _telemetry(settings, "sink", settings.sink_metrics_port)
     _observe_sink(settings, sink)
@@ -507,7 +557,8 @@ def _observe_sink(settings: Settings, sink: Any) -> None:
     from core import telemetry
 
     group = settings.group(settings.sink_group_id)
-    telemetry.observe_group_lag(settings, group, [settings.topic(KPI_TOPIC)])
+    topics = [city.topic(KPI_TOPIC) for city in sink.namespaces()]
+    telemetry.observe_group_lag(settings, group, topics)
     sink.seed_freshness()
     telemetry.observe_freshness(sink.freshness.snapshot)
 

@@ -3,7 +3,10 @@
 :class:`BatchingSink` subscribes to one topic, decodes each message with the topic's
 catalogue schema, dead-letters what cannot be decoded or checked to ``city.dlq.v1`` (with
 the reason), gathers rows until ``sink_batch_rows`` or ``sink_batch_seconds`` and hands
-them to :meth:`BatchingSink.write`. What it guarantees a subclass:
+them to :meth:`BatchingSink.write`. A sink serving several namespaces (one per city, each
+with its own topic prefix) consumes the topic of each with one consumer, dead-letters into
+each message's own namespace and gets the rows grouped by topic
+(:meth:`BatchingSink.write_topics`). What it guarantees a subclass:
 
 - offsets are committed only after ``write`` returned and the dead letters of the same
   messages are durable, so a crash anywhere re-delivers rows rather than losing them
@@ -51,14 +54,34 @@ class InvalidRecord(ValueError):
 
 
 @dataclass
-class _Batch:
-    """Rows waiting for the next write and the offsets that write will allow to commit."""
+class TopicRows:
+    """The rows of one batch that came from one topic, with their messages' trace context."""
 
     rows: list[Row] = field(default_factory=list)
+    traces: telemetry.KpiTraces = field(default_factory=telemetry.KpiTraces)  # telemetry
+
+
+@dataclass
+class _Batch:
+    """Rows waiting for the next write (by topic) and the offsets that write will allow to
+    commit."""
+
+    topics: dict[str, TopicRows] = field(default_factory=dict)
+    size: int = 0  # rows in all topics
     offsets: dict[tuple[str, int], int] = field(default_factory=dict)
     since: float | None = None
     messages: int = 0
-    traces: telemetry.KpiTraces = field(default_factory=telemetry.KpiTraces)  # telemetry
+
+    def part(self, topic: str) -> TopicRows:
+        part = self.topics.get(topic)
+        if part is None:
+            part = self.topics[topic] = TopicRows()
+        return part
+
+    def rows(self) -> list[Row]:
+        if len(self.topics) == 1:
+            return next(iter(self.topics.values())).rows
+        return [row for part in self.topics.values() for row in part.rows]
 
     def tracked(self, messages: int) -> None:
         self.messages += messages
@@ -74,7 +97,8 @@ class BatchingSink(ABC):
 
     A subclass sets ``component`` and ``topic``, implements :meth:`write`, and may override
     :meth:`setup`, :meth:`close`, :meth:`rows`, :meth:`check`, :meth:`group`,
-    :meth:`running`, ``retryable`` and ``rows_per_message``. The constructor does no I/O.
+    :meth:`running`, :meth:`namespaces`, :meth:`write_topics`, ``retryable`` and
+    ``rows_per_message``. The constructor does no I/O.
 
     Counters (read them from any thread): ``dead_lettered``, ``write_failures``.
     """
@@ -97,7 +121,7 @@ class BatchingSink(ABC):
         self._run_stop: threading.Event | None = None
         self._batch = _Batch()
         self._publisher: Publisher | None = None
-        self._dlq_serde: AvroSerde | None = None
+        self._dlq: dict[str, tuple[str, AvroSerde]] = {}  # input topic: its dead-letter topic
 
     # --- what a sink provides -----------------------------------------------------------------
 
@@ -106,6 +130,25 @@ class BatchingSink(ABC):
         """Write ``rows`` as one batch, or raise. A retryable error is retried; another one
         ends :meth:`run`. ``traces`` is the trace context of the messages the rows came in
         (telemetry: empty unless tracing is on)."""
+
+    def write_topics(self, batch: Mapping[str, TopicRows]) -> None:
+        """Write one batch, its rows grouped by the (prefixed) topic they came from, or
+        raise like :meth:`write`. By default all rows go to :meth:`write` at once; a sink of
+        several namespaces overrides this to send each topic's rows where they belong."""
+        if len(batch) == 1:
+            (part,) = batch.values()
+            self.write(part.rows, part.traces)
+            return
+        traces = telemetry.KpiTraces()
+        for part in batch.values():
+            traces.links.update(part.traces.links)
+            traces.rows.extend(part.traces.rows)
+        self.write([row for part in batch.values() for row in part.rows], traces)
+
+    def namespaces(self) -> Sequence[Settings]:
+        """The settings whose topic prefix names the input topic and the dead-letter topic:
+        the sink's own by default; one per city for a sink serving several."""
+        return [self.settings]
 
     def setup(self) -> Any:  # noqa: B027 (an optional hook)
         """Prepare the destination (idempotent); :meth:`run` calls it before consuming."""
@@ -167,18 +210,25 @@ class BatchingSink(ABC):
     def _consume(self) -> None:
         self.setup()
         registry = SchemaRegistry(self.settings.registry_config())
-        topic = self.settings.topic(self.topic)
-        serde = registry.serde(topic, self.topic)
-        self._dlq_serde = registry.serde(self.settings.topic(DLQ_TOPIC), DLQ_TOPIC)
+        serdes: dict[str, AvroSerde] = {}
+        for namespace in self.namespaces():
+            topic, dlq = namespace.topic(self.topic), namespace.topic(DLQ_TOPIC)
+            if topic in serdes:
+                raise ValueError(f"two namespaces of {self.component} share the topic {topic}")
+            serdes[topic] = registry.serde(topic, self.topic)
+            self._dlq[topic] = (dlq, registry.serde(dlq, DLQ_TOPIC))
         publisher = self._publisher = Publisher.create(self.settings)
         try:
             with self.running():
                 consumer = Consumer(self._consumer_config())
                 try:
-                    if not self._input_ready(consumer, topic):
-                        return
-                    consumer.subscribe([topic], on_revoke=self._on_revoke, on_lost=self._on_lost)
-                    self._loop(consumer, serde)
+                    for topic in serdes:
+                        if not self._input_ready(consumer, topic):
+                            return
+                    consumer.subscribe(
+                        list(serdes), on_revoke=self._on_revoke, on_lost=self._on_lost
+                    )
+                    self._loop(consumer, serdes)
                     self._flush(consumer)
                 finally:
                     self._discard("the sink is stopping")
@@ -211,20 +261,20 @@ class BatchingSink(ABC):
     def _should_stop(self) -> bool:
         return self._stopping.is_set() or (self._run_stop is not None and self._run_stop.is_set())
 
-    def _loop(self, consumer: Consumer, serde: AvroSerde) -> None:
+    def _loop(self, consumer: Consumer, serdes: Mapping[str, AvroSerde]) -> None:
         batch_rows, batch_seconds = self.settings.sink_batch_rows, self.settings.sink_batch_seconds
         while not self._should_stop():
-            missing = batch_rows - len(self._batch.rows)
+            missing = batch_rows - self._batch.size
             wanted = max(1, min(MAX_CONSUME, missing // self.rows_per_message))
             timeout = 0.5 if self._batch.since is None else batch_seconds - self._batch.age()
             messages = consumer.consume(num_messages=wanted, timeout=min(0.5, max(0.01, timeout)))
-            self._accept(messages, serde)
-            if len(self._batch.rows) >= batch_rows or (
+            self._accept(messages, serdes)
+            if self._batch.size >= batch_rows or (
                 self._batch.since is not None and self._batch.age() >= batch_seconds
             ):
                 self._flush(consumer)
 
-    def _accept(self, messages: list[Message], serde: AvroSerde) -> None:
+    def _accept(self, messages: list[Message], serdes: Mapping[str, AvroSerde]) -> None:
         """Decode into the batch; the hot path, hence the local names."""
         batch = self._batch
         tracked = 0
@@ -233,7 +283,7 @@ class BatchingSink(ABC):
                 self._consumer_error(msg)
                 continue
             try:
-                rows = self.rows(serde.decode(msg.value()))
+                rows = self.rows(serdes[msg.topic()].decode(msg.value()))  # type: ignore[index]
             except (SerdeError, KeyError, ValueError) as exc:
                 reason = exc.reason if isinstance(exc, SerdeError) else InvalidRecord.reason
                 self._dead_letter(msg, reason, str(exc), msg.value() or b"")
@@ -246,7 +296,8 @@ class BatchingSink(ABC):
 
     def _accept_rows(self, msg: Message, rows: list[Row]) -> None:
         """Valid rows join the batch; an invalid one is dead-lettered on its own."""
-        first = len(self._batch.rows)
+        part = self._batch.part(msg.topic())  # type: ignore[arg-type]
+        first = len(part.rows)
         for index, row in enumerate(rows):
             try:
                 self.check(row)
@@ -254,9 +305,10 @@ class BatchingSink(ABC):
                 payload = orjson.dumps(row)
                 self._dead_letter(msg, exc.reason, f"row {index}: {exc}", payload)
             else:
-                self._batch.rows.append(row)
+                part.rows.append(row)
+        self._batch.size += len(part.rows) - first
         if telemetry.tracing():  # telemetry: the message's context, for links and rows
-            self._batch.traces.add(msg.headers(), self._batch.rows[first:])
+            part.traces.add(msg.headers(), part.rows[first:])
         telemetry.count_in(msg.topic() or self.topic, len(rows))  # telemetry
 
     def _consumer_error(self, msg: Message) -> None:
@@ -266,7 +318,8 @@ class BatchingSink(ABC):
         log.warning("consumer error: %s", err)
 
     def _dead_letter(self, msg: Message, reason: str, detail: str, payload: bytes) -> None:
-        assert self._publisher is not None and self._dlq_serde is not None
+        assert self._publisher is not None
+        dlq_topic, dlq_serde = self._dlq[msg.topic()]  # type: ignore[index]
         origin = f"{msg.topic()}/{msg.partition()}/{msg.offset()}"
         letter = dead_letter(
             reason=reason,
@@ -275,9 +328,7 @@ class BatchingSink(ABC):
             origin=origin,
             payload=payload,
         )
-        self._publisher.send(
-            self.settings.topic(DLQ_TOPIC), reason.encode(), self._dlq_serde.encode(letter)
-        )
+        self._publisher.send(dlq_topic, reason.encode(), dlq_serde.encode(letter))
         self.dead_lettered += 1
         telemetry.dead_lettered(self.component, reason)  # telemetry
         log.warning("dead-lettered %s: %s (%s)", origin, reason, detail)
@@ -287,7 +338,7 @@ class BatchingSink(ABC):
         batch = self._batch
         if not batch.messages:
             return True
-        if batch.rows and not self._write_with_retry(batch.rows, batch.traces):
+        if batch.size and not self._write_with_retry(batch):
             return False
         assert self._publisher is not None
         self._publisher.flush()  # dead letters durable before their offsets are committed
@@ -295,12 +346,12 @@ class BatchingSink(ABC):
         self._batch = _Batch()
         return True
 
-    def _write_with_retry(self, rows: list[Row], traces: telemetry.KpiTraces) -> bool:
+    def _write_with_retry(self, batch: _Batch) -> bool:
         """Retry with exponential backoff until it works; False only when asked to stop."""
         attempt = 0
         while True:
             try:
-                self.write(rows, traces)
+                self.write_topics(batch.topics)
             except self.retryable as exc:
                 attempt += 1
                 self.write_failures += 1
@@ -308,7 +359,7 @@ class BatchingSink(ABC):
                 delay = min(MAX_BACKOFF_SECONDS, 0.5 * 2 ** (attempt - 1))
                 log.error(
                     "write of %d rows failed (attempt %d), retrying in %.1fs: %s",
-                    len(rows),
+                    batch.size,
                     attempt,
                     delay,
                     exc,
@@ -317,7 +368,7 @@ class BatchingSink(ABC):
                     return False
             else:
                 if self.on_written is not None:
-                    self.on_written(rows)
+                    self.on_written(batch.rows())
                 return True
 
     def _wait_unless_stopping(self, seconds: float) -> bool:
@@ -348,7 +399,7 @@ class BatchingSink(ABC):
             log.warning(
                 "%s: %d rows (%d messages) not written/committed, they will be re-consumed",
                 why,
-                len(self._batch.rows),
+                self._batch.size,
                 self._batch.messages,
             )
         self._batch = _Batch()

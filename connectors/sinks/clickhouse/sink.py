@@ -7,6 +7,12 @@ exactly-once for readers (see :mod:`connectors.sinks.clickhouse.schema`).
 
 In chDB mode the sink also serves the read-only query endpoint while it runs, because no
 other process can open the directory while the sink holds it (see ``backend``).
+
+One sink can serve several cities on one ClickHouse (``cities``: each city's settings, with
+its own topic prefix and database): one consumer reads every city's KPI batches and each
+city's rows go to its own database, migrated at setup. The sink's own database (from
+``settings``) is then created empty, as the default of every session, so queries name the
+city's database (``citystream_boston.kpi_latest``).
 """
 
 from __future__ import annotations
@@ -18,9 +24,10 @@ from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from clickhouse_connect.driver.binding import quote_identifier
 from clickhouse_connect.driver.exceptions import ClickHouseError
 
-from connectors.sinks.base import BatchingSink, InvalidRecord, Row
+from connectors.sinks.base import BatchingSink, InvalidRecord, Row, TopicRows
 from connectors.sinks.clickhouse.backend import Session, backend_for, execute_read_only
 from connectors.sinks.clickhouse.endpoint import QueryEndpoint, QueryResult
 from connectors.sinks.clickhouse.schema import (
@@ -29,6 +36,7 @@ from connectors.sinks.clickhouse.schema import (
     KPI_TABLE,
     TRACE_LINKS_TABLE,
     Retention,
+    day_zone,
     migrate,
 )
 from core import telemetry
@@ -102,8 +110,20 @@ class ClickHouseSink(BatchingSink):
     retryable = (ClickHouseError, OSError)
     rows_per_message = 500
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, cities: Sequence[Settings] = ()) -> None:
+        """``cities``: serve these cities' namespaces (topic prefix and database) instead of
+        ``settings``' own; ``settings`` still say where ClickHouse, Kafka and the group are."""
         super().__init__(settings)
+        self.cities = list(cities)
+        databases = [city.clickhouse_database for city in self.cities]
+        if len(set(databases)) < len(databases):
+            raise ValueError(f"two cities share a ClickHouse database: {databases}")
+        # topic of each city's KPI batches: the database its rows go to
+        self.databases = {c.topic(KPI_TOPIC): c.clickhouse_database for c in self.cities}
+        if len(self.databases) < len(self.cities):
+            raise ValueError(f"two cities share the topic prefix of {sorted(self.databases)}")
+        if settings.clickhouse_database in databases:
+            raise ValueError(f"a city's database is the sink's own: {settings.clickhouse_database}")
         self.backend = backend_for(settings)
         self.rows_inserted = 0
         self.batches_inserted = 0
@@ -116,6 +136,9 @@ class ClickHouseSink(BatchingSink):
 
     def group(self) -> str:
         return self.settings.group(self.settings.sink_group_id)
+
+    def namespaces(self) -> Sequence[Settings]:
+        return self.cities or [self.settings]
 
     def rows(self, record: Any) -> list[Row]:
         return batch_rows(record)
@@ -131,18 +154,45 @@ class ClickHouseSink(BatchingSink):
             self._client = self.backend.connect()
         with self._db_lock:
             retention = Retention.from_settings(self.settings)
-            return migrate(self._client, self.settings.clickhouse_database, retention)
+            if not self.cities:
+                zone = day_zone(self.settings)  # the local days of kpi_daily
+                return migrate(
+                    self._client, self.settings.clickhouse_database, retention, zone=zone
+                )
+            own = quote_identifier(self.settings.clickhouse_database)
+            if str(self._client.command(f"EXISTS DATABASE {own}", use_database=False)) != "1":
+                # every session's default database: it must exist, and stays empty
+                self._client.command(f"CREATE DATABASE {own}", use_database=False)
+            applied: list[int] = []
+            for city in self.cities:  # each city's rollup counts its own local days
+                database = city.clickhouse_database
+                applied += migrate(self._client, database, retention, zone=day_zone(city))
+            return applied
+
+    def write_topics(self, batch: Mapping[str, TopicRows]) -> None:
+        """Each city's rows into its own database (one insert per city)."""
+        if not self.cities:
+            super().write_topics(batch)
+            return
+        for topic, part in batch.items():
+            self.write(part.rows, part.traces, database=self.databases[topic])
 
     def write(
-        self, rows: Sequence[Mapping[str, Any]], traces: telemetry.KpiTraces | None = None
+        self,
+        rows: Sequence[Mapping[str, Any]],
+        traces: telemetry.KpiTraces | None = None,
+        *,
+        database: str | None = None,
     ) -> None:
-        """Insert ``rows`` (KPI record dicts) as one batch; raises if the insert fails.
+        """Insert ``rows`` (KPI record dicts) as one batch into ``database`` (default: the
+        settings'); raises if the insert fails.
 
         ``traces`` (the trace context of the KPI messages, when tracing is on) become the
         insert span's links and, in the same batch, rows of ``kpi_trace_links``.
         """
         if not rows:
             return
+        database = database or self.settings.clickhouse_database
         if self._client is None:
             raise RuntimeError("ClickHouseSink.setup() must run before write()")
         columns = kpi_columns(rows)
@@ -155,10 +205,10 @@ class ClickHouseSink(BatchingSink):
                 column_names=KPI_COLUMN_NAMES,
                 column_type_names=KPI_COLUMN_TYPES,
                 column_oriented=True,
-                database=self.settings.clickhouse_database,
+                database=database,
             )
             if traces is not None and traces.rows:  # telemetry
-                self._insert_trace_links(self._client, traces, insert_trace_id)
+                self._insert_trace_links(self._client, traces, insert_trace_id, database)
         self.last_insert_seconds = time.perf_counter() - started
         telemetry.sink_inserted(len(rows), self.last_insert_seconds)  # telemetry
         self.freshness.update(columns[0], columns[4])  # telemetry: kpi, window_end
@@ -166,7 +216,7 @@ class ClickHouseSink(BatchingSink):
         self.batches_inserted += 1
 
     def _insert_trace_links(
-        self, client: Session, traces: telemetry.KpiTraces, insert_trace_id: str
+        self, client: Session, traces: telemetry.KpiTraces, insert_trace_id: str, database: str
     ) -> None:
         """telemetry: one kpi_trace_links row per traced KPI row, one insert per batch."""
         client.insert(
@@ -175,7 +225,7 @@ class ClickHouseSink(BatchingSink):
             column_names=[n for n, _ in telemetry.TRACE_LINK_COLUMNS],
             column_type_names=[t for _, t in telemetry.TRACE_LINK_COLUMNS],
             column_oriented=True,
-            database=self.settings.clickhouse_database,
+            database=database,
         )
 
     def seed_freshness(self) -> None:
@@ -183,12 +233,15 @@ class ClickHouseSink(BatchingSink):
         reports a stale pipeline at once instead of no value until its first insert."""
         if not telemetry.metrics_on():
             return
-        result = self.query(
-            f"SELECT splitByChar('.', kpi)[1], toUnixTimestamp64Milli(max(window_end)) "
-            f"FROM {KPI_TABLE} WHERE NOT endsWith(kpi, '_1h') GROUP BY 1"
-        )
-        for domain, newest_ms in result.rows:
-            self.freshness.newest[str(domain)] = int(newest_ms)
+        for database in self.databases.values() or [self.settings.clickhouse_database]:
+            result = self.query(
+                f"SELECT splitByChar('.', kpi)[1], toUnixTimestamp64Milli(max(window_end)) "
+                f"FROM {quote_identifier(database)}.{KPI_TABLE} "
+                "WHERE NOT endsWith(kpi, '_1h') GROUP BY 1"
+            )
+            for domain, newest_ms in result.rows:
+                newest = self.freshness.newest.get(str(domain), 0)
+                self.freshness.newest[str(domain)] = max(newest, int(newest_ms))
 
     def query(self, sql: str) -> QueryResult:
         """Run a read-only statement on the sink's read-only session, between inserts."""
