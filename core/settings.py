@@ -32,6 +32,11 @@ class Settings(BaseSettings):
         description="City pack directory (cities/<id>, with city.toml); its id names the "
         "city scope (default: aarhus)",
     )
+    timezone: str = Field(
+        "Europe/Copenhagen",
+        description="IANA time zone of the city's local days (the daily rollup's day) when no "
+        "city pack is set; a pack's timezone wins (default: Aarhus's)",
+    )
 
     # --- Kafka (librdkafka keys pass through kafka_extra) -------------------------------
     kafka_bootstrap_servers: str = Field("127.0.0.1:9092", description="bootstrap.servers")

@@ -12,6 +12,7 @@ from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import orjson
 import pytest
@@ -21,9 +22,12 @@ from connectors.sinks.clickhouse.backend import connect
 from connectors.sinks.clickhouse.endpoint import RejectedQuery, read_only_statement
 from connectors.sinks.clickhouse.schema import (
     KPI_COLUMNS,
+    LOCAL_DAYS_VERSION,
     MIGRATIONS,
     Retention,
+    apply_day_zone,
     apply_retention,
+    current_day_zone,
     migrate,
 )
 from connectors.sinks.clickhouse.sink import ClickHouseSink, InvalidKpiRecord, check_record
@@ -32,6 +36,7 @@ from families.registry import KPIS
 
 T0 = datetime(2024, 5, 1, 8, 0, tzinfo=UTC)
 WINDOW = timedelta(minutes=15)
+REPO = Path(__file__).resolve().parents[2]
 
 
 def free_port() -> int:
@@ -328,8 +333,9 @@ def test_daily_rollup_counts_each_window_once_across_revisions(sink: ClickHouseS
     # The rollup agrees with the same aggregation over kpi FINAL.
     direct = rows(
         sink,
-        "SELECT toDate(window_start) AS day, count(), sum(value), avg(value), min(value),"
-        " max(value), sum(samples) FROM kpi FINAL GROUP BY day ORDER BY day",
+        "SELECT toDate(window_start, 'Europe/Copenhagen') AS day, count(), sum(value),"
+        " avg(value), min(value), max(value), sum(samples) FROM kpi FINAL GROUP BY day"
+        " ORDER BY day",
     )
     assert direct == daily
 
@@ -347,6 +353,109 @@ def test_rollup_backfills_rows_written_before_it_existed(local_settings: Setting
         assert upgraded.setup() == [m.version for m in MIGRATIONS[2:]]
         upgraded.write([at(T0, value=11.0, revision=2), at(T0 + WINDOW, value=1.0)])
         assert rows(upgraded, "SELECT windows, max_value, samples FROM kpi_daily") == [[2, 11.0, 6]]
+
+
+# --- the city's local days ------------------------------------------------------------------
+
+LATE = datetime(2014, 8, 1, 23, 30, tzinfo=UTC)  # 01:30 on 2014-08-02 in Copenhagen (UTC+2)
+
+
+def daily(sink: ClickHouseSink) -> list[list[Any]]:
+    return rows(sink, "SELECT day, windows, sum_value FROM kpi_daily ORDER BY day")
+
+
+def test_without_a_pack_days_are_copenhagen_days_by_default(local_settings: Settings) -> None:
+    assert local_settings.city is None and local_settings.timezone == "Europe/Copenhagen"
+    with ClickHouseSink(local_settings) as sink:
+        sink.setup()
+        before_midnight = datetime(2014, 8, 1, 21, 45, tzinfo=UTC)  # 23:45 local
+        sink.write([at(LATE, value=2.0), at(before_midnight, value=5.0)])
+        assert daily(sink) == [["2014-08-01", 1, 5.0], ["2014-08-02", 1, 2.0]]
+
+
+def test_the_timezone_setting_sets_the_days_without_a_pack(local_settings: Settings) -> None:
+    settings = local_settings.model_copy(update={"timezone": "America/New_York"})
+    with ClickHouseSink(settings) as sink:
+        sink.setup()
+        sink.write([at(LATE, value=2.0)])  # 19:30 EDT on 2014-08-01
+        assert daily(sink) == [["2014-08-01", 1, 2.0]]
+
+
+def test_the_city_pack_s_timezone_wins_over_the_setting(local_settings: Settings) -> None:
+    """Boston (America/New_York, UTC-5 in winter, UTC-4 in summer): a window at 03:00 UTC
+    starts on the previous local day; the setting's zone does not count with a pack."""
+    settings = local_settings.model_copy(
+        update={"city": REPO / "cities" / "boston", "timezone": "Asia/Tokyo"}
+    )
+    with ClickHouseSink(settings) as sink:
+        sink.setup()
+        sink.write(
+            [
+                at(datetime(2015, 3, 2, 3, 0, tzinfo=UTC), value=1.0),  # 22:00 EST, Mar 1
+                at(datetime(2015, 3, 2, 4, 45, tzinfo=UTC), value=2.0),  # 23:45 EST, Mar 1
+                at(datetime(2015, 3, 2, 5, 0, tzinfo=UTC), value=4.0),  # 00:00 EST, Mar 2
+                at(datetime(2015, 6, 1, 3, 45, tzinfo=UTC), value=8.0),  # 23:45 EDT, May 31
+                at(datetime(2015, 6, 1, 4, 0, tzinfo=UTC), value=16.0),  # 00:00 EDT, Jun 1
+            ]
+        )
+        assert daily(sink) == [
+            ["2015-03-01", 2, 3.0],
+            ["2015-03-02", 1, 4.0],
+            ["2015-05-31", 1, 8.0],
+            ["2015-06-01", 1, 16.0],
+        ]
+
+
+def test_copenhagen_pack_counts_a_late_utc_window_on_the_next_local_day(
+    local_settings: Settings,
+) -> None:
+    settings = local_settings.model_copy(
+        update={"city": REPO / "cities" / "aarhus", "timezone": "America/New_York"}
+    )
+    with ClickHouseSink(settings) as sink:
+        sink.setup()
+        sink.write([at(LATE, value=2.0), at(LATE + WINDOW, value=3.0)])
+        assert daily(sink) == [["2014-08-02", 2, 5.0]]
+
+
+def test_a_database_of_the_previous_migrations_recounts_in_local_days(
+    local_settings: Settings,
+) -> None:
+    """Migrations 1-6 counted UTC days; migration 7 moves the day boundaries of every
+    window already in the rollup, and a later change of zone moves them again."""
+    previous = [m for m in MIGRATIONS if m.version < LOCAL_DAYS_VERSION]
+    database = local_settings.clickhouse_database
+    noon = datetime(2014, 8, 1, 12, 0, tzinfo=UTC)
+    with ClickHouseSink(local_settings) as old:
+        client = connect(local_settings)
+        try:
+            migrate(client, database, Retention(), previous)
+        finally:
+            client.close()
+        old._client = connect(local_settings)  # write() without migration 7
+        old.write([at(noon, value=1.0), at(LATE, value=2.0), at(LATE, value=6.0, revision=1)])
+        assert daily(old) == [["2014-08-01", 2, 7.0]]  # UTC days
+    with ClickHouseSink(local_settings) as upgraded:
+        assert upgraded.setup() == [LOCAL_DAYS_VERSION]
+        assert daily(upgraded) == [["2014-08-01", 1, 1.0], ["2014-08-02", 1, 6.0]]
+    boston = local_settings.model_copy(update={"city": REPO / "cities" / "boston"})
+    with ClickHouseSink(boston) as moved:
+        assert moved.setup() == []  # no migration, but the view follows the pack's zone
+        assert daily(moved) == [["2014-08-01", 2, 7.0]]  # 08:00 and 19:30 EDT
+    client = connect(boston)
+    try:
+        assert current_day_zone(client, database) == "America/New_York"
+        assert apply_day_zone(client, database, "America/New_York") is False  # as it is
+        assert apply_day_zone(client, database, "Europe/Copenhagen") is True
+        assert current_day_zone(client, database) == "Europe/Copenhagen"
+    finally:
+        client.close()
+
+
+def test_an_unknown_time_zone_is_refused_before_any_ddl(local_settings: Settings) -> None:
+    settings = local_settings.model_copy(update={"timezone": "Mars/Olympus_Mons"})
+    with ClickHouseSink(settings) as sink, pytest.raises(ValueError, match="Mars/Olympus_Mons"):
+        sink.setup()
 
 
 def district(name: str, value: float, start: datetime = T0, **extra: Any) -> dict:
@@ -418,7 +527,7 @@ def test_expired_rows_leave_kpi_while_the_rollup_keeps_them(local_settings: Sett
         assert rows(sink, "SELECT value FROM kpi") == [[4.0]]
         assert rows(sink, "SELECT day, max_value FROM kpi_daily ORDER BY day") == [
             ["2024-05-01", 3.0],
-            [recent.date().isoformat(), 4.0],
+            [recent.astimezone(ZoneInfo("Europe/Copenhagen")).date().isoformat(), 4.0],
         ]
 
 

@@ -5,6 +5,16 @@ version is (samples, revision), so a replayed or redelivered record collapses in
 it duplicates and ``kpi FINAL`` / ``kpi_latest`` show one row per key: the most complete,
 even when a restarted processor numbers its revisions from 0 again. The views built on it
 (``kpi_daily``, ``kpi_equity``) are the analysts' contract (docs/contracts.md).
+
+``kpi_daily`` counts the city's local days: a window belongs to the day, in the city's time
+zone, that its ``window_start`` falls on (``toDate(window_start, zone)``). The zone is the
+city pack's ``timezone`` when a pack is set, else the ``timezone`` setting (default
+Europe/Copenhagen, the shipped city's): :func:`day_zone` reads it when the sink's setup
+(which ``citystream migrate`` and ``citystream sink`` run) calls it, never at import, and
+:func:`migrate` receives it. The rollup's state holds one row per window, not per day, so the day
+is taken when the view is read: moving the day boundaries (migration 7, or a later change
+of zone) replaces the view and re-counts every window still in the state, with nothing to
+rebuild from ``kpi`` (whose rows may have expired before the rollup's).
 """
 
 from __future__ import annotations
@@ -14,8 +24,9 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from clickhouse_connect.driver.binding import quote_identifier
+from clickhouse_connect.driver.binding import format_str, quote_identifier
 
 from connectors.sinks.clickhouse.backend import Session
 from core import telemetry
@@ -26,6 +37,7 @@ log = logging.getLogger(__name__)
 KPI_TABLE = "kpi"
 TRACE_LINKS_TABLE = "kpi_trace_links"  # telemetry: KPI row <-> traces (docs/observability.md)
 ROLLUP_STATE_TABLE = "kpi_window_state"
+DAILY_VIEW = "kpi_daily"
 
 # The analysts' contract: names and types of the kpi table, in insert order.
 KPI_COLUMNS: tuple[tuple[str, str], ...] = (
@@ -45,7 +57,8 @@ KPI_COLUMN_TYPES = tuple(type_ for _, type_ in KPI_COLUMNS)
 
 @dataclass(frozen=True)
 class Migration:
-    """One numbered schema change; ``{db}`` in a statement is the quoted database."""
+    """One numbered schema change; ``{db}`` in a statement is the quoted database, ``{zone}``
+    the quoted time zone of the city's local days."""
 
     version: int
     name: str
@@ -64,6 +77,32 @@ _WINDOW_STATE_SELECT = """SELECT kpi, scope, entity_id, window_start,
     argMaxState(samples, version) AS samples
 FROM {db}.kpi
 GROUP BY kpi, scope, entity_id, window_start"""
+
+
+def _daily_view(create: str, day: str) -> str:
+    """The ``kpi_daily`` statement: the winning value of each window, aggregated per ``day``."""
+    return f"""{create} {{db}}.kpi_daily AS
+SELECT kpi, scope, entity_id, {day} AS day,
+    count() AS windows,
+    sum(value) AS sum_value,
+    avg(value) AS avg_value,
+    min(value) AS min_value,
+    max(value) AS max_value,
+    sum(samples) AS samples
+FROM (
+    SELECT kpi, scope, entity_id, window_start,
+        argMaxMerge(value) AS value,
+        argMaxMerge(samples) AS samples
+    FROM {{db}}.kpi_window_state
+    GROUP BY kpi, scope, entity_id, window_start
+)
+GROUP BY kpi, scope, entity_id, day"""
+
+
+# The city's local day of a window: the day its start falls on in the city's time zone.
+_LOCAL_DAILY_VIEW = _daily_view("CREATE OR REPLACE VIEW", "toDate(window_start, {zone})")
+LOCAL_DAYS_VERSION = 7
+DEFAULT_DAY_ZONE: str = Settings.model_fields["timezone"].default  # the shipped city's
 
 # Districts that are not one (readings of segments missing from the reference data).
 UNKNOWN_DISTRICT = "unknown"
@@ -112,25 +151,8 @@ ORDER BY (kpi, scope, entity_id, window_start)""",
     ),
     Migration(
         4,
-        "create kpi_daily",
-        (
-            """CREATE VIEW IF NOT EXISTS {db}.kpi_daily AS
-SELECT kpi, scope, entity_id, toDate(window_start) AS day,
-    count() AS windows,
-    sum(value) AS sum_value,
-    avg(value) AS avg_value,
-    min(value) AS min_value,
-    max(value) AS max_value,
-    sum(samples) AS samples
-FROM (
-    SELECT kpi, scope, entity_id, window_start,
-        argMaxMerge(value) AS value,
-        argMaxMerge(samples) AS samples
-    FROM {db}.kpi_window_state
-    GROUP BY kpi, scope, entity_id, window_start
-)
-GROUP BY kpi, scope, entity_id, day""",
-        ),
+        "create kpi_daily",  # in UTC days until migration 7
+        (_daily_view("CREATE VIEW IF NOT EXISTS", "toDate(window_start)"),),
     ),
     Migration(
         5,
@@ -160,6 +182,11 @@ PARTITION BY toYYYYMM(window_start)
 ORDER BY (kpi, scope, entity_id, window_start, revision)
 TTL toDateTime(written_at) + INTERVAL 30 DAY""",
         ),
+    ),
+    Migration(
+        LOCAL_DAYS_VERSION,
+        "kpi_daily in the city's local days",
+        (_LOCAL_DAILY_VIEW,),  # the state is per window: nothing to rebuild
     ),
 )
 
@@ -223,6 +250,48 @@ def apply_retention(client: Session, database: str, retention: Retention) -> dic
     return changed
 
 
+def day_zone(settings: Settings) -> str:
+    """The time zone of the city's local days: the pack's ``timezone`` when ``settings.city``
+    names a pack (it reads city.toml: call it from an entry point), else the ``timezone``
+    setting; raises ValueError for a zone that is not a known IANA name."""
+    if settings.city is not None:
+        from core.city import read_spec  # the pack loader, only when a pack is set
+
+        return read_spec(settings.city)[0].timezone  # validated by the pack
+    return known_zone(settings.timezone)
+
+
+def known_zone(zone: str) -> str:
+    try:
+        ZoneInfo(zone)
+    except (ZoneInfoNotFoundError, ValueError) as exc:
+        raise ValueError(f"timezone {zone!r} is not a known IANA time zone") from exc
+    return zone
+
+
+def current_day_zone(client: Session, database: str) -> str | None:
+    """The zone of ``kpi_daily``'s days as the server prints its query back (None: UTC days,
+    as migration 4 made them, or no view)."""
+    result = client.query(
+        "SELECT as_select FROM system.tables WHERE database = {db:String} AND name = {t:String}",
+        parameters={"db": database, "t": DAILY_VIEW},
+    )
+    select = str(result.result_rows[0][0]) if result.result_rows else ""
+    found = re.search(r"toDate\(window_start, '([^'\\]+)'\)", select)
+    return found.group(1) if found else None
+
+
+def apply_day_zone(client: Session, database: str, zone: str) -> bool:
+    """Make ``kpi_daily`` count days in ``zone``; True if the view was replaced. Only a
+    differing zone replaces it, so a start on an up-to-date database runs no DDL."""
+    if current_day_zone(client, database) == known_zone(zone):
+        return False
+    statement = _LOCAL_DAILY_VIEW.format(db=quote_identifier(database), zone=format_str(zone))
+    client.command(statement, use_database=False)
+    log.info("ClickHouse view %s: days now local to %s", DAILY_VIEW, zone)
+    return True
+
+
 def _applied(client: Session, db: str) -> set[int]:
     if str(client.command(f"EXISTS TABLE {db}.schema_migrations", use_database=False)) != "1":
         return set()
@@ -235,16 +304,24 @@ def migrate(
     database: str,
     retention: Retention,
     migrations: Sequence[Migration] = MIGRATIONS,
+    *,
+    zone: str = DEFAULT_DAY_ZONE,
 ) -> list[int]:
-    """Create the database, apply pending ``migrations`` and the retention; returns the
-    migration versions applied now. Tests pass a prefix of MIGRATIONS to stage upgrades.
+    """Create the database, apply pending ``migrations``, the retention and the time zone of
+    the local days (``zone``, see :func:`day_zone`); returns the migration versions applied
+    now. Tests pass a prefix of MIGRATIONS to stage upgrades.
 
-    When every migration is applied and the TTLs are as set, it runs no DDL at all, so the
-    sink can start as a user that may only insert KPIs (infra/clickhouse/users.sql).
+    When every migration is applied and the TTLs and the zone are as set, it runs no DDL at
+    all, so the sink can start as a user that may only insert KPIs
+    (infra/clickhouse/users.sql).
     """
     db = quote_identifier(database)
+    literal = format_str(known_zone(zone))
+    local_days = LOCAL_DAYS_VERSION in {m.version for m in migrations}
     if {m.version for m in migrations} <= _applied(client, db):
         apply_retention(client, database, retention)
+        if local_days:
+            apply_day_zone(client, database, zone)
         return []
     client.command(f"CREATE DATABASE IF NOT EXISTS {db}", use_database=False)
     client.command(_MIGRATIONS_DDL.format(db=db), use_database=False)
@@ -254,7 +331,7 @@ def migrate(
         if migration.version in done:
             continue
         for statement in migration.statements:
-            client.command(statement.format(db=db), use_database=False)
+            client.command(statement.format(db=db, zone=literal), use_database=False)
         client.insert(
             "schema_migrations",
             [[migration.version, migration.name, datetime.now(UTC)]],
@@ -264,4 +341,6 @@ def migrate(
         log.info("applied ClickHouse migration %d (%s)", migration.version, migration.name)
         applied.append(migration.version)
     apply_retention(client, database, retention)
+    if local_days:
+        apply_day_zone(client, database, zone)
     return applied
