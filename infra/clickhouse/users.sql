@@ -19,6 +19,7 @@ GRANT SELECT, INSERT ON citystream.schema_migrations TO citystream_migrator_role
 GRANT SELECT ON citystream.kpi TO citystream_migrator_role;
 GRANT SELECT, INSERT ON citystream.kpi_window_state TO citystream_migrator_role;  -- the rollup's backfill
 GRANT SELECT ON citystream.kpi_window_state_mv TO citystream_migrator_role;  -- the view selects from it
+GRANT DROP VIEW ON citystream.kpi_daily TO citystream_migrator_role;  -- CREATE OR REPLACE: its local days
 
 CREATE ROLE IF NOT EXISTS citystream_sink_role;
 GRANT INSERT ON citystream.kpi TO citystream_sink_role;

@@ -452,6 +452,36 @@ def test_a_database_of_the_previous_migrations_recounts_in_local_days(
         client.close()
 
 
+def test_one_sink_for_two_cities_gives_each_database_its_city_s_days(
+    local_settings: Settings,
+) -> None:
+    cities = [
+        local_settings.model_copy(
+            update={
+                "city": REPO / "cities" / name,
+                "topic_prefix": f"{name}.",
+                "clickhouse_database": f"citystream_{name}",
+            }
+        )
+        for name in ("aarhus", "boston")
+    ]
+    with ClickHouseSink(local_settings, cities) as sink:
+        sink.setup()
+        for city in cities:
+            sink.write([at(LATE, value=2.0)], database=city.clickhouse_database)
+        days = {
+            city.clickhouse_database: rows(
+                sink, f"SELECT day, windows FROM {city.clickhouse_database}.kpi_daily"
+            )
+            for city in cities
+        }
+    # 01:30 on Aug 2 in Copenhagen, 19:30 on Aug 1 in Boston
+    assert days == {
+        "citystream_aarhus": [["2014-08-02", 1]],
+        "citystream_boston": [["2014-08-01", 1]],
+    }
+
+
 def test_an_unknown_time_zone_is_refused_before_any_ddl(local_settings: Settings) -> None:
     settings = local_settings.model_copy(update={"timezone": "Mars/Olympus_Mons"})
     with ClickHouseSink(settings) as sink, pytest.raises(ValueError, match="Mars/Olympus_Mons"):
