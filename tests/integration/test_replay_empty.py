@@ -22,8 +22,12 @@ pytestmark = pytest.mark.integration
 
 
 def test_header_only_files_replay_to_nothing_and_exit_0(
-    settings: Settings, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    settings: Settings,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    monkeypatch.setenv("CITYSTREAM_SOURCE_METRICS_PORT", "0")  # no /metrics in the test process
     files = []
     for name, header in HEADERS.items():
         path = tmp_path / f"{name}.csv"
