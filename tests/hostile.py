@@ -21,6 +21,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from families.air.domain import POLLUTANTS
+
 REPO = Path(__file__).resolve().parent.parent
 NGSI = REPO / "tests/fixtures/ngsi-ld"
 SEGMENTS = ["158895", "187509", "190744", "195041", "195552", "197274"]
@@ -160,16 +162,7 @@ class Hostile:
                 "domain": "air",
                 "sensor_id": rng.choice(SEGMENTS),
                 "event_time": self.event_time(),
-                **{
-                    name: round(rng.uniform(0, 500), 1)
-                    for name in (
-                        "ozone",
-                        "particulate_matter",
-                        "carbon_monoxide",
-                        "sulfure_dioxide",
-                        "nitrogen_dioxide",
-                    )
-                },
+                **{name: round(rng.uniform(0, 500), 1) for name in POLLUTANTS},
             }
         else:
             total = rng.randint(1, 900)

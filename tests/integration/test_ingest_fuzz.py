@@ -35,6 +35,7 @@ from confluent_kafka.serialization import MessageField, SerializationContext
 
 from core.kafka import end_offsets
 from core.settings import Settings
+from families.air.domain import POLLUTANTS
 from tests import hostile
 from tests.hostile import CHARS, SEGMENTS, Hostile, Request
 from tests.integration import test_ingest_http, test_ingest_mqtt
@@ -159,13 +160,7 @@ def assert_domain_values(domain: str, r: dict[str, Any]) -> None:
         assert finite(r["avg_speed_kmh"], 0, 400), r
         assert len(r["status"]) <= 32, r
     elif domain == "air":
-        for name in (
-            "ozone",
-            "particulate_matter",
-            "carbon_monoxide",
-            "sulfure_dioxide",
-            "nitrogen_dioxide",
-        ):
+        for name in POLLUTANTS:
             assert finite(r[name], 0, 500), r
         assert r["latitude"] is None or finite(r["latitude"], -90, 90), r
         assert r["longitude"] is None or finite(r["longitude"], -180, 180), r

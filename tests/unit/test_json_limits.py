@@ -31,7 +31,7 @@ from connectors.sources.ingest_common import (
 )
 from connectors.sources.mqtt import MqttIngest
 from core.settings import Settings
-from tests.hostile import Hostile
+from tests.hostile import Hostile, longest
 from tests.unit.test_http_ingest import KEY, FakeKafka, entity, event, notification, run
 from tests.unit.test_mqtt_mapping import EXAMPLE, FUTURE_MS, NOW, msg, observation, only
 
@@ -147,16 +147,6 @@ def test_depth_scan_is_exact_on_json_and_never_under_on_garbage() -> None:
 
 
 # --- strings ---------------------------------------------------------------------------------
-
-
-def longest(value: Any) -> int:
-    if isinstance(value, str):
-        return len(value)
-    if isinstance(value, list):
-        return max(map(longest, value), default=0)
-    if isinstance(value, dict):
-        return max([*map(len, value), *map(longest, value.values())], default=0)
-    return 0
 
 
 def test_string_length_counts_characters_of_keys_and_values() -> None:
