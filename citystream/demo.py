@@ -15,6 +15,7 @@ from citystream.replay import (
     AarhusFiles,
     aarhus_sources,
     dead_lettered_rows,
+    reconciles,
     run_replays,
     summary,
     wait_processed,
@@ -22,7 +23,7 @@ from citystream.replay import (
 from citystream.verify import expected_for_simulation
 from connectors.publishing import ENERGY, SERVICE, WASTE
 from connectors.sources.aarhus import ReplayReport
-from connectors.sources.city_files import city_replay, publish_reference
+from connectors.sources.city_files import city_replay, describe, publish_reference
 from connectors.sources.simulator import CitySimulatorSource, SimulationConfig, load_reference
 from core.city import load_pack
 from core.kafka import read_topic
@@ -216,7 +217,8 @@ def boston_month(settings: Settings) -> list[str]:
     try:
         pipeline.start("processor", "sink")
         report = replay_city(boston, BOSTON_PACK, "requests")
-        print(summary({"boston": report}))
+        ok = "OK" if reconciles(report) else "MISMATCH"
+        print(f"boston   {describe(report)}  [{ok}]  (events: each request's opened and closed)")
         stats = wait_processed(pipeline, {"service": report.published})["service"]
         for title, sql in BOSTON_QUERIES.items():
             print(f"\n{title}")
