@@ -28,16 +28,17 @@ from citystream.pipeline import Pipeline
 from citystream.query import run_query
 from citystream.replay import reconciles
 from citystream.verify import stored_kpis
+from connectors.sinks.base import DLQ_TOPIC
 from connectors.sinks.clickhouse import KPI_TOPIC, ClickHouseSink
 from connectors.sources.city_files import city_replay, publish_reference
 from core.city import load_pack
-from core.kafka import end_offsets, group_lag
+from core.kafka import Publisher, end_offsets, group_lag
 from core.settings import Settings
 from families.registry import ensure_topics
 from oracles.boston_311 import expected_for_pack
 from oracles.compare import Key, Value, compare
 from tests.conftest import free_ports
-from tests.integration.sink_harness import running
+from tests.integration.sink_harness import dead_letters, running, wait_for
 from tests.integration.test_simulated_domains import domain_stats
 
 pytestmark = pytest.mark.integration
@@ -154,7 +155,7 @@ def test_two_cities_one_sink_and_one_query_across_them(settings: Settings, tmp_p
         for city, city_settings in cities.items():
             ensure_topics(city_settings)
             pipelines[city].start("processor")
-        with running(sink):
+        with running(sink) as errors:
             published = {}
             for city, city_settings in cities.items():
                 pack = load_pack(packs[city])
@@ -176,6 +177,23 @@ def test_two_cities_one_sink_and_one_query_across_them(settings: Settings, tmp_p
                 assert got[city] == opened_per_local_day(expected[city], city), city
             assert sum(got["boston"].values()) == ROWS["boston"][1] - ROWS["boston"][0]
             assert sum(got["aarhus"].values()) == ROWS["aarhus"][1] - ROWS["aarhus"][0]
+
+            # what the sink cannot decode is dead-lettered in its own city's namespace
+            publisher = Publisher.create(settings)
+            publisher.send(cities["aarhus"].topic(KPI_TOPIC), b"garbage", b"not Avro")
+            publisher.flush()
+            wait_for(lambda: sink.dead_lettered == 1, "the garbage to be dead-lettered", errors)
+        sink_letters = {
+            city: [
+                letter
+                for letter in dead_letters(s, sum(end_offsets(s, s.topic(DLQ_TOPIC)).values()))
+                if letter["component"] == "clickhouse-sink"
+            ]
+            for city, s in cities.items()
+        }
+        assert sink_letters["boston"] == []
+        (letter,) = sink_letters["aarhus"]
+        assert letter["origin"].startswith(cities["aarhus"].topic(KPI_TOPIC) + "/")
     finally:
         for pipeline in pipelines.values():
             pipeline.stop()
@@ -187,12 +205,13 @@ def test_two_cities_one_sink_and_one_query_across_them(settings: Settings, tmp_p
         result = compare(expected[city], stored)
         assert result.ok and result.matched == len(expected[city]), (city, result.summary())
         assert {e for _, scope, e, _ in stored if scope == "city"} == {city}
-    unknown = {
+    opened_unknown = {
         city: {k[3]: v for k, v in stored_kpis(s, "service.requests_opened").items()
                if k[1:3] == ("district", "unknown")}
         for city, s in cities.items()
     }  # fmt: skip
-    assert unknown["boston"] and unknown["aarhus"] and unknown["boston"] != unknown["aarhus"]
+    assert opened_unknown["boston"] and opened_unknown["aarhus"]
+    assert opened_unknown["boston"] != opened_unknown["aarhus"]
     # the sink's own database exists (sessions default to it) and holds no table
     _, tables = run_query(settings, "SELECT name FROM system.tables WHERE database = 'citystream'")
     assert tables == []
