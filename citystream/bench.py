@@ -92,7 +92,7 @@ def run_bench(
             results[f"processor, {name}"] = _dirty_run(settings, traffic, metadata, dirt, rate)
     _optional_stages(settings, s, traffic, metadata, stages, results, rate, cpu, kpi_rows)
 
-    print("\nResults (2 cores; each throughput stage alone on the real stack)")
+    print(f"\nResults ({os.cpu_count()} cores; each throughput stage alone on the real stack)")
     for name, text in results.items():
         print(f"  {name:26} {text}")
     return 0
@@ -118,7 +118,6 @@ def _optional_stages(
         sink_rate = _measure_sink(s, kpi_rows)
         results["sink"] = f"{sink_rate:>10,.0f} KPI rows/s"
     if "scaling" in stages:
-        print("== scaling: 2 processor workers sharing the 6 partitions, then verify")
         rate2, verdict = _measure_two_workers(_fresh(settings, "scaling"), traffic, metadata)
         results["processor, 2 workers"] = f"{rate2:>10,.0f} readings/s  (verify: {verdict})"
     if "latency" in stages:
@@ -284,6 +283,8 @@ def _measure_two_workers(s: Settings, traffic: Path, metadata: Path) -> tuple[fl
 
     ensure_topics(s)
     register_schemas(s)
+    partitions = len(end_offsets(s, s.topic("city.traffic.batches.v1")))
+    print(f"== scaling: 2 processor workers sharing the {partitions} partitions, then verify")
     source = AarhusReplaySource(s, traffic, metadata)
     source.setup()
     published = source.run(print_replay_progress).published

@@ -60,8 +60,6 @@ log = logging.getLogger(__name__)
 
 SOURCE = "citystream-source"
 PROCESSOR = "citystream-processor"
-SINK = "citystream-sink"
-INGEST = "citystream-ingest"
 ALERTS = "citystream-alerts"
 
 INPUT_TRACES_HEADER = "citystream-input-traces"  # comma-separated source trace ids

@@ -27,11 +27,6 @@ class TopicSpec:
     single_partition: bool = False
     retention_ms: int | None = None
 
-    @property
-    def subject(self) -> str:
-        """Subjects follow the TopicNameStrategy: ``<topic>-value``."""
-        return f"{self.name}-value"
-
 
 # The topics of the core rather than of a KPI family: every processor writes KPIs and dead
 # letters, the sink reads KPI batches, the alerts processor writes alerts. A family's topics

@@ -405,9 +405,6 @@ class MqttSource:
         # Blocks when the Kafka side falls behind: TCP backpressure to the broker.
         self._inbox.put(Message(msg.topic, bytes(msg.payload), msg.mid, msg.qos))
 
-    def wait_subscribed(self, timeout: float) -> bool:
-        return self._subscribed.wait(timeout)
-
     def stop(self) -> None:
         self._stop.set()
 
