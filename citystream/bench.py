@@ -406,10 +406,10 @@ def _fill_every_domain(s: Settings, traffic: Path, metadata: Path) -> dict[str, 
     simulator = CitySimulatorSource(s, config)  # as fast as it goes: the load generator
     simulator.setup()
     report = simulator.run()
-    print(f"simulator: {report.generated:,} events")
+    print(f"simulator: {report.rows_read:,} events")
     for name, topic in (("energy", "city.energy.v1"), ("waste", "city.waste.v1"),
                         ("service", "city.service_requests.v1")):  # fmt: skip
-        published[name] = report.published[topic]
+        published[name] = report.per_topic[topic]
     return published
 
 

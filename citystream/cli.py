@@ -466,7 +466,7 @@ def cmd_simulate(args: argparse.Namespace) -> int:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
     print(
-        f"simulated {report.generated:,} events: published {dict(report.published)}, "
+        f"simulated {report.rows_read:,} events: published {dict(report.per_topic)}, "
         f"faults {dict(report.faults)}, dead-lettered {dict(report.dead_lettered)}"
     )
     return 0
@@ -706,8 +706,8 @@ def _ingest_mqtt(settings: Settings, config: Any) -> int:
     source.setup()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: source.stop())
-    report = source.run(ProgressLog())
-    print(f"mqtt ingest stopped: {report.counters.as_dict()}, {report.messages} messages")
+    source.run(ProgressLog())
+    print(f"mqtt ingest stopped: {source.counters.as_dict()}, {source.messages} messages")
     return 0
 
 

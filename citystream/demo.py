@@ -22,7 +22,7 @@ from citystream.replay import (
 )
 from citystream.verify import expected_for_simulation
 from connectors.publishing import ENERGY, SERVICE, WASTE
-from connectors.sources.aarhus import ReplayReport
+from connectors.sources.base import Report
 from connectors.sources.city_files import city_replay, describe, publish_reference
 from connectors.sources.simulator import CitySimulatorSource, SimulationConfig, load_reference
 from core.city import load_pack
@@ -239,7 +239,7 @@ def boston_month(settings: Settings) -> list[str]:
         pipeline.stop()
 
 
-def replay_city(settings: Settings, pack_dir: Path, source_name: str) -> ReplayReport:
+def replay_city(settings: Settings, pack_dir: Path, source_name: str) -> Report:
     """A city pack's reference data and one of its sources, published; producers end here."""
     pack = load_pack(pack_dir)
     publish_reference(settings, pack)
@@ -248,7 +248,7 @@ def replay_city(settings: Settings, pack_dir: Path, source_name: str) -> ReplayR
     return source.run()
 
 
-def replay_day(settings: Settings, files: AarhusFiles) -> dict[str, ReplayReport]:
+def replay_day(settings: Settings, files: AarhusFiles) -> dict[str, Report]:
     """The Aarhus replays; their Kafka producers end with this call.
 
     Done in a function of its own so that no producer outlives the replay: one still
@@ -260,7 +260,7 @@ def replay_day(settings: Settings, files: AarhusFiles) -> dict[str, ReplayReport
     return run_replays(sources, paced=False, announce=lambda text: print(f"    {text}"))
 
 
-def print_reconciliation(name: str, report: ReplayReport, stats: dict[str, int]) -> bool:
+def print_reconciliation(name: str, report: Report, stats: dict[str, int]) -> bool:
     """rows read = accepted + duplicates + late + dead-lettered, for one replayed file."""
     dead = dead_lettered_rows(report)
     total = stats["accepted"] + stats["duplicates"] + stats["late"] + dead
@@ -285,8 +285,8 @@ def simulate_day(settings: Settings) -> dict[str, int]:
     source = CitySimulatorSource(settings, SIMULATED_DAY)
     source.setup()
     report = source.run()
-    print(f"    simulator (seed {SIMULATED_DAY.seed}): {report.generated:,} events")
-    return {domain: report.published[topic] for domain, topic in SIMULATED.items()}
+    print(f"    simulator (seed {SIMULATED_DAY.seed}): {report.rows_read:,} events")
+    return {domain: report.per_topic[topic] for domain, topic in SIMULATED.items()}
 
 
 def alert_counts(settings: Settings) -> str:

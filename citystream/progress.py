@@ -34,12 +34,11 @@ print_replay_progress = replay_progress()
 
 
 def print_simulation_progress(report: Any, done: bool) -> None:
-    published = sum(report.published.values())
     dead = sum(report.dead_lettered.values())
     text = (
-        f"simulate {_bar(report.fraction_done)} {report.generated:>9,} events  "
-        f"{published:>9,} published  {dead:>5,} dead-lettered  "
-        f"{report.events_per_second:>8,.0f} events/s"
+        f"simulate {_bar(report.fraction_done)} {report.rows_read:>9,} events  "
+        f"{report.published:>9,} published  {dead:>5,} dead-lettered  "
+        f"{report.rows_per_second:>8,.0f} events/s"
     )
     _show(text, done)
 

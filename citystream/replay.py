@@ -16,9 +16,10 @@ from typing import Any
 
 from citystream.pipeline import Pipeline, PipelineError
 from citystream.progress import replay_progress
-from connectors.sources.aarhus import AarhusReplaySource, CsvReplay, ReplayReport
+from connectors.sources.aarhus import AarhusReplaySource, CsvReplay
 from connectors.sources.aarhus_air import AarhusAirReplay
 from connectors.sources.aarhus_parking import AarhusParkingReplay
+from connectors.sources.base import Report
 from core.settings import Settings
 
 SHIPPED_DIR = Path(__file__).resolve().parent.parent / "data" / "aarhus"
@@ -84,7 +85,7 @@ def aarhus_sources(
 
 def run_replays(
     sources: dict[str, CsvReplay[Any]], paced: bool, announce: Callable[[str], None] = print
-) -> dict[str, ReplayReport]:
+) -> dict[str, Report]:
     """Every source to the end; a failure in any of them is raised once all have stopped."""
     if not paced:
         reports = {}
@@ -97,8 +98,8 @@ def run_replays(
 
 def _run_side_by_side(
     sources: dict[str, CsvReplay[Any]], announce: Callable[[str], None]
-) -> dict[str, ReplayReport]:
-    reports: dict[str, ReplayReport] = {}
+) -> dict[str, Report]:
+    reports: dict[str, Report] = {}
     errors: list[BaseException] = []
 
     def run(name: str, source: CsvReplay[Any]) -> None:
@@ -123,12 +124,12 @@ def _run_side_by_side(
     return reports
 
 
-def reconciles(report: ReplayReport) -> bool:
+def reconciles(report: Report) -> bool:
     """Every row read was published or dead-lettered: nothing was lost on the way."""
     return report.rows_read == report.published + dead_lettered_rows(report)
 
 
-def summary(reports: dict[str, ReplayReport]) -> str:
+def summary(reports: dict[str, Report]) -> str:
     """Per domain: rows read = published + dead-lettered (with the reasons).
 
     A file with no rows (a header only) reconciles too: nothing was read, nothing lost.
@@ -147,7 +148,7 @@ def summary(reports: dict[str, ReplayReport]) -> str:
     return "\n".join(lines)
 
 
-def dead_lettered_rows(report: ReplayReport) -> int:
+def dead_lettered_rows(report: Report) -> int:
     """Dead letters of event rows: without those of reference rows (segments, car parks)."""
     reference = ("invalid_segment", "invalid_car_park")
     return sum(v for k, v in report.dead_lettered.items() if k not in reference)

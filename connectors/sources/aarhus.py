@@ -20,9 +20,7 @@ import gzip
 import io
 import math
 import time
-from collections import Counter
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from functools import lru_cache
 from pathlib import Path
@@ -30,6 +28,7 @@ from typing import IO, Any, Generic, TypeVar
 from zoneinfo import ZoneInfo
 
 from connectors.publishing import EventPublisher, EventStream, Reading, Rejected
+from connectors.sources.base import Progress, Report
 from connectors.sources.pacing import Pacer
 from core.settings import Settings
 
@@ -253,25 +252,6 @@ def read_segments(path: Path) -> tuple[list[dict[str, Any]], list[Rejected]]:
 # --- publishing ----------------------------------------------------------------------
 
 
-@dataclass
-class ReplayReport:
-    rows_read: int = 0
-    published: int = 0
-    dead_lettered: Counter[str] = field(default_factory=Counter)
-    segments: int = 0  # traffic: road segments published
-    car_parks: int = 0  # parking: car parks published
-    batches: int = 0
-    seconds: float = 0.0
-    fraction_done: float = 0.0
-
-    @property
-    def rows_per_second(self) -> float:
-        return self.rows_read / self.seconds if self.seconds else 0.0
-
-
-Progress = Callable[[ReplayReport, bool], None]
-
-
 class CsvReplay(Generic[T]):
     """What every Aarhus file replay shares: input checks, dead letters, pacing, progress.
 
@@ -305,8 +285,8 @@ class CsvReplay(Generic[T]):
     def stop(self) -> None:
         self._stopped = True
 
-    def run(self, progress: Progress | None = None) -> ReplayReport:
-        report = ReplayReport()
+    def run(self, progress: Progress | None = None) -> Report:
+        report = Report()
         started = time.monotonic()
         self._publish_reference(report)
         self.events.flush()  # reference data is durable before the first event
@@ -318,7 +298,7 @@ class CsvReplay(Generic[T]):
             progress(report, True)
         return report
 
-    def _publish_reference(self, report: ReplayReport) -> None:
+    def _publish_reference(self, report: Report) -> None:
         """Publish the reference data (none by default)."""
 
     def _iter_events(self, raw: IO[bytes]) -> Iterator[T | Rejected]:
@@ -330,7 +310,7 @@ class CsvReplay(Generic[T]):
     def _publish(self, event: T) -> None:
         raise NotImplementedError
 
-    def _publish_segments(self, metadata: Path, report: ReplayReport) -> int:
+    def _publish_segments(self, metadata: Path, report: Report) -> int:
         """Road segments to their compacted topic; bad metadata rows are dead-lettered."""
         segments, rejected = read_segments(metadata)
         for segment in segments:
@@ -339,13 +319,11 @@ class CsvReplay(Generic[T]):
             self._reject(bad, report)
         return len(segments)
 
-    def _reject(self, rejected: Rejected, report: ReplayReport) -> None:
+    def _reject(self, rejected: Rejected, report: Report) -> None:
         self.events.reject(rejected)
         report.dead_lettered[rejected.reason] += 1
 
-    def _publish_events(
-        self, report: ReplayReport, progress: Progress | None, started: float
-    ) -> None:
+    def _publish_events(self, report: Report, progress: Progress | None, started: float) -> None:
         pacer = Pacer(self.speed) if self.speed else None
         next_progress = started
         size = max(1, self.events_file.stat().st_size)
@@ -361,7 +339,7 @@ class CsvReplay(Generic[T]):
                     next_progress = time.monotonic() + 0.5
         report.fraction_done = 1.0
 
-    def _handle(self, item: T | Rejected, report: ReplayReport, pacer: Pacer | None) -> None:
+    def _handle(self, item: T | Rejected, report: Report, pacer: Pacer | None) -> None:
         report.rows_read += 1
         if isinstance(item, Rejected):
             self._reject(item, report)
@@ -401,8 +379,8 @@ class AarhusReplaySource(CsvReplay[Reading]):
     def inputs(self) -> tuple[Path, ...]:
         return (self.traffic, self.metadata)
 
-    def _publish_reference(self, report: ReplayReport) -> None:
-        report.segments = self._publish_segments(self.metadata, report)
+    def _publish_reference(self, report: Report) -> None:
+        report.reference["road_segments"] = self._publish_segments(self.metadata, report)
 
     def _iter_events(self, raw: IO[bytes]) -> Iterator[Reading | Rejected]:
         return iter_readings(self.traffic, raw)

@@ -20,7 +20,6 @@ from typing import IO, Any
 
 from connectors.publishing import AIR, Rejected
 from connectors.sources.aarhus import (
-    ReplayReport,
     RowError,
     RowParser,
     StreamReplay,
@@ -28,6 +27,7 @@ from connectors.sources.aarhus import (
     iter_rows,
     local_to_utc_ms,
 )
+from connectors.sources.base import Report
 from core.settings import Settings
 
 COMPONENT = "aarhus-air-replay"
@@ -97,8 +97,8 @@ class AarhusAirReplay(StreamReplay):
     def inputs(self) -> tuple[Path, ...]:
         return (self.events_file, self.metadata)
 
-    def _publish_reference(self, report: ReplayReport) -> None:
-        report.segments = self._publish_segments(self.metadata, report)
+    def _publish_reference(self, report: Report) -> None:
+        report.reference["road_segments"] = self._publish_segments(self.metadata, report)
 
     def _iter_events(self, raw: IO[bytes]) -> Iterator[dict[str, Any] | Rejected]:
         return iter_air(self.events_file, raw)

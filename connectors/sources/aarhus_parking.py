@@ -19,7 +19,6 @@ from typing import IO, Any
 
 from connectors.publishing import PARKING, Rejected
 from connectors.sources.aarhus import (
-    ReplayReport,
     RowError,
     RowParser,
     StreamReplay,
@@ -29,6 +28,7 @@ from connectors.sources.aarhus import (
     read_reference,
     whole_count,
 )
+from connectors.sources.base import Report
 from core.settings import Settings
 
 COMPONENT = "aarhus-parking-replay"
@@ -124,13 +124,13 @@ class AarhusParkingReplay(StreamReplay):
     def inputs(self) -> tuple[Path, ...]:
         return (self.events_file, self.car_parks)
 
-    def _publish_reference(self, report: ReplayReport) -> None:
+    def _publish_reference(self, report: Report) -> None:
         car_parks, rejected = read_car_parks(self.car_parks)
         for car_park in car_parks:
             self.events.reference(CAR_PARKS_TOPIC, car_park["car_park_id"], car_park)
         for bad in rejected:
             self._reject(bad, report)
-        report.car_parks = len(car_parks)
+        report.reference["car_parks"] = len(car_parks)
 
     def _iter_events(self, raw: IO[bytes]) -> Iterator[dict[str, Any] | Rejected]:
         return iter_parking(self.events_file, raw)

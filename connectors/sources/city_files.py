@@ -43,13 +43,13 @@ from connectors.sources.aarhus import (
     READING_COLUMNS,
     AarhusReplaySource,
     CsvReplay,
-    ReplayReport,
     RowError,
     StreamReplay,
     open_text,
 )
 from connectors.sources.aarhus_air import AIR_COLUMNS, AarhusAirReplay
 from connectors.sources.aarhus_parking import PARKING_COLUMNS, AarhusParkingReplay
+from connectors.sources.base import Report
 from core.city import REFERENCE_KEYS, REFERENCE_TOPICS, CityPack, SourceSpec, read_reference
 from core.settings import Settings
 
@@ -402,7 +402,7 @@ def publish_reference(settings: Settings, pack: CityPack, skip: Collection[str] 
     return LoadReport(published)
 
 
-def describe(report: ReplayReport) -> str:
+def describe(report: Report) -> str:
     """One line for a lifecycle source: events described = published + dead-lettered."""
     dead = sum(report.dead_lettered.values())
     reasons = ", ".join(f"{k} {v:,}" for k, v in sorted(report.dead_lettered.items()))

@@ -36,6 +36,7 @@ from typing import Any, Protocol
 from aiohttp import web
 
 from connectors.publishing import AIR, PARKING, EventPublisher, Rejected
+from connectors.sources.base import Report
 from connectors.sources.ingest_common import (
     DEFAULT_LIMITS,
     DOMAINS,
@@ -580,6 +581,17 @@ class IngestService:
 
     def counters_dict(self) -> dict[str, Any]:
         return {name: c.as_dict() for name, c in self.counters.items()}
+
+    def report(self) -> Report:
+        """Both endpoints' counters so far: items read, published, dead-lettered by reason
+        (a body refused whole counts as one item)."""
+        report = Report()
+        for c in self.counters.values():
+            report.published += c.accepted
+            report.duplicates += c.duplicates
+            report.dead_lettered.update(c.rejected)
+        report.rows_read = report.published + report.duplicates + report.dead_lettered.total()
+        return report
 
     async def stats(self, _request: web.Request) -> web.Response:
         return web.json_response({**self.counters_dict(), "pending": self.kafka.pending()})

@@ -31,13 +31,14 @@ import queue
 import re
 import threading
 import time
-from collections.abc import Callable
+from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
 import paho.mqtt.client as mqtt
 
 from connectors.publishing import AIR, PARKING, EventPublisher, Rejected
+from connectors.sources.base import Progress, Report
 from connectors.sources.ingest_common import (
     DEFAULT_LIMITS,
     DOMAINS,
@@ -223,13 +224,6 @@ class Message:
         return (self.mid, self.qos)
 
 
-@dataclass
-class MqttReport:
-    counters: SourceCounters = field(default_factory=SourceCounters)
-    connects: int = 0
-    messages: int = 0
-
-
 Outcome = Accepted | Rejected
 
 
@@ -321,7 +315,9 @@ class MqttSource:
             JsonLimits.from_settings(settings),
             settings.ingest_max_body_bytes,
         )
-        self.report = MqttReport()
+        self.counters = SourceCounters()
+        self.connects = 0
+        self.messages = 0
         self._inbox: queue.Queue[Message] = queue.Queue(maxsize=50_000)
         self._stop = threading.Event()
         self._unacked: list[Any] = []
@@ -366,8 +362,8 @@ class MqttSource:
 
     def _status(self, state: str) -> bytes:
         """Retained status: ``online`` once subscribed (with counters), ``offline`` (will)."""
-        body = {"state": state, **self.report.counters.as_dict()}
-        return json.dumps({**body, "messages": self.report.messages}).encode()
+        body = {"state": state, **self.counters.as_dict()}
+        return json.dumps({**body, "messages": self.messages}).encode()
 
     def publish_status(self, state: str = "online") -> mqtt.MQTTMessageInfo:
         return self.client.publish(self.status_topic, self._status(state), qos=1, retain=True)
@@ -376,7 +372,7 @@ class MqttSource:
         if reason.is_failure:
             log.warning("MQTT connect refused: %s (paho retries with backoff)", reason)
             return
-        self.report.connects += 1
+        self.connects += 1
         cfg = self.config.mqtt
         client.subscribe([(s.filter, int(cfg.qos)) for s in cfg.subscriptions])
         log.info(
@@ -408,11 +404,19 @@ class MqttSource:
     def stop(self) -> None:
         self._stop.set()
 
-    def run(self, on_flush: Callable[[MqttReport], None] | None = None) -> MqttReport:
+    def report(self) -> Report:
+        """The counters so far: messages read (one may hold several events, or part of
+        one), events published, duplicates dropped, dead letters by reason."""
+        c = self.counters
+        return Report(self.messages, c.accepted, dead_lettered=Counter(c.rejected),
+                      duplicates=c.duplicates)  # fmt: skip
+
+    def run(self, progress: Progress | None = None) -> Report:
         """Until :meth:`stop`: publish, flush, acknowledge; then disconnect cleanly.
 
-        The retained status (counters of what is durable in Kafka) is refreshed after
-        flushes, at most every ``status_interval_s``.
+        ``progress`` has the report after each flush. The retained status (counters of
+        what is durable in Kafka) is refreshed after flushes, at most every
+        ``status_interval_s``.
         """
         cfg = self.config.mqtt
         last_flush = last_status = time.monotonic()
@@ -428,8 +432,8 @@ class MqttSource:
                     self._settle_expired()
                     if since_flush or self._unacked:
                         self._flush_and_ack()
-                        if on_flush:
-                            on_flush(self.report)
+                        if progress:
+                            progress(self.report(), False)
                     since_flush, last_flush = 0, now
                 if self._subscribed.is_set() and now - last_status >= cfg.status_interval_s:
                     self.publish_status()
@@ -441,7 +445,10 @@ class MqttSource:
         finally:
             self.client.disconnect()
             self.client.loop_stop()
-        return self.report
+        report = self.report()
+        if progress:
+            progress(report, True)
+        return report
 
     def _drain(self, limit: int) -> int:
         handled = 0
@@ -455,9 +462,9 @@ class MqttSource:
         return handled
 
     def _handle(self, msg: Message) -> None:
-        self.report.messages += 1
+        self.messages += 1
         result = self.ingest.handle(msg, time.time())
-        counters = self.report.counters
+        counters = self.counters
         if result is None:
             counters.duplicates += 1
             self._unacked.append(msg.token)
@@ -475,7 +482,7 @@ class MqttSource:
     def _settle_expired(self) -> None:
         for rejected, tokens in self.ingest.expired(time.time()):
             self.events.reject(fit_dead_letter(rejected))
-            self.report.counters.rejected[rejected.reason] += 1
+            self.counters.rejected[rejected.reason] += 1
             self._unacked.extend(tokens)
 
     def _flush_and_ack(self) -> None:
@@ -487,13 +494,19 @@ class MqttSource:
 
 
 class ProgressLog:
-    """Logs the counters at most every ``interval_s`` (an ``on_flush`` callback)."""
+    """Logs the report at most every ``interval_s`` (a ``progress`` callback of ``run``)."""
 
     def __init__(self, interval_s: float = 10.0) -> None:
         self.interval_s = interval_s
         self._next = 0.0
 
-    def __call__(self, report: MqttReport) -> None:
+    def __call__(self, report: Report, done: bool) -> None:
         if time.monotonic() >= self._next:
             self._next = time.monotonic() + self.interval_s
-            log.info("MQTT ingest: %s, %d messages", report.counters.as_dict(), report.messages)
+            log.info(
+                "MQTT ingest: %d messages, %d published, %d duplicates, dead-lettered %s",
+                report.rows_read,
+                report.published,
+                report.duplicates,
+                dict(report.dead_lettered),
+            )

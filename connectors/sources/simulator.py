@@ -33,15 +33,15 @@ import json
 import math
 import random
 import time
-from collections import Counter
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, replace
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
 
 from connectors.publishing import ENERGY, SERVICE, WASTE, EventPublisher, Rejected
+from connectors.sources.base import Progress, Report
 from connectors.sources.pacing import Pacer, RateCap
 from core.settings import Settings
 
@@ -569,25 +569,6 @@ def _service_problem(record: dict[str, Any]) -> str | None:
 # --- publishing ----------------------------------------------------------------------
 
 
-@dataclass
-class SimulationReport:
-    generated: int = 0
-    published: Counter[str] = field(default_factory=Counter)  # per catalogue topic
-    faults: Counter[str] = field(default_factory=Counter)  # duplicate, late, malformed
-    dead_lettered: Counter[str] = field(default_factory=Counter)
-    districts: int = 0
-    categories: int = 0
-    seconds: float = 0.0
-    fraction_done: float = 0.0  # of the simulated span, by event time
-
-    @property
-    def events_per_second(self) -> float:
-        return self.generated / self.seconds if self.seconds else 0.0
-
-
-SimProgress = Callable[[SimulationReport, bool], None]
-
-
 class CitySimulatorSource:
     """Publishes a simulation: reference data first, then the events.
 
@@ -628,8 +609,8 @@ class CitySimulatorSource:
     def stop(self) -> None:
         self._stopped = True
 
-    def run(self, progress: SimProgress | None = None) -> SimulationReport:
-        report = SimulationReport()
+    def run(self, progress: Progress | None = None) -> Report:
+        report = Report()
         started = time.monotonic()
         self._publish_reference(report)
         next_progress = started
@@ -639,12 +620,13 @@ class CitySimulatorSource:
                 break
             pace(event)
             self._publish(event, report)
-            if progress and report.generated % 4096 == 0 and time.monotonic() >= next_progress:
+            if progress and report.rows_read % 4096 == 0 and time.monotonic() >= next_progress:
                 report.seconds = time.monotonic() - started
                 report.fraction_done = self._fraction(event.time_ms)
                 progress(report, False)
                 next_progress = time.monotonic() + 0.5
         self.events.flush()
+        report.batches = self.events.batches_sent
         report.seconds = time.monotonic() - started
         report.fraction_done = 1.0 if not self._stopped else report.fraction_done
         if progress:
@@ -655,14 +637,14 @@ class CitySimulatorSource:
         span = self.config.end_ms - self.config.start_ms
         return max(0.0, min(1.0, (time_ms - self.config.start_ms) / span))
 
-    def _publish_reference(self, report: SimulationReport) -> None:
+    def _publish_reference(self, report: Report) -> None:
         for d in self.reference.districts:
             self.events.reference(DISTRICTS_TOPIC, d.district, asdict(d))
         for c in self.reference.categories:
             self.events.reference(CATEGORIES_TOPIC, c.category, asdict(c))
         self.events.flush()  # reference data is durable before the first event
-        report.districts = len(self.reference.districts)
-        report.categories = len(self.reference.categories)
+        report.reference["districts"] = len(self.reference.districts)
+        report.reference["service_categories"] = len(self.reference.categories)
 
     def _pace(self) -> Callable[[SimEvent], None]:
         if self.speed:
@@ -685,8 +667,8 @@ class CitySimulatorSource:
             return by_rate
         return lambda event: None
 
-    def _publish(self, event: SimEvent, report: SimulationReport) -> None:
-        report.generated += 1
+    def _publish(self, event: SimEvent, report: Report) -> None:
+        report.rows_read += 1
         if event.fault:
             report.faults[event.fault] += 1
         problem = validate_event(event.topic, event.record)
@@ -696,4 +678,5 @@ class CitySimulatorSource:
             report.dead_lettered["invalid_event"] += 1
             return
         self.events.event(event.topic, event.record, event.origin)
-        report.published[event.topic] += 1
+        report.published += 1
+        report.per_topic[event.topic] += 1

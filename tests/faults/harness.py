@@ -12,7 +12,8 @@ from pathlib import Path
 
 from citystream.pipeline import Pipeline, wait_settled
 from citystream.verify import stored_kpis
-from connectors.sources.aarhus import AarhusReplaySource, ReplayReport
+from connectors.sources.aarhus import AarhusReplaySource
+from connectors.sources.base import Report
 from core.settings import Settings
 from families.registry import ensure_topics, register_schemas
 from oracles.aarhus_traffic import recompute
@@ -27,7 +28,7 @@ FIXTURE_ROWS = 16_164
 class Run:
     pipeline: Pipeline
     thread: threading.Thread
-    reports: list[ReplayReport] = field(default_factory=list)
+    reports: list[Report] = field(default_factory=list)
 
     def finish_and_verify(self, settings: Settings, source: Path = FIXTURE) -> int:
         """Replay done, pipeline settled, every KPI equal to the recount; rows matched."""

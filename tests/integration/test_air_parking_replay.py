@@ -129,7 +129,7 @@ def test_air_readings_reach_both_topics_with_their_values(
     assert report.dead_lettered == Counter(BAD_AIR.values())
     assert "[OK]" in summary(replayed["reports"]) and "MISMATCH" not in summary(replayed["reports"])
     # the sensors' road segments are published first, for the processor's districts
-    assert report.segments == 449
+    assert report.reference["road_segments"] == 449
     assert len({key for key, _, _ in consume(settings, "city.road_segments.v1")}) == 449
 
     events = consume(settings, "city.air.v1")
@@ -213,7 +213,7 @@ def test_parking_readings_and_car_parks_reach_their_topics(
     assert report.rows_read == 1152 + 1 + len(PARKING_EXTRA)
     assert report.published == len(good)
     assert report.dead_lettered == Counter(BAD_PARKING.values()) + Counter(invalid_row=len(over))
-    assert report.car_parks == 8
+    assert report.reference["car_parks"] == 8
 
     events = consume(settings, "city.parking.v1")
     assert Counter(

@@ -52,14 +52,14 @@ def test_simulated_domains_match_the_recomputation_row_for_row(settings: Setting
         source = CitySimulatorSource(settings, config)
         source.setup()
         report = source.run()
-        wait_processed(pipeline, report.published)
+        wait_processed(pipeline, report.per_topic)
         wait_settled(pipeline, timeout=300)
 
         late = 0
         for domain, stream in DOMAINS.items():  # reconciliation per domain
             stats = domain_stats(pipeline, domain)
             counted = stats["accepted"] + stats["duplicates"] + stats["late"]
-            assert counted == report.published[stream.topic], (domain, stats)
+            assert counted == report.per_topic[stream.topic], (domain, stats)
             assert stats["duplicates"] > 0 and stats["late"] > 0, (domain, stats)
             late += stats["late"]
         letters = read_dead_letters(settings)

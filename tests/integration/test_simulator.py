@@ -77,14 +77,14 @@ def test_simulation_lands_in_kafka_exactly_as_generated(settings: Settings) -> N
     faults = Counter(e.fault for e in generated if e.fault)
     malformed = [e for e in generated if e.fault == "malformed"]
     assert min(faults.values()) > 5 and len(faults) == 3
-    assert report.generated == len(generated) and report.faults == faults
+    assert report.rows_read == len(generated) and report.faults == faults
     assert report.dead_lettered == {"invalid_event": len(malformed)}
 
     # every per-event topic holds the generated records, each partition in send order
     expected = in_partition_order(generated, settings.partitions)
     for stream in STREAMS:
         actual = [as_published(r) for r in read_topic(settings, stream.topic)]
-        assert len(actual) == len(expected[stream.topic]) == report.published[stream.topic]
+        assert len(actual) == len(expected[stream.topic]) == report.per_topic[stream.topic]
         assert actual == expected[stream.topic], stream.topic
         assert {r["source"] for r in actual} == {COMPONENT}
 

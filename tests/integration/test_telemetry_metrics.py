@@ -13,7 +13,8 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from citystream.pipeline import Pipeline, http_get
 from citystream.status import collect, render
-from connectors.sources.aarhus import AarhusReplaySource, ReplayReport
+from connectors.sources.aarhus import AarhusReplaySource
+from connectors.sources.base import Report
 from core import telemetry
 from core.settings import Settings
 from families.registry import ensure_topics, register_schemas
@@ -64,7 +65,7 @@ def test_metrics_show_rates_during_a_replay_and_lag_back_to_zero(
     batches = settings.topic("city.traffic.batches.v1")
     kpi_batches = settings.topic("city.kpi.batches.v1")
     pipeline = Pipeline(settings, processors=("traffic",))  # the traffic figures alone
-    report: list[ReplayReport] = []
+    report: list[Report] = []
     try:
         pipeline.start()
         processor_port, sink_port = settings.processor_metrics_port, settings.sink_metrics_port

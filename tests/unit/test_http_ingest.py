@@ -189,6 +189,26 @@ def test_unparseable_body_is_dead_lettered_whole_with_400() -> None:
     assert kafka.readings == []
 
 
+def test_report_sums_both_endpoints_as_a_source_report() -> None:
+    kafka = FakeKafka()
+    service = make_service(kafka)
+
+    async def main() -> None:
+        client = TestClient(TestServer(service.app()))
+        await client.start_server()
+        try:
+            body = json.dumps([event(), event(extra=1)])
+            assert (await client.post("/v1/events", data=body, headers=KEY)).status == 202
+            assert (await client.post("/v1/events", data=b"[{]", headers=KEY)).status == 400
+        finally:
+            await client.close()
+
+    asyncio.run(main())
+    report = service.report()
+    assert (report.rows_read, report.published, report.duplicates) == (3, 1, 0)
+    assert report.dead_lettered == {"invalid_event": 1, "invalid_json": 1}
+
+
 # --- access control, limits, backpressure -------------------------------------------------
 
 

@@ -99,9 +99,12 @@ def test_acks_follow_the_kafka_flush_and_duplicates_are_acked_too() -> None:
     assert {"ack 1", "ack 2", "ack 3", "ack 4"} <= set(log)
     assert [r.segment_id for r in events.readings] == ["158895", "158895"]
     assert [r.reason for r in events.rejected] == ["invalid_json"]
-    counters = src.report.counters.as_dict()
+    counters = src.counters.as_dict()
     assert counters["accepted"] == 2 and counters["duplicates"] == 1
     assert counters["rejected_by_reason"] == {"invalid_json": 1}
+    report = src.report()
+    assert (report.rows_read, report.published, report.duplicates) == (4, 2, 1)
+    assert report.dead_lettered == {"invalid_json": 1}
     assert log[-1] == "disconnect"
 
 

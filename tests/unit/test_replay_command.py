@@ -9,7 +9,7 @@ import pytest
 
 from citystream.cli import main
 from citystream.replay import AarhusFiles, summary
-from connectors.sources.aarhus import ReplayReport
+from connectors.sources.base import Report
 
 
 def test_the_shipped_files_all_exist() -> None:
@@ -55,10 +55,10 @@ def test_full_without_the_recordings_says_where_it_looked(
 
 
 def test_summary_reconciles_each_file() -> None:
-    ok = ReplayReport(rows_read=10, published=7, dead_lettered=Counter(invalid_row=3))
+    ok = Report(rows_read=10, published=7, dead_lettered=Counter(invalid_row=3))
     text = summary({"parking": ok})
     assert "rows read 10 = published 7 + dead-lettered 3 (invalid_row 3)  [OK]" in text
-    bad = ReplayReport(rows_read=10, published=7, dead_lettered=Counter(invalid_row=2))
+    bad = Report(rows_read=10, published=7, dead_lettered=Counter(invalid_row=2))
     assert "[MISMATCH]" in summary({"air": bad})
-    segments = ReplayReport(rows_read=2, published=2, dead_lettered=Counter(invalid_segment=1))
+    segments = Report(rows_read=2, published=2, dead_lettered=Counter(invalid_segment=1))
     assert "[OK]" in summary({"traffic": segments})  # a bad metadata row is not an event row
