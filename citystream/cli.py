@@ -18,8 +18,16 @@ from core.startup import ServiceUnavailable, wait_for_services
 DATA_DIR = Path(__file__).resolve().parent.parent / "data" / "aarhus"
 
 
-def _add_common(parser: argparse.ArgumentParser) -> None:
+def _add_common(parser: argparse.ArgumentParser, city: bool = True) -> None:
     g = parser.add_argument_group("settings (override CITYSTREAM_* variables)")
+    if city:  # the sink takes --city repeatedly (several cities), so it declares its own
+        g.add_argument(
+            "--city",
+            dest="city",
+            type=Path,
+            metavar="DIR",
+            help="the city pack (env CITYSTREAM_CITY): its topic prefix and database",
+        )
     g.add_argument("--bootstrap-servers", dest="kafka_bootstrap_servers")
     g.add_argument("--registry-url", dest="schema_registry_url")
     g.add_argument("--clickhouse-url", dest="clickhouse_url")
@@ -29,6 +37,7 @@ def _add_common(parser: argparse.ArgumentParser) -> None:
 
 
 SETTING_FLAGS = (
+    "city",
     "kafka_bootstrap_servers",
     "schema_registry_url",
     "clickhouse_url",
@@ -131,9 +140,17 @@ def parser() -> argparse.ArgumentParser:
     replay = sub.add_parser(
         "replay", help="replay recorded city data (traffic, air quality, parking) into Kafka"
     )
-    replay.add_argument("dataset", choices=["aarhus"])
+    replay.add_argument(
+        "dataset",
+        choices=["aarhus", "city"],
+        help="aarhus: the shipped Aarhus files; city: the sources of the city pack "
+        "(--city or CITYSTREAM_CITY)",
+    )
     _add_aarhus_files(replay)
     replay.add_argument("--speed", type=float, help="N× real time (default: as fast as possible)")
+    city_files = replay.add_argument_group("city: the pack's sources")
+    city_files.add_argument("--source", help="only this source of the pack")
+    city_files.add_argument("--file", type=Path, help="this file instead of the source's")
     _add_common(replay)
 
     simulate = sub.add_parser(
@@ -161,7 +178,7 @@ def parser() -> argparse.ArgumentParser:
         metavar="DIR",
         help="serve this city pack's namespace (repeat for several cities in one ClickHouse)",
     )
-    _add_common(sink)
+    _add_common(sink, city=False)
 
     query = sub.add_parser("query", help="query the KPI tables (works while the sink runs)")
     query.add_argument("sql")
@@ -393,6 +410,8 @@ def cmd_replay(args: argparse.Namespace) -> int:
     from citystream.replay import aarhus_sources, reconciles, run_replays, summary
     from families.registry import ensure_topics
 
+    if args.dataset == "city":
+        return _replay_city(args)
     settings = build_settings(args)
     files = aarhus_files(args, settings)
     if files is None:
@@ -413,6 +432,21 @@ def cmd_replay(args: argparse.Namespace) -> int:
     print(summary(reports))
     # An empty input is not an error (the summary says so); a row unaccounted for is.
     return 0 if all(reconciles(r) for r in reports.values()) else 1
+
+
+def _replay_city(args: argparse.Namespace) -> int:
+    """`citystream replay city`: the same as `citystream city replay` for the selected pack."""
+    from citystream import city_cli
+    from families.registry import ensure_topics
+
+    settings = build_settings(args)
+    if settings.city is None:
+        print("citystream replay city: select a city pack with --city DIR or CITYSTREAM_CITY")
+        return 2
+    wait_for_services(settings)
+    ensure_topics(settings)
+    _telemetry(settings, "replay", settings.source_metrics_port)
+    return city_cli.replay(settings, settings.city, args.source, args.file, args.speed)
 
 
 def _simulation(args: argparse.Namespace) -> tuple[Settings, Any]:

@@ -107,3 +107,24 @@ def test_the_sink_of_several_cities_consumes_each_citys_topic() -> None:
     assert sink.group() == "citystream-sink-clickhouse"
     single = ClickHouseSink(base)
     assert [c.topic(KPI_TOPIC) for c in single.namespaces()] == [KPI_TOPIC]
+
+
+def test_every_command_takes_city_and_replay_city_reads_the_pack(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`--city DIR` selects the pack for any command, as CITYSTREAM_CITY does; `replay city`
+    without one says how to give it (before connecting to anything)."""
+    monkeypatch.delenv("CITYSTREAM_CITY", raising=False)
+    boston = BOSTON
+    args = parser().parse_args(
+        ["replay", "city", "--city", str(boston), "--source", "requests", "--file", "x.csv"]
+    )
+    settings = build_settings(args)
+    assert (settings.city, settings.topic_prefix) == (boston, "boston.")
+    assert settings.clickhouse_database == "citystream_boston"
+    assert (args.source, args.file) == ("requests", Path("x.csv"))
+    for command in (["process", "service"], ["query", "SELECT 1"], ["init"], ["migrate"]):
+        parsed = parser().parse_args([*command, "--city", str(boston)])
+        assert build_settings(parsed).topic_prefix == "boston.", command
+    assert main(["replay", "city", "--bootstrap-servers", "127.0.0.1:1"]) == 2
+    assert "--city DIR or CITYSTREAM_CITY" in capsys.readouterr().out
