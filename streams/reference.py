@@ -93,6 +93,9 @@ class CompactedTable:
                 "group.id": f"reference-{uuid.uuid4().hex}",
                 "enable.auto.commit": False,
                 "enable.partition.eof": True,
+                # a position reset (offset out of range) must re-read, never skip to the end:
+                # re-applying a record is harmless, missing one is not
+                "auto.offset.reset": "earliest",
             }
         )
         self._admin = AdminClient(consumer_config)
