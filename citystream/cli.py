@@ -437,14 +437,12 @@ def cmd_replay(args: argparse.Namespace) -> int:
 def _replay_city(args: argparse.Namespace) -> int:
     """`citystream replay city`: the same as `citystream city replay` for the selected pack."""
     from citystream import city_cli
-    from families.registry import ensure_topics
 
     settings = build_settings(args)
     if settings.city is None:
         print("citystream replay city: select a city pack with --city DIR or CITYSTREAM_CITY")
         return 2
-    wait_for_services(settings)
-    ensure_topics(settings)
+    # city_cli.replay's load step waits for Kafka and the registry and creates the topics
     _telemetry(settings, "replay", settings.source_metrics_port)
     return city_cli.replay(settings, settings.city, args.source, args.file, args.speed)
 
