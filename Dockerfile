@@ -25,6 +25,8 @@ COPY streams/ streams/
 COPY connectors/ connectors/
 COPY infra/ infra/
 COPY oracles/ oracles/
+COPY api/ api/
+COPY trust/ trust/
 # Every dependency ships manylinux wheels, so no compiler is needed; bytecode is compiled
 # here because the runtime image runs with a read-only root filesystem. The last line
 # imports every command's modules, so a missing dependency fails the build.

@@ -62,7 +62,7 @@ TEST_ENV := CITYSTREAM_DATA_DIR=$(TEST_STACK_DIR) \
 
 test: $(STAMP) mosquitto asyncapi-tools otel-receiver ## lint, then every test on a stack of its own (started, stopped and removed here)
 	$(BIN)/ruff check .
-	$(BIN)/mypy core citystream schemas streams connectors families infra oracles
+	$(BIN)/mypy core citystream schemas streams connectors families infra oracles api trust
 	$(BIN)/lint-imports
 	$(MAKE) --no-print-directory docs-site
 	$(MAKE) --no-print-directory deploy-check
@@ -82,7 +82,7 @@ unit: $(STAMP) asyncapi-tools ## unit tests only (no services)
 lint: $(STAMP) ## ruff and mypy
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
-	$(BIN)/mypy core citystream schemas streams connectors families infra oracles
+	$(BIN)/mypy core citystream schemas streams connectors families infra oracles api trust
 	$(BIN)/lint-imports
 
 format: $(STAMP) ## apply ruff formatting and safe fixes

@@ -209,6 +209,14 @@ class Settings(BaseSettings):
     )
     mqtt_password: SecretStr | None = Field(None, description="MQTT password (secret)")
 
+    # --- read API and dashboard (citystream serve) ----------------------------------------
+
+    # --- privacy: contracts, pseudonyms, opt-outs, resident rights ----------------------
+
+    # --- audit trail and signed KPI statements ------------------------------------------
+
+    # --- industrial and device-platform ingest (OPC UA, oneM2M, WoT) --------------------
+
     # --- city simulator (citystream simulate; flags override) ---------------------------
     simulator_seed: int = Field(
         42, description="Seed of the city simulator: same seed, same events"
