@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ssl
+from pathlib import Path
 
 import faust
 from faust.types.auth import CredentialsT
@@ -30,6 +31,15 @@ def kafka_credentials(settings: Settings) -> CredentialsT | None:
     return faust.SSLCredentials(context) if context else None
 
 
+def _faust_directory(settings: Settings, app_id: str) -> Path:
+    """Faust's own state directory, under the data directory (Faust's default,
+    ``<app id>-data`` in the working directory, left one directory per run wherever the
+    command was started). Faust creates only the last level, so the parent is made here."""
+    parent = settings.data_dir / "faust"
+    parent.mkdir(parents=True, exist_ok=True)
+    return parent / settings.group(app_id)
+
+
 def create_app(settings: Settings, app_id: str) -> faust.App:
     """A Faust app whose consumer group is ``app_id`` (after the topic prefix)."""
     credentials = kafka_credentials(settings)
@@ -39,6 +49,7 @@ def create_app(settings: Settings, app_id: str) -> faust.App:
         broker=brokers,
         broker_credentials=credentials,
         store="memory://",
+        datadir=str(_faust_directory(settings, app_id)),
         processing_guarantee="at_least_once",
         consumer_auto_offset_reset="earliest",
         topic_partitions=settings.partitions,
