@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 CITYSTREAM := $(BIN)/citystream
 
 .DEFAULT_GOAL := help
-.PHONY: help install mosquitto demo test unit lint format typecheck bench stack-up stack-down stack-status clean docs asyncapi-tools soak
+.PHONY: help install mosquitto chromium vendor demo test unit lint format typecheck bench stack-up stack-down stack-status clean docs asyncapi-tools soak
 
 help: ## list the targets
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
@@ -30,7 +30,28 @@ mosquitto: ## install Debian's mosquitto (the MQTT broker of the stack and tests
 	  [ -x /usr/sbin/mosquitto ] || command -v mosquitto >/dev/null \
 	  || { echo "error: mosquitto still missing after apt-get" >&2; exit 1; }
 
-demo: $(STAMP) ## the whole pipeline on one day of real Aarhus traffic, KPIs printed
+# The browser tests (tests/browser) drive Debian's chromium through its chromedriver.
+chromium: ## install Debian's chromium and chromium-driver (the dashboard's browser tests) if missing
+	@if [ -x /usr/bin/chromium ] && [ -x /usr/bin/chromedriver ]; then exit 0; fi; \
+	  echo "chromium or chromedriver is missing: installing them with apt-get"; \
+	  ($(SUDO) apt-get update -qq && $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver) \
+	  || { echo "error: could not install chromium (apt-get install -y chromium chromium-driver);" \
+	       "the dashboard's browser tests need it" >&2; exit 1; }; \
+	  [ -x /usr/bin/chromium ] && [ -x /usr/bin/chromedriver ] \
+	  || { echo "error: chromium or chromedriver still missing after apt-get" >&2; exit 1; }
+
+# The dashboard's libraries (Leaflet, uPlot) come from npm (web/package-lock.json) and are
+# copied into the Python package (api/static/vendor/, committed, so a wheel or image needs no
+# node); this rebuilds them when the lock file or the copy script changes.
+VENDOR_MANIFEST := api/static/vendor/manifest.json
+$(VENDOR_MANIFEST): web/package.json web/package-lock.json web/vendor.mjs
+	@if ! command -v npm >/dev/null; then \
+	  if [ -f $@ ]; then echo "npm missing: keeping the committed api/static/vendor/"; touch $@; exit 0; fi; \
+	  echo "error: node and npm are needed to vendor the dashboard's libraries (node 20+)" >&2; exit 1; fi; \
+	  npm ci --prefix web --no-audit --no-fund --silent && node web/vendor.mjs
+vendor: $(VENDOR_MANIFEST) ## copy the dashboard's npm libraries into api/static/vendor/
+
+demo: $(STAMP) vendor ## the whole pipeline on one day of real Aarhus traffic, KPIs printed
 	$(CITYSTREAM) demo
 
 # `make test` runs on a stack of its own: its own data directory and ports, emptied before
@@ -60,7 +81,7 @@ TEST_ENV := CITYSTREAM_DATA_DIR=$(TEST_STACK_DIR) \
   CITYSTREAM_SCHEMA_REGISTRY_URL=http://127.0.0.1:$(TEST_REGISTRY_PORT)/apis/ccompat/v7 \
   CITYSTREAM_MQTT_PORT=$(TEST_MQTT_PORT)
 
-test: $(STAMP) mosquitto asyncapi-tools otel-receiver ## lint, then every test on a stack of its own (started, stopped and removed here)
+test: $(STAMP) mosquitto chromium vendor asyncapi-tools otel-receiver ## lint, then every test on a stack of its own (started, stopped and removed here)
 	$(BIN)/ruff check .
 	$(BIN)/mypy core citystream schemas streams connectors families infra oracles api trust
 	$(BIN)/lint-imports
