@@ -125,8 +125,8 @@ def _run_side_by_side(
 
 
 def reconciles(report: Report) -> bool:
-    """Every row read was published or dead-lettered: nothing was lost on the way."""
-    return report.rows_read == report.published + dead_lettered_rows(report)
+    """Every row read was published, dead-lettered or dropped as opted out: nothing lost."""
+    return report.rows_read == report.published + dead_lettered_rows(report) + report.opted_out
 
 
 def summary(reports: dict[str, Report]) -> str:

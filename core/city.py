@@ -175,6 +175,11 @@ class SourceSpec(_Strict):
     columns: dict[str, str] = Field(default_factory=dict)
     time_format: str = Field("iso", description="strptime format of local times, or 'iso'")
     timezone: str | None = Field(None, description="IANA zone of the times (default: the city's)")
+    identifiers: list[str] = Field(
+        default_factory=list,
+        description="Canonical fields that single out a person or a person's device (e.g. "
+        "request_id of a 311 case): pseudonymised at the source (docs/rights.md)",
+    )
 
     @field_validator("name")
     @classmethod
@@ -200,6 +205,9 @@ class SourceSpec(_Strict):
             missing = [f for f in fields.required if f not in self.columns]
             if missing:
                 raise ValueError(f"columns must map the {self.domain} fields {missing}")
+        unknown_ids = sorted(set(self.identifiers) - {"request_id", *self.columns})
+        if unknown_ids:
+            raise ValueError(f"identifiers {unknown_ids} are neither request_id nor mapped")
         return self
 
 

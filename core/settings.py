@@ -212,6 +212,17 @@ class Settings(BaseSettings):
     # --- read API and dashboard (citystream serve) ----------------------------------------
 
     # --- privacy: contracts, pseudonyms, opt-outs, resident rights ----------------------
+    privacy_pseudonym_keys: SecretStr | None = Field(
+        None,
+        description="HMAC keys of the pseudonyms (secret): 'id=secret' pairs, comma "
+        "separated, the first pseudonymises, the others recognise earlier pseudonyms "
+        "(rotation); unset: a random key under data_dir/privacy (one machine only)",
+    )
+    privacy_subject_key_dir: Path | None = Field(
+        None,
+        description="Directory of the per-subject encryption keys (crypto-shredding), apart "
+        "from Kafka and ClickHouse (default: data_dir/privacy/subject-keys)",
+    )
 
     # --- audit trail and signed KPI statements ------------------------------------------
 

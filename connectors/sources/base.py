@@ -32,6 +32,7 @@ class Report:
     per_topic: Counter[str] = field(default_factory=Counter)
     dead_lettered: Counter[str] = field(default_factory=Counter)
     duplicates: int = 0
+    opted_out: int = 0  # events of opted-out identifiers: dropped, kept nowhere (#16)
     faults: Counter[str] = field(default_factory=Counter)
     reference: Counter[str] = field(default_factory=Counter)
     batches: int = 0  # column-wise batches sent

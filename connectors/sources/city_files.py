@@ -17,9 +17,15 @@ when it has a close time, a ``closed`` event then, both on ``city.service_reques
   attribute districts, the mapped ``district`` column.
 - The SLA: the mapped ``sla_due_at`` column (e.g. Boston's TARGET_DT) is carried as the
   event's ``sla_due_at``; without it the processor falls back to the category's SLA.
-- Minimised at the source: an event carries the request id, status, category, district
-  and times only. Addresses, free text, photo URLs and coordinates never enter Kafka, not
-  even in a dead letter (which carries the mapped non-location columns only).
+- Minimised at the source: an event carries the request id, status, category, district,
+  coarse cell and times only. Addresses, free text, photo URLs and coordinates never enter
+  Kafka, not even in a dead letter (which carries the mapped non-location columns only).
+- Privacy at the edge (with the source's :class:`~core.privacy.edge.Edge`, docs/rights.md):
+  the identifiers the source declares (Boston: the case id) become keyed pseudonyms, in
+  events and dead letters alike; the raw case id travels only encrypted with the case's own
+  key (``subject``, for access requests; erasure destroys the key); the coordinates become
+  a geohash-6 ``cell``; an opted-out case is dropped before it is published or
+  dead-lettered and counted as ``opted_out``.
 
 The file is read whole and its events are published in event-time order (a request's
 close, often days after its open, would otherwise be late for the processors).
@@ -51,6 +57,8 @@ from connectors.sources.aarhus_air import AIR_COLUMNS, AarhusAirReplay
 from connectors.sources.aarhus_parking import PARKING_COLUMNS, AarhusParkingReplay
 from connectors.sources.base import Report
 from core.city import REFERENCE_KEYS, REFERENCE_TOPICS, CityPack, SourceSpec, read_reference
+from core.privacy.edge import Edge
+from core.privacy.minimise import coarse_cell
 from core.settings import Settings
 
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
@@ -94,18 +102,36 @@ class LocalTimes:
 
 @dataclass(frozen=True)
 class _Request:
-    request_id: str
+    request_id: str  # the pseudonym when the source declares it an identifier
     category: str
     district: str
     opened_ms: int
+    cell: str | None = None
+    subject: str | None = None  # the raw id, encrypted with the case's own key
+
+
+@dataclass(frozen=True)
+class OptedOut:
+    """An event of an opted-out case: dropped, counted, kept nowhere."""
+
+    status: str
 
 
 class ServiceRows:
     """Rows of a declarative service source → lifecycle events, or dead letters."""
 
-    def __init__(self, pack: CityPack, source: SourceSpec, header: list[str], file: str) -> None:
+    def __init__(
+        self,
+        pack: CityPack,
+        source: SourceSpec,
+        header: list[str],
+        file: str,
+        edge: Edge | None = None,
+    ) -> None:
         self.pack = pack
         self.source = source
+        self.edge = edge  # None: no pseudonyms, cells or opt-outs (parsing rules only)
+        self.pseudonymised = edge is not None and "request_id" in source.identifiers
         self.file = file
         self.component = f"{pack.id}-{source.name}"
         self.width = len(header)
@@ -117,10 +143,12 @@ class ServiceRows:
         self.times = LocalTimes(source.time_format, pack.source_zone(source))
         self.polygons = pack.spec.districts.polygons
 
-    def parse(self, row: list[str], line: int) -> list[dict[str, Any] | Rejected]:
+    def parse(self, row: list[str], line: int) -> list[dict[str, Any] | Rejected | OptedOut]:
         """The row's events (opened, then closed if it has a close time) or their rejections."""
         origin = f"{self.file}:{line}"
         closes = self._text(row, "closed_at") != "" if len(row) == self.width else False
+        if self._opted_out(row):
+            return [OptedOut(s) for s in (("opened", "closed") if closes else ("opened",))]
         try:
             if len(row) != self.width:
                 raise RowError("invalid_row", f"expected {self.width} fields, got {len(row)}")
@@ -134,9 +162,10 @@ class ServiceRows:
             due_ms = self._optional_time(row, "sla_due_at")
         except RowError as exc:
             due_error = exc
-        out: list[dict[str, Any] | Rejected] = [self._event(request, "opened", request.opened_ms,
-                                                            due_ms if due_error is None else None,
-                                                            origin)]  # fmt: skip
+        opened = self._event(
+            request, "opened", request.opened_ms, due_ms if due_error is None else None, origin
+        )
+        out: list[dict[str, Any] | Rejected | OptedOut] = [opened]
         if closes:
             out.append(self._closed(row, request, due_ms, due_error, origin))
         return out
@@ -170,7 +199,38 @@ class ServiceRows:
         if not category:
             raise RowError("invalid_row", f"{self._column('category')} is empty")
         opened_ms = self._time(row, "opened_at")
-        return _Request(request_id, category, self._district(row), opened_ms)
+        district = self._district(row)
+        if self.edge is None:
+            return _Request(request_id, category, district, opened_ms)
+        cell = self._cell(row)
+        if not self.pseudonymised:
+            return _Request(request_id, category, district, opened_ms, cell)
+        pseudonym = self._pseudonym(request_id)
+        subject = self.edge.subject_keys.encrypt(pseudonym, request_id)
+        return _Request(pseudonym, category, district, opened_ms, cell, subject)
+
+    def _pseudonym(self, raw_id: str) -> str:
+        assert self.edge is not None
+        return self.edge.pseudonyms.pseudonym("request_id", raw_id)
+
+    def _opted_out(self, row: list[str]) -> bool:
+        """Whether the row's case opted out (checked before anything else is read)."""
+        if not self.pseudonymised or len(row) != self.width:
+            return False
+        raw_id = self._text(row, "request_id")
+        if not raw_id:
+            return False
+        assert self.edge is not None
+        pseudonym = self._pseudonym(raw_id)
+        return self.edge.optouts.excludes("request_id", pseudonym, self.edge.pseudonyms, raw_id)
+
+    def _cell(self, row: list[str]) -> str | None:
+        """The geohash-6 cell of the row's point (validated by ``_district`` already)."""
+        if "latitude" not in self.index or "longitude" not in self.index:
+            return None
+        lat = self._coordinate(row, "latitude", 90.0)
+        lon = self._coordinate(row, "longitude", 180.0)
+        return coarse_cell(lat, lon, self.pack.spec.districts.unlocated)
 
     def _district(self, row: list[str]) -> str:
         if self.polygons and "latitude" in self.index and "longitude" in self.index:
@@ -217,7 +277,9 @@ class ServiceRows:
     def _event(
         self, request: _Request, status: str, time_ms: int, due_ms: int | None, origin: str
     ) -> dict[str, Any]:
+        privacy = {} if self.edge is None else {"cell": request.cell, "subject": request.subject}
         return {
+            **privacy,
             "event_id": f"{request.request_id}:{status}",
             "request_id": request.request_id,
             "status": status,
@@ -236,17 +298,27 @@ class ServiceRows:
     def _reject(self, exc: RowError, origin: str, row: list[str], status: str) -> Rejected:
         """A dead letter carrying the mapped columns other than the location, nothing more."""
         kept = [
-            f"{self._column(name)}={row[i]}"
+            f"{self._column(name)}={self._dead_letter_value(name, row[i])}"
             for name, i in self.index.items()
             if name not in ("latitude", "longitude") and i < len(row)
         ]
         return Rejected(exc.reason, f"{status} event: {exc}", origin, ",".join(kept))
 
+    def _dead_letter_value(self, name: str, value: str) -> str:
+        """A declared identifier as its pseudonym (the raw case id is no dead letter's)."""
+        if name == "request_id" and self.pseudonymised and value.strip():
+            return self._pseudonym(value.strip())
+        return value
+
 
 def iter_service_events(
-    pack: CityPack, source: SourceSpec, path: Path, raw: IO[bytes] | None = None
-) -> Iterator[dict[str, Any] | Rejected]:
-    """Every rejection (in file order), then every event in event-time order.
+    pack: CityPack,
+    source: SourceSpec,
+    path: Path,
+    raw: IO[bytes] | None = None,
+    edge: Edge | None = None,
+) -> Iterator[dict[str, Any] | Rejected | OptedOut]:
+    """Every rejection and opt-out (in file order), then every event in event-time order.
 
     Ties keep file order, and an opened event comes before its own close at the same time.
     """
@@ -256,10 +328,10 @@ def iter_service_events(
         header = next(rows, None)
         if header is None:
             return
-        parser = ServiceRows(pack, source, header, path.name)
+        parser = ServiceRows(pack, source, header, path.name, edge)
         for line, row in enumerate(rows, start=2):
             for item in parser.parse(row, line):
-                if isinstance(item, Rejected):
+                if isinstance(item, Rejected | OptedOut):
                     yield item
                 else:
                     events.append((item["event_time_ms"], len(events), item))
@@ -290,9 +362,24 @@ class ServiceFileReplay(StreamReplay):
         if self.pack.spec.districts.polygons:
             _ = self.pack.layer  # a broken district layer fails here, before any publishing
         super().setup()
+        self.edge = Edge.from_settings(self.settings)  # keys, and the opt-outs as of now
 
     def _iter_events(self, raw: IO[bytes]) -> Iterator[dict[str, Any] | Rejected]:
-        return iter_service_events(self.pack, self.source, self.events_file, raw)
+        items = iter_service_events(self.pack, self.source, self.events_file, raw, self.edge)
+        return items  # type: ignore[return-value]  # OptedOut too: _handle counts them
+
+    def _handle(self, item: Any, report: Report, pacer: Any) -> None:
+        if isinstance(item, OptedOut):  # dropped before publishing: kept nowhere
+            report.rows_read += 1
+            report.opted_out += 1
+            return
+        super()._handle(item, report, pacer)
+
+    def _publish_events(self, report: Report, progress: Any, started: float) -> None:
+        try:
+            super()._publish_events(report, progress, started)
+        finally:
+            self.edge.subject_keys.flush()  # the keys are durable before their ciphertexts
 
 
 # --- the registry --------------------------------------------------------------------
@@ -403,10 +490,12 @@ def publish_reference(settings: Settings, pack: CityPack, skip: Collection[str] 
 
 
 def describe(report: Report) -> str:
-    """One line for a lifecycle source: events described = published + dead-lettered."""
+    """One line for a lifecycle source: events described = published + dead-lettered
+    (+ opted out, when any were)."""
     dead = sum(report.dead_lettered.values())
     reasons = ", ".join(f"{k} {v:,}" for k, v in sorted(report.dead_lettered.items()))
+    opted = f" + opted out {report.opted_out:,}" if report.opted_out else ""
     return (
         f"events {report.rows_read:,} = published {report.published:,} + dead-lettered "
-        f"{dead:,}{f' ({reasons})' if reasons else ''}"
+        f"{dead:,}{f' ({reasons})' if reasons else ''}{opted}"
     )

@@ -40,6 +40,7 @@ SECRET_SETTINGS = {
     "clickhouse_password",
     "ingest_api_keys",
     "mqtt_password",
+    "privacy_pseudonym_keys",
 }
 
 SCENARIOS: dict[str, tuple[str, ...]] = {

@@ -176,6 +176,15 @@ from existing Secrets, then .Values.extraEnv. The mapping is documented in docs/
 {{- end }}
 {{- end }}
 {{- end }}
+{{- with $secrets.privacy }}
+{{- if and .existingSecret .pseudonymKeysKey }}
+- name: CITYSTREAM_PRIVACY_PSEUDONYM_KEYS
+  valueFrom:
+    secretKeyRef:
+      name: {{ .existingSecret | quote }}
+      key: {{ .pseudonymKeysKey | quote }}
+{{- end }}
+{{- end }}
 {{- with $secrets.ingest }}
 {{- if and .existingSecret .apiKeysKey }}
 - name: CITYSTREAM_INGEST_API_KEYS
