@@ -1,0 +1,110 @@
+"""The dashboard's first render, measured in the browser (a stage of ``citystream bench``).
+
+The page marks ``citystream-rendered`` when every panel has drawn and measures
+``citystream-first-render`` from the navigation's start to that mark (``api/static/app.js``);
+this opens the page in Debian's headless chromium several times, each with a fresh
+profile (nothing cached), and reports the measure's p50 and max. The browser is launched
+here the way the browser tests launch it (tests/browser/chrome.py uses :func:`chromium`).
+Selenium is a development dependency: it is imported only when this stage runs.
+"""
+
+from __future__ import annotations
+
+import statistics
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMEDRIVER = Path("/usr/bin/chromedriver")
+# Headless, no sandbox, no GPU (so no WebGL: the page draws with SVG and canvas), and no
+# background traffic of the browser's own, so every request it logs is the page's.
+FLAGS = (
+    "--headless=new",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+    "--disable-default-apps",
+)
+DESKTOP = (1280, 1500)
+LOADS = 5
+
+
+def missing_browser() -> str | None:
+    """Why the browser cannot run here (and what to install), or None."""
+    missing = [str(p) for p in (CHROMIUM, CHROMEDRIVER) if not p.exists()]
+    if missing:
+        return (
+            f"{', '.join(missing)} missing: install Debian's chromium and chromium-driver "
+            "(`make chromium`, or apt-get install chromium chromium-driver)"
+        )
+    return None
+
+
+@contextmanager
+def chromium(profile: Path, size: tuple[int, int] = DESKTOP) -> Iterator[Any]:
+    """A headless chromium (selenium WebDriver) with a fresh profile in ``profile``, its
+    console and network (CDP performance) logs on; quit on exit."""
+    problem = missing_browser()
+    if problem:
+        raise RuntimeError(problem)
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = str(CHROMIUM)
+    for flag in FLAGS:
+        options.add_argument(flag)
+    options.add_argument(f"--user-data-dir={profile}")
+    options.add_argument(f"--window-size={size[0]},{size[1]}")
+    options.set_capability("goog:loggingPrefs", {"browser": "ALL", "performance": "ALL"})
+    driver = webdriver.Chrome(service=Service(str(CHROMEDRIVER)), options=options)
+    try:
+        yield driver
+    finally:
+        driver.quit()
+
+
+def wait_ready(driver: Any, timeout: float = 60.0) -> None:
+    """Until the page says every panel has drawn (``body[data-ready]``); loud on failure."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        state = driver.execute_script("return document.body.dataset.ready")
+        if state == "true":
+            return
+        if state == "error":
+            error = driver.execute_script("return document.getElementById('error').textContent")
+            raise RuntimeError(f"the dashboard failed to start: {error}")
+        time.sleep(0.05)
+    raise RuntimeError(f"the dashboard did not finish drawing within {timeout}s")
+
+
+def first_render_ms(driver: Any, url: str) -> float:
+    """One load of ``url``: the page's own first-render measure, in milliseconds."""
+    driver.get(url)
+    wait_ready(driver)
+    value = driver.execute_script(
+        "const m = performance.getEntriesByName('citystream-first-render');"
+        "return m.length ? m[0].duration : null;"
+    )
+    if value is None:
+        raise RuntimeError("the page recorded no citystream-first-render measure")
+    return float(value)
+
+
+def measure_first_render(url: str, loads: int = LOADS) -> dict[str, float]:
+    """p50 and max of ``loads`` first renders, each in a fresh browser profile."""
+    times = []
+    for _ in range(loads):
+        with (
+            tempfile.TemporaryDirectory(prefix="citystream-bench-") as profile,
+            chromium(Path(profile)) as driver,
+        ):
+            times.append(first_render_ms(driver, url))
+    return {"p50_ms": statistics.median(times), "max_ms": max(times), "loads": float(loads)}
