@@ -225,6 +225,21 @@ class Settings(BaseSettings):
     )
 
     # --- audit trail and signed KPI statements ------------------------------------------
+    statement_signing_key: SecretStr | None = Field(
+        None,
+        description="Ed25519 private key (PEM, PKCS #8) that signs KPI statements (secret); "
+        "wins over statement_key_file",
+    )
+    statement_key_file: Path | None = Field(
+        None,
+        description="PEM file of the KPI statements' Ed25519 signing key (default: "
+        "data_dir/keys/statements-ed25519.pem, created by the first statement issue)",
+    )
+    statement_public_key: str | None = Field(
+        None,
+        description="Ed25519 public key that `citystream statement verify` trusts: PEM, base64 "
+        "or hex of its raw 32 bytes, or a file holding it (unset: only --public-key)",
+    )
 
     # --- industrial and device-platform ingest (OPC UA, oneM2M, WoT) --------------------
 

@@ -41,6 +41,7 @@ SECRET_SETTINGS = {
     "ingest_api_keys",
     "mqtt_password",
     "privacy_pseudonym_keys",
+    "statement_signing_key",
 }
 
 SCENARIOS: dict[str, tuple[str, ...]] = {

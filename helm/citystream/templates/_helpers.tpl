@@ -176,6 +176,15 @@ from existing Secrets, then .Values.extraEnv. The mapping is documented in docs/
 {{- end }}
 {{- end }}
 {{- end }}
+{{- with $secrets.statements }}
+{{- if and .existingSecret .signingKeyKey }}
+- name: CITYSTREAM_STATEMENT_SIGNING_KEY
+  valueFrom:
+    secretKeyRef:
+      name: {{ .existingSecret | quote }}
+      key: {{ .signingKeyKey | quote }}
+{{- end }}
+{{- end }}
 {{- with $secrets.privacy }}
 {{- if and .existingSecret .pseudonymKeysKey }}
 - name: CITYSTREAM_PRIVACY_PSEUDONYM_KEYS
