@@ -52,6 +52,8 @@ COPY --from=build /opt/citystream /opt/citystream
 # The shipped day of Aarhus traffic and the segment metadata, for `citystream replay`.
 COPY data/aarhus/ /opt/citystream/data/aarhus/
 COPY cities/ /opt/citystream/cities/
+# The shipped contracts (docs/statements.md): citystream statement issue --contract FILE.
+COPY contracts/ /opt/citystream/contracts/
 # The data dir is the working directory too: Faust keeps its `<app id>-data` folder there.
 # The processor's web server (stats, probes), the HTTP ingest and /metrics must listen beyond
 # loopback in a container.
