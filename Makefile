@@ -133,6 +133,7 @@ stack-status: $(STAMP) ## are they up?
 docs: $(STAMP) ## regenerate the generated docs: KPI catalogue, configuration table, docs/asyncapi.yaml
 	$(CITYSTREAM) catalog kpis --write
 	$(CITYSTREAM) catalog config --write
+	$(CITYSTREAM) catalog period-rules --write
 	$(CITYSTREAM) catalog asyncapi
 
 # The documentation site: docs/*.md with MkDocs and Material (mkdocs.yml); --strict fails on

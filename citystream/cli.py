@@ -222,7 +222,7 @@ def parser() -> argparse.ArgumentParser:
     catalog = sub.add_parser(
         "catalog", help="the KPI catalogue, settings table and topic catalogue, from the code"
     )
-    catalog.add_argument("what", choices=["kpis", "config", "asyncapi"])
+    catalog.add_argument("what", choices=["kpis", "config", "period-rules", "asyncapi"])
     catalog.add_argument(
         "--write",
         action="store_true",

@@ -163,3 +163,13 @@ def test_signatures_hold_and_name_what_broke(tmp_path: Path) -> None:
     assert canonical({"b": 1, "a": [1.0, "x"]}) == b'{"a":[1.0,"x"],"b":1}'
     with pytest.raises(ValueError, match="raw 32 bytes"):
         load_public_key("not a key")
+
+
+def test_the_catalogue_shows_every_period_rule() -> None:
+    from citystream.catalog import BLOCKS, CATALOGUE_FILE
+
+    block = BLOCKS["period-rules"]
+    page = CATALOGUE_FILE.read_text()
+    assert block.expected(page) == page, "run `make docs` (citystream catalog period-rules)"
+    for kpi, rule in RULES.items():
+        assert f"| `{kpi}` | {rule.name} |" in page
