@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from citystream.city_cli import add_city_parser, cmd_city
+from citystream.rights_cli import add_rights_parser, cmd_rights
 from core.settings import Settings
 from core.startup import ServiceUnavailable, wait_for_services
 
@@ -263,6 +264,7 @@ def parser() -> argparse.ArgumentParser:
     )
     _add_common(bench)
     add_city_parser(sub, _add_common)
+    add_rights_parser(sub, _add_common)
     return root
 
 
@@ -763,6 +765,7 @@ def _ingest_http(settings: Settings, config: Any) -> int:
 
 
 COMMANDS = {
+    "rights": cmd_rights,
     "stack": cmd_stack,
     "init": cmd_init,
     "migrate": cmd_migrate,
