@@ -38,7 +38,9 @@ def _fresh(settings: Settings, name: str) -> Settings:
 
 
 # Stages that may be left out (--stages); the source and the processor always run.
-STAGES = ("dirty", "tracing", "sink", "scaling", "latency", "domains", "ingest")
+STAGES = (
+    "dirty", "tracing", "sink", "scaling", "latency", "domains", "ingest", "privacy",
+)  # fmt: skip
 # The realistic inputs, each beside the clean rate: one kind of dirt at a time, then all.
 DIRTY_INPUTS = (
     ("unknown sensors", UNKNOWN_ONLY),
@@ -91,6 +93,7 @@ def run_bench(
             print(f"== processor, dirty input ({name}): {dirt.describe()}")
             results[f"processor, {name}"] = _dirty_run(settings, traffic, metadata, dirt, rate)
     _optional_stages(settings, s, traffic, metadata, stages, results, rate, cpu, kpi_rows)
+    _privacy_stage(stages, results)
 
     print(f"\nResults ({os.cpu_count()} cores; each throughput stage alone on the real stack)")
     for name, text in results.items():
@@ -137,6 +140,15 @@ def _optional_stages(
             f"{ingest['ingest_http_events_per_s']:>10} events/s"
         )
         results["ingest MQTT (QoS 1)"] = f"{ingest['ingest_mqtt_events_per_s']:>10} events/s"
+
+
+def _privacy_stage(stages: tuple[str, ...], results: _Results) -> None:
+    if "privacy" in stages:  # #16: in-process, on Boston's 311 month
+        print("== privacy: pseudonyms and subject encryption per event")
+        from citystream.bench_privacy import run_privacy_bench
+
+        for name, text in run_privacy_bench().items():
+            results[name] = text
 
 
 def _tracing_stage(

@@ -49,7 +49,6 @@ class SubjectKeyStore:
         self.directory = directory
         self._keys: dict[str, dict[str, bytes]] = {}  # shard -> subject -> key
         self._pending: dict[str, dict[str, bytes]] = {}  # shard -> new keys not yet written
-        self._ciphers: dict[str, AESGCM] = {}
 
     # --- encryption ------------------------------------------------------------------
 
@@ -101,7 +100,6 @@ class SubjectKeyStore:
         """Remove ``subject``'s key from the store, durably; False if it had none."""
         shard = _shard(subject)
         self._pending.get(shard, {}).pop(subject, None)
-        self._ciphers.pop(subject, None)
         with self._locked(shard):
             path = self._path(shard)
             lines = path.read_text().splitlines() if path.exists() else []
@@ -123,9 +121,6 @@ class SubjectKeyStore:
     # --- internals -------------------------------------------------------------------
 
     def _cipher(self, subject: str, create: bool) -> AESGCM:
-        cipher = self._ciphers.get(subject)
-        if cipher is not None:
-            return cipher
         shard = _shard(subject)
         key = self._pending.get(shard, {}).get(subject) or self._loaded(shard).get(subject)
         if key is None:
@@ -133,8 +128,7 @@ class SubjectKeyStore:
                 raise KeyDestroyed(f"no key for subject {subject}")
             key = AESGCM.generate_key(bit_length=256)
             self._pending.setdefault(shard, {})[subject] = key
-        cipher = self._ciphers[subject] = AESGCM(key)
-        return cipher
+        return AESGCM(key)
 
     def _loaded(self, shard: str) -> dict[str, bytes]:
         keys = self._keys.get(shard)
