@@ -194,7 +194,7 @@ def parser() -> argparse.ArgumentParser:
     _add_common(demo)
 
     ingest = sub.add_parser("ingest", help="ingest over open standards (MQTT, HTTP) into Kafka")
-    ingest.add_argument("protocol", choices=["mqtt", "http"])
+    ingest.add_argument("protocol", choices=["mqtt", "http", "opcua"])
     ingest.add_argument(
         "--config", type=Path, dest="ingest_config", help="ingest config and mapping file (TOML)"
     )
@@ -719,6 +719,8 @@ def cmd_ingest(args: argparse.Namespace) -> int:
     settings = build_settings(
         args, ingest_config=args.ingest_config, ingest_http_port=args.ingest_http_port
     )
+    if args.protocol == "opcua":  # its own mapping file (connectors/sources/opcua.py)
+        return _ingest_opcua(settings)
     config = load_config(settings.ingest_config) if settings.ingest_config else None
     wait_for_services(settings)
     ensure_topics(settings)
@@ -731,6 +733,19 @@ def cmd_ingest(args: argparse.Namespace) -> int:
         )
         return 2
     return _ingest_mqtt(settings, config)
+
+
+def _ingest_opcua(settings: Settings) -> int:
+    from connectors.sources import opcua
+    from families.registry import ensure_topics
+
+    if settings.ingest_config is None:
+        print("error: ingest opcua needs --config FILE (an OPC UA mapping)", file=sys.stderr)
+        return 2
+    wait_for_services(settings)
+    ensure_topics(settings)
+    _telemetry(settings, "ingest", settings.ingest_metrics_port)
+    return opcua.main(settings, settings.ingest_config)
 
 
 def _ingest_mqtt(settings: Settings, config: Any) -> int:
