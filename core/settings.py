@@ -210,6 +210,42 @@ class Settings(BaseSettings):
     mqtt_password: SecretStr | None = Field(None, description="MQTT password (secret)")
 
     # --- read API and dashboard (citystream serve) ----------------------------------------
+    api_host: str = Field("127.0.0.1", description="Bind address of the read API")
+    api_port: int = Field(8095, description="Port of the read API and dashboard")
+    api_keys: SecretStr | None = Field(
+        None,
+        description='API keys as JSON {"key id": {"key": "...", "role": "analyst"}}; roles: '
+        "public, analyst, auditor, operator; no key = public (secret)",
+    )
+    api_keys_file: Path | None = Field(
+        None, description="...or a JSON file of that shape (e.g. a mounted secret)"
+    )
+    api_suppression_k: int = Field(
+        5,
+        ge=1,
+        description="Small-cell suppression: a value from fewer samples is null for the public",
+    )
+    api_suppression_k_per_kpi: str | None = Field(
+        None, description='Per-KPI k as JSON {"kpi": k}, overriding api_suppression_k'
+    )
+    api_query_time_limit_s: float = Field(
+        5.0, gt=0, le=600, description="Time limit of each API query (max_execution_time)"
+    )
+    api_max_span_days: int = Field(
+        31, ge=1, description="Longest from..to span a series or equity request may ask for"
+    )
+    api_page_size: int = Field(
+        2000, ge=1, le=100_000, description="Largest page of a series (cursor pagination)"
+    )
+    api_cache_max_age_s: int = Field(
+        30, ge=0, description="Cache-Control max-age of API answers, seconds"
+    )
+    api_stream_group_id: str = Field(
+        "citystream-api-stream", description="Consumer group prefix of /v1/stream's reader"
+    )
+    api_map_tile_url: str | None = Field(
+        None, description="Optional XYZ tile URL under the dashboard's map (none: no base map)"
+    )
 
     # --- privacy: contracts, pseudonyms, opt-outs, resident rights ----------------------
     privacy_pseudonym_keys: SecretStr | None = Field(

@@ -39,6 +39,7 @@ SECRET_SETTINGS = {
     "schema_registry_basic_auth",
     "clickhouse_password",
     "ingest_api_keys",
+    "api_keys",
     "mqtt_password",
     "privacy_pseudonym_keys",
     "statement_signing_key",

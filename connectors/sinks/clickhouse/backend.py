@@ -31,6 +31,7 @@ from connectors.sinks.clickhouse.endpoint import (
     READ_ONLY_SETTINGS,
     EndpointUnavailable,
     QueryError,
+    QueryRequest,
     QueryResult,
     RejectedQuery,
     ask_endpoint,
@@ -83,35 +84,45 @@ class Backend(ABC):
     def url(self) -> str:
         return self.settings.resolved_clickhouse_url
 
-    def connect(self, *, readonly: bool = False) -> Session:
+    def connect(self, *, readonly: bool = False, time_limit_s: float | None = None) -> Session:
         """A session with the sink's database as default (not checked: setup creates it);
-        ``readonly`` applies READ_ONLY_SETTINGS to it."""
+        ``readonly`` applies READ_ONLY_SETTINGS to it, ``time_limit_s`` a lower
+        max_execution_time (a readonly session cannot change it per query)."""
         client = clickhouse_connect.get_client(
             dsn=self.url,
             tz_mode="aware",
-            settings=dict(READ_ONLY_SETTINGS) if readonly else {},
+            settings=read_only_settings(time_limit_s) if readonly else {},
             **self._credentials(),
         )
         client.database = self.settings.clickhouse_database
         return client
 
-    def read(self, sql: str) -> QueryResult:
-        """One read-only statement, from a process that is not the sink (``citystream query``)."""
+    def read(
+        self,
+        sql: str,
+        parameters: dict[str, Any] | None = None,
+        *,
+        database: str | None = None,
+        time_limit_s: float | None = None,
+    ) -> QueryResult:
+        """One read-only statement, from a process that is not the sink (``citystream query``,
+        the read API): ``{name:Type}`` placeholders bound from ``parameters`` by ClickHouse,
+        on ``database`` (default: the configured one), within ``time_limit_s``."""
         try:
             read_only_statement(sql)
         except RejectedQuery as exc:
             raise QueryError(str(exc)) from exc
-        return self._read(sql)
+        return self._read(QueryRequest(sql, dict(parameters or {}), database, time_limit_s))
 
     def _credentials(self) -> dict[str, Any]:
         return {}
 
     @abstractmethod
-    def _read(self, sql: str) -> QueryResult: ...
+    def _read(self, request: QueryRequest) -> QueryResult: ...
 
-    def _read_with(self, session: Session, sql: str) -> QueryResult:
+    def _read_with(self, session: Session, request: QueryRequest) -> QueryResult:
         try:
-            return execute_read_only(session, sql)
+            return execute_request(session, request)
         except ClickHouseError as exc:
             raise QueryError(str(exc)) from exc
         finally:
@@ -129,12 +140,12 @@ class ServerBackend(Backend):
             credentials["password"] = self.settings.clickhouse_password.get_secret_value()
         return credentials
 
-    def _read(self, sql: str) -> QueryResult:
+    def _read(self, request: QueryRequest) -> QueryResult:
         try:
-            session = self.connect(readonly=True)
+            session = self.connect(readonly=True, time_limit_s=request.time_limit_s)
         except ClickHouseError as exc:
             raise QueryError(f"cannot connect to ClickHouse at {self.url}: {exc}") from exc
-        return self._read_with(session, sql)
+        return self._read_with(session, request)
 
 
 class ChdbBackend(Backend):
@@ -146,19 +157,19 @@ class ChdbBackend(Backend):
     def directory(self) -> Path:
         return Path(urlparse(self.url).path)
 
-    def _read(self, sql: str) -> QueryResult:
+    def _read(self, request: QueryRequest) -> QueryResult:
         """The running sink's endpoint, else the directory opened in this process."""
         try:
-            return ask_endpoint(self.settings.query_port, sql)
+            return ask_endpoint(self.settings.query_port, request)
         except EndpointUnavailable:
-            return self._read_with(self._open_directory(), sql)
+            return self._read_with(self._open_directory(request.time_limit_s), request)
 
-    def _open_directory(self) -> Session:
+    def _open_directory(self, time_limit_s: float | None = None) -> Session:
         path = self.directory
         if not path.is_dir():
             raise QueryError(f"no chDB data at {path}: has the ClickHouse sink run yet?")
         try:
-            return self.connect(readonly=True)
+            return self.connect(readonly=True, time_limit_s=time_limit_s)
         except ClickHouseError as exc:
             holder = lock_holder(path)
             if holder is None:
@@ -183,20 +194,41 @@ def connect(settings: Settings, *, readonly: bool = False) -> Session:
 # --- read-only statements ----------------------------------------------------------------
 
 
-def execute_read_only(session: Session, sql: str) -> QueryResult:
-    """Run one read-only statement; ``session`` should be connected with ``readonly``."""
+def read_only_settings(time_limit_s: float | None = None) -> dict[str, Any]:
+    """READ_ONLY_SETTINGS, with max_execution_time lowered to ``time_limit_s`` if given."""
+    settings = dict(READ_ONLY_SETTINGS)
+    if time_limit_s is not None:
+        settings["max_execution_time"] = min(float(settings["max_execution_time"]), time_limit_s)
+    settings["readonly"] = settings.pop("readonly")  # last: after it nothing may change
+    return settings
+
+
+def execute_read_only(
+    session: Session, sql: str, parameters: dict[str, Any] | None = None
+) -> QueryResult:
+    """Run one read-only statement; ``session`` should be connected with ``readonly``.
+    ``parameters`` fill the statement's ``{name:Type}`` placeholders (bound by ClickHouse)."""
     statement = read_only_statement(sql)
-    result = session.query(statement)
+    result = session.query(statement, parameters=parameters or None)
     columns = list(result.column_names)
     types = [t.name for t in result.column_types]
     if not columns and first_keyword(statement) in {"SELECT", "WITH"}:
-        columns, types = _describe(session, statement)
+        columns, types = _describe(session, statement, parameters)
     return QueryResult(columns, types, json_safe(result.result_rows))
 
 
-def _describe(session: Session, statement: str) -> tuple[list[str], list[str]]:
+def execute_request(session: Session, request: QueryRequest) -> QueryResult:
+    """:func:`execute_read_only` on ``request.database`` (when given) of ``session``."""
+    if request.database is not None:
+        session.database = request.database  # type: ignore[attr-defined]
+    return execute_read_only(session, request.sql, request.parameters)
+
+
+def _describe(
+    session: Session, statement: str, parameters: dict[str, Any] | None = None
+) -> tuple[list[str], list[str]]:
     """Column names of an empty result: chDB sends no header block when no rows match."""
-    described = session.query(f"DESCRIBE ({statement})").result_rows
+    described = session.query(f"DESCRIBE ({statement})", parameters=parameters or None).result_rows
     return [str(r[0]) for r in described], [str(r[1]) for r in described]
 
 

@@ -5,7 +5,11 @@ cannot open it themselves. The sink therefore answers queries on 127.0.0.1 throu
 endpoint, on a session set to ``readonly=1``, serialised with its inserts by a shared lock;
 :func:`ask_endpoint` is the other side, used by ``citystream query`` (through the backend).
 
-Protocol: ``POST /query`` with the SQL as the body; 200 with
+Protocol: ``POST /query`` with the SQL as the body, or (``Content-Type:
+application/json``) a :class:`QueryRequest` as ``{"sql": ..., "parameters": {...},
+"database": ..., "time_limit_s": ...}``: ClickHouse binds the ``{name:Type}`` placeholders
+of the SQL from ``parameters`` server-side, so callers (the read API) never paste values
+into SQL; ``time_limit_s`` lowers the default ``max_execution_time``. 200 with
 ``{"columns": [...], "types": [...], "rows": [[...], ...]}``, 400 with ``{"error": ...}``
 for rejected statements and ClickHouse errors. ``GET /health`` answers ``{"status": "ok"}``.
 """
@@ -18,7 +22,7 @@ import threading
 import urllib.error
 import urllib.request
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
@@ -34,6 +38,46 @@ READ_ONLY_SETTINGS: dict[str, Any] = {"max_execution_time": 60, "readonly": 1}
 
 _LEADING_NOISE = re.compile(r"(?:\s+|--[^\n]*(?:\n|\Z)|/\*.*?\*/|\()*", re.S)
 _FIRST_WORD = re.compile(r"[A-Za-z]+")
+
+
+@dataclass(frozen=True)
+class QueryRequest:
+    """One read: the SQL, its bound parameters, the database (default: the sink's) and
+    the time limit in seconds (default: READ_ONLY_SETTINGS' max_execution_time)."""
+
+    sql: str
+    parameters: dict[str, Any] = field(default_factory=dict)
+    database: str | None = None
+    time_limit_s: float | None = None
+
+    def to_json(self) -> bytes:
+        return orjson.dumps(
+            {
+                "sql": self.sql,
+                "parameters": self.parameters,
+                "database": self.database,
+                "time_limit_s": self.time_limit_s,
+            }
+        )
+
+    @classmethod
+    def from_json(cls, raw: bytes) -> QueryRequest:
+        """The request of a JSON body, or :class:`RejectedQuery` saying what is wrong."""
+        try:
+            body = orjson.loads(raw)
+        except orjson.JSONDecodeError as exc:
+            raise RejectedQuery(f"JSON body: {exc}") from exc
+        if not isinstance(body, dict) or not isinstance(body.get("sql"), str):
+            raise RejectedQuery('JSON body must be {"sql": "...", "parameters": {...}}')
+        parameters = body.get("parameters") or {}
+        database, limit = body.get("database"), body.get("time_limit_s")
+        if not isinstance(parameters, dict):
+            raise RejectedQuery("parameters must be a JSON object")
+        if database is not None and not isinstance(database, str):
+            raise RejectedQuery("database must be a string")
+        if limit is not None and (not isinstance(limit, int | float) or not 0 < limit <= 600):
+            raise RejectedQuery("time_limit_s must be a number of seconds in (0, 600]")
+        return cls(body["sql"], parameters, database, None if limit is None else float(limit))
 
 
 class RejectedQuery(ValueError):
@@ -79,7 +123,9 @@ def first_keyword(statement: str) -> str:
 class _Server(ThreadingHTTPServer):
     daemon_threads = True
 
-    def __init__(self, address: tuple[str, int], run: Callable[[str], QueryResult]) -> None:
+    def __init__(
+        self, address: tuple[str, int], run: Callable[[QueryRequest], QueryResult]
+    ) -> None:
         super().__init__(address, _Handler)
         self.run = run
 
@@ -98,22 +144,30 @@ class _Handler(BaseHTTPRequestHandler):
         if self.path.rstrip("/") != "/query":
             self._reply(404, {"error": f"no such path {self.path}; POST SQL to /query"})
             return
-        sql = self._read_body()
-        if sql is None:
+        body = self._read_body()
+        if body is None:
             return
+        content_type = self.headers.get("Content-Type", "").split(";")[0].strip().lower()
         try:
-            result = self.server.run(sql)
+            if content_type == "application/json":
+                request = QueryRequest.from_json(body)
+            else:
+                request = QueryRequest(body.decode("utf-8"))
+            result = self.server.run(request)
+        except UnicodeDecodeError:
+            self._reply(400, {"error": "query is not UTF-8"})
+            return
         except (RejectedQuery, ClickHouseError) as exc:
             self._reply(400, {"error": str(exc)})
             return
         except Exception as exc:
-            log.exception("query endpoint failed on %r", sql[:200])
+            log.exception("query endpoint failed on %r", body[:200])
             self._reply(500, {"error": f"internal error: {exc!r}"})
             return
         self._reply(200, {"columns": result.columns, "types": result.types, "rows": result.rows})
 
-    def _read_body(self) -> str | None:
-        """The SQL text, or None after replying with the reason it was refused."""
+    def _read_body(self) -> bytes | None:
+        """The request body, or None after replying with the reason it was refused."""
         length_header = self.headers.get("Content-Length")
         if length_header is None or not length_header.isdigit():
             self._reply(411, {"error": "Content-Length required"})
@@ -122,11 +176,7 @@ class _Handler(BaseHTTPRequestHandler):
         if length > MAX_BODY_BYTES:
             self._reply(413, {"error": f"query longer than {MAX_BODY_BYTES} bytes"})
             return None
-        try:
-            return self.rfile.read(length).decode("utf-8")
-        except UnicodeDecodeError:
-            self._reply(400, {"error": "query is not UTF-8"})
-            return None
+        return self.rfile.read(length)
 
     def _reply(self, status: int, body: dict[str, Any]) -> None:
         payload = orjson.dumps(body)
@@ -146,7 +196,9 @@ class _Handler(BaseHTTPRequestHandler):
 class QueryEndpoint:
     """The HTTP server in a background thread; nothing is bound until :meth:`start`."""
 
-    def __init__(self, run: Callable[[str], QueryResult], port: int, host: str = "127.0.0.1"):
+    def __init__(
+        self, run: Callable[[QueryRequest], QueryResult], port: int, host: str = "127.0.0.1"
+    ):
         self._run = run
         self._address = (host, port)
         self._server: _Server | None = None
@@ -191,16 +243,19 @@ def endpoint_url(port: int, host: str = "127.0.0.1") -> str:
     return f"http://{host}:{port}/query"
 
 
-def ask_endpoint(port: int, sql: str) -> QueryResult:
+def ask_endpoint(port: int, sql: str | QueryRequest) -> QueryResult:
     """Ask the running sink; :class:`EndpointUnavailable` if no sink serves the port."""
     url = endpoint_url(port)
-    timeout = float(READ_ONLY_SETTINGS["max_execution_time"]) + 10
+    if isinstance(sql, QueryRequest):
+        limit = sql.time_limit_s or float(READ_ONLY_SETTINGS["max_execution_time"])
+        data, content_type = sql.to_json(), "application/json"
+    else:
+        limit = float(READ_ONLY_SETTINGS["max_execution_time"])
+        data, content_type = sql.encode(), "text/plain; charset=utf-8"
     request = urllib.request.Request(
-        url,
-        data=sql.encode(),
-        method="POST",
-        headers={"Content-Type": "text/plain; charset=utf-8"},
+        url, data=data, method="POST", headers={"Content-Type": content_type}
     )
+    timeout = limit + 10
     try:
         with urllib.request.urlopen(request, timeout=timeout) as response:
             body = orjson.loads(response.read())

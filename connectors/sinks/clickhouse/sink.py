@@ -28,8 +28,8 @@ from clickhouse_connect.driver.binding import quote_identifier
 from clickhouse_connect.driver.exceptions import ClickHouseError
 
 from connectors.sinks.base import BatchingSink, InvalidRecord, Row, TopicRows
-from connectors.sinks.clickhouse.backend import Session, backend_for, execute_read_only
-from connectors.sinks.clickhouse.endpoint import QueryEndpoint, QueryResult
+from connectors.sinks.clickhouse.backend import Session, backend_for, execute_request
+from connectors.sinks.clickhouse.endpoint import QueryEndpoint, QueryRequest, QueryResult
 from connectors.sinks.clickhouse.schema import (
     KPI_COLUMN_NAMES,
     KPI_COLUMN_TYPES,
@@ -131,7 +131,7 @@ class ClickHouseSink(BatchingSink):
         self.freshness = telemetry.Freshness()  # telemetry: newest window_end per domain
         self.endpoint: QueryEndpoint | None = None
         self._client: Session | None = None
-        self._query_client: Session | None = None
+        self._query_clients: dict[float | None, Session] = {}  # by time limit
         self._db_lock = threading.Lock()  # one chDB caller at a time: inserts and queries
 
     def group(self) -> str:
@@ -243,12 +243,20 @@ class ClickHouseSink(BatchingSink):
                 newest = self.freshness.newest.get(str(domain), 0)
                 self.freshness.newest[str(domain)] = max(newest, int(newest_ms))
 
-    def query(self, sql: str) -> QueryResult:
-        """Run a read-only statement on the sink's read-only session, between inserts."""
-        with self._db_lock:
-            if self._query_client is None:  # under the lock: endpoint threads race here
-                self._query_client = self.backend.connect(readonly=True)
-            return execute_read_only(self._query_client, sql)
+    def query(self, sql: str | QueryRequest) -> QueryResult:
+        """Run a read-only statement on a read-only session, between inserts: one session per
+        time limit (a readonly session cannot change it), each on the sink's database unless
+        the request names another."""
+        request = sql if isinstance(sql, QueryRequest) else QueryRequest(sql)
+        with self._db_lock:  # under the lock: endpoint threads race here
+            limit = request.time_limit_s
+            client = self._query_clients.get(limit)
+            if client is None:
+                client = self._query_clients[limit] = self.backend.connect(
+                    readonly=True, time_limit_s=limit
+                )
+            client.database = request.database or self.settings.clickhouse_database  # type: ignore[attr-defined]
+            return execute_request(client, request)
 
     # --- the query endpoint -------------------------------------------------------------------
 
@@ -280,10 +288,11 @@ class ClickHouseSink(BatchingSink):
     def close(self) -> None:
         """Release the database; in chDB mode this frees the directory for other processes."""
         self.stop_query_endpoint()
-        for client in (self._query_client, self._client):
+        for client in (*self._query_clients.values(), self._client):
             if client is not None:
                 client.close()
-        self._client = self._query_client = None
+        self._client = None
+        self._query_clients = {}
 
     def __enter__(self) -> ClickHouseSink:
         return self

@@ -203,6 +203,15 @@ from existing Secrets, then .Values.extraEnv. The mapping is documented in docs/
       key: {{ .apiKeysKey | quote }}
 {{- end }}
 {{- end }}
+{{- with $secrets.api }}
+{{- if and .existingSecret .apiKeysKey }}
+- name: CITYSTREAM_API_KEYS
+  valueFrom:
+    secretKeyRef:
+      name: {{ .existingSecret | quote }}
+      key: {{ .apiKeysKey | quote }}
+{{- end }}
+{{- end }}
 {{- with $secrets.mqtt }}
 {{- if .existingSecret }}
 {{- if .usernameKey }}
