@@ -57,6 +57,7 @@ from connectors.sources.ingest_common import (
     dumps,
     fit_dead_letter,
     loads,
+    minimised,
     parse_time,
     publish_accepted,
     split_items,
@@ -287,7 +288,7 @@ class PublisherSide:
         publish_accepted(self.events, accepted)
 
     def reject(self, rejected: Rejected) -> None:
-        self.events.reject(fit_dead_letter(rejected))
+        self.events.reject(fit_dead_letter(minimised(rejected)))  # #16: no raw payload
 
     def send_batches(self) -> None:
         self.events.send_batches()

@@ -36,6 +36,7 @@ from pydantic import (
 )
 
 from connectors.publishing import AIR, PARKING, EventPublisher, EventStream, Reading, Rejected
+from core.privacy.minimise import minimal_payload
 from core.settings import Settings
 
 # --- dead-letter reasons (docs/ingest.md) ------------------------------------------------
@@ -641,6 +642,23 @@ def fit_dead_letter(rejected: Rejected, limit: int = MAX_DEAD_LETTER_PAYLOAD) ->
     return replace(rejected, detail=detail, origin=origin, raw=raw)
 
 
+def dead_letter_fields() -> frozenset[str]:
+    """The fields whose values a dead letter keeps (#16): the canonical models' fields and
+    the time, unit and type keys of SensorThings and NGSI-LD, which explain a rejection and
+    identify no one. Any other field (an NGSI-LD ``address`` or ``name``, free text, an
+    extra attribute) keeps its name only."""
+    canonical = {name for spec in DOMAINS.values() for name in spec.model.model_fields}
+    protocol = {"result", "phenomenonTime", "resultTime", "observedAt", "unitCode", "type"}
+    return frozenset(canonical | protocol | {"unitOfMeasurement"})
+
+
+def minimised(rejected: Rejected) -> Rejected:
+    """``rejected`` as the ingest dead-letters it: its payload reduced by
+    :func:`core.privacy.minimise.minimal_payload` to its JSON shape and the values of
+    :func:`dead_letter_fields` (a payload that is not JSON: its size and SHA-256)."""
+    return replace(rejected, raw=minimal_payload(rejected.raw, _DEAD_LETTER_FIELDS))
+
+
 def _encodable(text: str) -> str:
     try:
         text.encode()
@@ -914,3 +932,6 @@ class RecentKeys:
         if len(self._keys) > self.capacity:
             self._keys.popitem(last=False)
         return False
+
+
+_DEAD_LETTER_FIELDS = dead_letter_fields()

@@ -58,6 +58,7 @@ from connectors.sources.ingest_common import (
     dumps,
     fit_dead_letter,
     loads,
+    minimised,
     parse_time,
     publish_accepted,
     split_items,
@@ -475,13 +476,13 @@ class MqttSource:
                 publish_accepted(self.events, outcome)
                 counters.accepted += 1
             else:
-                self.events.reject(fit_dead_letter(outcome))
+                self.events.reject(fit_dead_letter(minimised(outcome)))  # #16: no raw payload
                 counters.rejected[outcome.reason] += 1
         self._unacked.extend(tokens)
 
     def _settle_expired(self) -> None:
         for rejected, tokens in self.ingest.expired(time.time()):
-            self.events.reject(fit_dead_letter(rejected))
+            self.events.reject(fit_dead_letter(minimised(rejected)))
             self.counters.rejected[rejected.reason] += 1
             self._unacked.extend(tokens)
 

@@ -15,7 +15,8 @@ field no KPI uses. The geocoder's "unlocated" point of a city pack has no cell.
 and values only of the fields that explain a rejection and identify no one (``keep``:
 the canonical measurement and time fields); every other value becomes ``"<dropped>"``,
 so an address, a name or free text sent along never reaches ``city.dlq.v1``. A payload
-that is not JSON is replaced by its size and SHA-256 (enough to match a resend).
+that is not JSON (or too deep, or too large to parse) is replaced by its size and SHA-256
+(enough to match a resend).
 """
 
 from __future__ import annotations
@@ -65,15 +66,23 @@ def coarse_cell(
     return geohash(lat, lon)
 
 
-def minimal_payload(raw: bytes | str, keep: Collection[str]) -> bytes:
-    """``raw`` as a dead letter may keep it: its JSON shape, values of ``keep`` fields only."""
+def minimal_payload(raw: bytes | str, keep: Collection[str], max_bytes: int = 1 << 20) -> bytes:
+    """``raw`` as a dead letter may keep it: its JSON shape, values of ``keep`` fields only.
+
+    Input that is not JSON, nests too deep or exceeds ``max_bytes`` (not parsed at all)
+    is kept as its size and SHA-256 only.
+    """
     data = raw.encode(errors="backslashreplace") if isinstance(raw, str) else raw
-    try:
-        parsed = json.loads(data)
-    except (ValueError, RecursionError):
-        digest = hashlib.sha256(data).hexdigest()
-        return f"<{len(data)} bytes, not JSON, sha256 {digest}>".encode()
-    return json.dumps(_shape(parsed, frozenset(keep)), separators=(",", ":")).encode()
+    if len(data) <= max_bytes:
+        try:
+            shape = _shape(json.loads(data), frozenset(keep))
+            return json.dumps(shape, separators=(",", ":")).encode()
+        except (ValueError, RecursionError):
+            pass
+    digest = hashlib.sha256(data).hexdigest()
+    return (
+        f"<{len(data)} bytes not kept: not JSON, too deep or too large; sha256 {digest}>".encode()
+    )
 
 
 def _shape(value: Any, keep: frozenset[str], kept: bool = False) -> Any:

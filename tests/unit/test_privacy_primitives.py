@@ -120,7 +120,10 @@ def test_a_dead_letter_payload_keeps_names_and_only_explaining_values() -> None:
         "streetAddress": DROPPED
     }
     raw = minimal_payload(b"not json, 33 Beacon St", keep=())
-    assert b"Beacon" not in raw and raw.startswith(b"<22 bytes, not JSON, sha256 ")
+    assert b"Beacon" not in raw and raw.startswith(b"<22 bytes not kept: not JSON")
+    deep = minimal_payload(b"[" * 5000 + b"]" * 5000, keep=())
+    assert deep.startswith(b"<10000 bytes not kept")
+    assert minimal_payload(b'{"a": 1}', keep={"a"}, max_bytes=4).startswith(b"<8 bytes not kept")
 
 
 # --- opt-outs ------------------------------------------------------------------------
