@@ -31,23 +31,19 @@ CONTENT_TYPES = {
 }
 
 
-def tile_settings(context: ApiContext) -> tuple[str | None, str]:
-    """The optional base-map tile URL template and its attribution, from the settings."""
-    settings = context.settings
-    return (
-        getattr(settings, "api_tile_url", None) or None,
-        getattr(settings, "api_tile_attribution", None) or "",
-    )
+def tile_url(context: ApiContext) -> str | None:
+    """The optional base-map tile URL template (setting ``api_map_tile_url``)."""
+    return context.settings.api_map_tile_url or None
 
 
-def content_security_policy(tile_url: str | None) -> str:
+def content_security_policy(tiles: str | None) -> str:
     """``default-src 'self'`` plus the lock-down directives default-src does not cover.
 
     A tile server's origin (only its scheme and host) is added to img-src, nothing else.
     """
     images = "'self'"
-    if tile_url:
-        parts = urlsplit(tile_url)
+    if tiles:
+        parts = urlsplit(tiles)
         if parts.scheme in ("http", "https") and parts.netloc:
             images += f" {parts.scheme}://{parts.netloc.replace('{s}', '*')}"
     return (
@@ -84,11 +80,8 @@ def file_response(request: Request, body: bytes, content_type: str, csp: str) ->
 def page_settings(context: ApiContext) -> bytes:
     """What the page needs from the deployment: the cities (a selector when several) and
     the optional tile layer; served as /static/config.json."""
-    tile_url, attribution = tile_settings(context)
     cities = [{"id": city.id, "name": city.name} for city in context.cities.values()]
-    return json.dumps(
-        {"cities": cities, "tile_url": tile_url, "tile_attribution": attribution}
-    ).encode()
+    return json.dumps({"cities": cities, "tile_url": tile_url(context)}).encode()
 
 
 router = APIRouter(include_in_schema=False)
@@ -115,4 +108,4 @@ def static(relative: str, request: Request) -> Response:
 
 
 def csp_of(context: ApiContext) -> str:
-    return content_security_policy(tile_settings(context)[0])
+    return content_security_policy(tile_url(context))

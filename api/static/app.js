@@ -15,7 +15,7 @@ const SERIES_COLOURS = ["#1f5f8b", "#d9480f", "#2b8a3e", "#7048e8", "#c2255c", "
 const FEED_MAX = 50;
 
 const state = {
-  config: { cities: [], tile_url: null, tile_attribution: "" },
+  config: { cities: [], tile_url: null },
   city: null,
   catalogue: [],
   districts: [],
@@ -151,7 +151,7 @@ function ensureMap() {
   if (state.map) return state.map;
   state.map = L.map("map", { preferCanvas: false, attributionControl: Boolean(state.config.tile_url), zoomSnap: 0.25 });
   if (state.config.tile_url) {
-    L.tileLayer(state.config.tile_url, { attribution: state.config.tile_attribution || "" }).addTo(state.map);
+    L.tileLayer(state.config.tile_url, { attribution: "" }).addTo(state.map);
   }
   state.map.setView([56.16, 10.2], 11);
   return state.map;
@@ -163,11 +163,13 @@ function mapChoice() {
 
 async function loadMap() {
   const choice = mapChoice();
+  const token = (state.mapToken = (state.mapToken || 0) + 1);
   const kpi = encodeURIComponent(choice.kpi);
   const [districts, points] = await Promise.all([
     api(`/v1/map/districts?kpi=${kpi}`),
     api(`/v1/map/${choice.points}?kpi=${kpi}`),
   ]);
+  if (token !== state.mapToken) return; // a later choice is on its way
   drawMap(choice, districts.features || [], points.features || []);
 }
 
@@ -228,6 +230,7 @@ async function loadSeries() {
   const kpi = $("series-kpi").value;
   const resolution = $("series-resolution").value;
   if (!kpi) return;
+  const token = (state.seriesToken = (state.seriesToken || 0) + 1);
   const item = state.catalogue.find((k) => kpiName(k) === kpi) || {};
   const scopes = item.scopes || ["city", "district"];
   const wanted = [];
@@ -237,6 +240,7 @@ async function loadSeries() {
   }
   const entities = await Promise.all(wanted.map(async (w) =>
     ({ ...w, points: await fetchSeries(kpi, w.scope, w.entity, resolution) })));
+  if (token !== state.seriesToken) return; // a later choice is on its way
   state.series = { kpi, resolution, unit: item.unit || "", entities };
   drawSeries();
 }
@@ -255,6 +259,7 @@ function drawSeries() {
   const data = alignedData(entities);
   const box = $("series-chart");
   box.dataset.kpi = kpi;
+  box.dataset.resolution = state.series.resolution;
   box.dataset.series = JSON.stringify(entities.map((e, i) => ({
     scope: e.scope, entity: e.entity, times: data[0].filter((_, j) => data[i + 1][j] !== null),
     values: data[i + 1].filter((v) => v !== null),
