@@ -191,6 +191,11 @@ def parser() -> argparse.ArgumentParser:
     )
     _add_aarhus_files(demo)
     demo.add_argument("--keep-stack", action="store_true", help="leave Kafka and registry up")
+    demo.add_argument(
+        "--serve",
+        action="store_true",
+        help="then keep the read API and the dashboard up on the demo's KPIs until Ctrl-C",
+    )
     _add_common(demo)
 
     ingest = sub.add_parser("ingest", help="ingest over open standards (MQTT, HTTP) into Kafka")
@@ -615,7 +620,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
     settings = build_settings(args)
     files = aarhus_files(args, settings)
-    return 2 if files is None else run_demo(settings, files, args.keep_stack)
+    return 2 if files is None else run_demo(settings, files, args.keep_stack, args.serve)
 
 
 def cmd_verify(args: argparse.Namespace) -> int:

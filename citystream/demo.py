@@ -117,7 +117,7 @@ def local_stack(settings: Settings, keep: bool) -> Iterator[None]:
             stack.down(cfg)
 
 
-def run_demo(settings: Settings, files: AarhusFiles, keep_stack: bool) -> int:
+def run_demo(settings: Settings, files: AarhusFiles, keep_stack: bool, serve: bool = False) -> int:
     # A fresh namespace per run, so the replay is not judged late against an earlier one,
     # and fresh tables, so the audit compares this run's KPIs only.
     run = time.strftime("demo%Y%m%d%H%M%S.")
@@ -136,7 +136,45 @@ def run_demo(settings: Settings, files: AarhusFiles, keep_stack: bool) -> int:
             print(f"    {topic}-value: schema id {schema_id}")
         failed = aarhus_day(settings, files)
         failed += boston_month(settings)
+        if serve:
+            serve_dashboard(settings)
+        else:
+            print_dashboard(settings)
         return 1 if failed else 0
+
+
+def dashboard_url(settings: Settings) -> str:
+    return f"http://{settings.api_host}:{settings.api_port}/"
+
+
+def print_dashboard(settings: Settings) -> None:
+    step(f"dashboard: {dashboard_url(settings)}")
+    print(
+        "`citystream demo --serve` runs this demo and keeps the read API and the dashboard up"
+        " on its Aarhus KPIs until Ctrl-C; `citystream serve` serves them beside a running sink"
+    )
+
+
+def serve_dashboard(settings: Settings) -> None:
+    """The read API and the dashboard on this run's Aarhus KPIs until Ctrl-C (#15).
+
+    A sink runs on the run's tables again: with chDB it owns the directory and answers the
+    API's reads on its query endpoint, and it stores what still arrives; the live stream
+    reads the run's topics, so the stack stays up while this serves.
+    """
+    import uvicorn
+
+    from api.app import create_app
+    from api.config import build_context
+
+    pipeline = Pipeline(settings)
+    try:
+        pipeline.start("sink")
+        app = create_app(build_context(settings))
+        step(f"dashboard: {dashboard_url(settings)} (Ctrl-C stops it)")
+        uvicorn.run(app, host=settings.api_host, port=settings.api_port, log_level="warning")
+    finally:
+        pipeline.stop()
 
 
 def aarhus_day(settings: Settings, files: AarhusFiles) -> list[str]:
