@@ -39,7 +39,7 @@ def _fresh(settings: Settings, name: str) -> Settings:
 
 # Stages that may be left out (--stages); the source and the processor always run.
 STAGES = (
-    "dirty", "tracing", "sink", "scaling", "latency", "domains", "ingest", "privacy",
+    "dirty", "tracing", "sink", "scaling", "latency", "domains", "ingest", "statements", "privacy",
 )  # fmt: skip
 # The realistic inputs, each beside the clean rate: one kind of dirt at a time, then all.
 DIRTY_INPUTS = (
@@ -140,6 +140,11 @@ def _optional_stages(
             f"{ingest['ingest_http_events_per_s']:>10} events/s"
         )
         results["ingest MQTT (QoS 1)"] = f"{ingest['ingest_mqtt_events_per_s']:>10} events/s"
+    if "statements" in stages:  # #17: the time to verify a month of KPI statements
+        from citystream.bench_statements import run_statements_bench
+
+        for name, text in run_statements_bench(_fresh(settings, "statements")).items():
+            results[name] = text
 
 
 def _privacy_stage(stages: tuple[str, ...], results: _Results) -> None:

@@ -13,6 +13,7 @@ from typing import Any
 
 from citystream.city_cli import add_city_parser, cmd_city
 from citystream.rights_cli import add_rights_parser, cmd_rights
+from citystream.statement_cli import add_statement_parser, cmd_statement
 from core.settings import Settings
 from core.startup import ServiceUnavailable, wait_for_services
 
@@ -265,11 +266,12 @@ def parser() -> argparse.ArgumentParser:
         "--stages",
         default="all",
         help="comma-separated stages after source and processor (default all: "
-        "dirty,tracing,sink,scaling,latency,domains,ingest)",
+        "dirty,tracing,sink,scaling,latency,domains,ingest,statements)",
     )
     _add_common(bench)
     add_city_parser(sub, _add_common)
     add_rights_parser(sub, _add_common)
+    add_statement_parser(sub, _add_common)
     return root
 
 
@@ -802,6 +804,7 @@ COMMANDS = {
     "ingest": cmd_ingest,
     "status": cmd_status,
     "city": cmd_city,
+    "statement": cmd_statement,
 }
 
 if __name__ == "__main__":

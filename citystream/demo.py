@@ -20,6 +20,7 @@ from citystream.replay import (
     summary,
     wait_processed,
 )
+from citystream.statement_cli import demo_statement
 from citystream.verify import expected_for_simulation
 from connectors.publishing import ENERGY, SERVICE, WASTE
 from connectors.sources.base import Report
@@ -202,6 +203,7 @@ def aarhus_day(settings: Settings, files: AarhusFiles) -> list[str]:
         expected = expected_aarhus(settings, files)
         expected["simulated"] = expected_for_simulation(SIMULATED_DAY, load_reference(), settings)
         failed += audit(settings, expected)
+        failed += demo_statement(settings, "aarhus-sensor-uptime", "2014-W31")  # #17
         print_tables(settings)
         return failed
     finally:
@@ -271,6 +273,7 @@ def boston_month(settings: Settings) -> list[str]:
         failed = [] if ok else ["boston"]
         step("9/9 audit: Boston's KPIs recomputed by an independent oracle (oracles/boston_311.py)")
         failed += audit(boston, {"boston": expected_for_pack(BOSTON_PACK)})
+        failed += demo_statement(boston, "boston-311-service", "2015-01")  # #17
         print_tables(boston)
         return failed
     finally:

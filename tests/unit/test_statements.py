@@ -173,3 +173,26 @@ def test_the_catalogue_shows_every_period_rule() -> None:
     assert block.expected(page) == page, "run `make docs` (citystream catalog period-rules)"
     for kpi, rule in RULES.items():
         assert f"| `{kpi}` | {rule.name} |" in page
+
+
+def test_issue_refuses_a_bad_contract_period_or_city_before_reading_anything(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from citystream.cli import main
+
+    bad = tmp_path / "bad.toml"
+    bad.write_text(GOOD.replace('comparison = ">="', 'comparison = "=>"', 1))
+    common = ["--data-dir", str(tmp_path), "--bootstrap-servers", "127.0.0.1:1"]
+    boston = REPO / "contracts" / "boston-311-service.toml"
+    cases = [
+        ([str(bad), "2015-01", "--city", str(REPO / "cities" / "boston")],
+         "bad.toml: targets[0].comparison: must be one of"),
+        ([str(boston), "2015-01"], "contract is for city 'boston', the settings' city is 'aarhus'"),
+        ([str(boston), "2015-W03", "--city", str(REPO / "cities" / "boston")],
+         "period '2015-W03': this contract's periods are months"),
+    ]  # fmt: skip
+    for (contract, period, *more), message in cases:
+        argv = ["statement", "issue", "--contract", contract, "--period", period, *more]
+        assert main([*argv, *common]) == 2
+        assert message in capsys.readouterr().err
+    assert not list(tmp_path.glob("*.json"))

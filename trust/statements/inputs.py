@@ -78,13 +78,18 @@ def read_range(settings: Settings, r: Range) -> list[Message]:
 
 
 def _messages(settings: Settings, r: Range) -> Iterator[Message]:
-    from confluent_kafka import TopicPartition
+    from confluent_kafka import KafkaException, TopicPartition
 
     if r.end <= r.start:
         return
     consumer = _consumer(settings)
     try:
-        low, _ = consumer.get_watermark_offsets(TopicPartition(r.topic, r.partition), timeout=10)
+        try:
+            low, _ = consumer.get_watermark_offsets(
+                TopicPartition(r.topic, r.partition), timeout=10
+            )
+        except KafkaException as exc:
+            raise RuntimeError(f"{r.label()}: cannot be read ({exc})") from exc
         if low > r.start:
             raise RuntimeError(
                 f"{r.label()}: offsets {r.start}..{low} are no longer in the topic "
