@@ -166,6 +166,15 @@ def test_boston_statement_verifies_and_names_every_tamper(
         f"topic {settings.topic(BATCHES)}" in problems
     )
 
+    # 3b. a partition of the input left out (re-signed): named, and its windows differ
+    partial = copy.deepcopy(signed)
+    dropped = next(r for r in partial["input"]["ranges"] if r["name"] == BATCHES)
+    partial["input"]["ranges"].remove(dropped)
+    problems = verify(settings, sign(partial, key), key.public_key()).problems
+    every = list(range(settings.partitions))
+    covered = f"input: {settings.topic(BATCHES)} has partitions {every}, the statement"
+    assert any(p.startswith(covered) for p in problems), problems
+
     # 4. the KPI table: a revised row for one window of the city's SLA
     revise_one_row(settings, signed)
     problems = verify(settings, signed, key.public_key()).problems
