@@ -6,10 +6,10 @@
 
 const MAP_KPIS = [
   { kpi: "traffic.congestion_index", label: "Congestion", points: "segments" },
-  { kpi: "air.aqi", label: "Air quality index", points: "sensors" },
+  { kpi: "air.aqi", label: "Air quality index", points: "segments" },
   { kpi: "parking.occupancy_pct", label: "Parking occupancy", points: "car_parks" },
   { kpi: "devices.uptime_pct", label: "Sensor uptime", points: "sensors" },
-];
+]; // the point layer of each: where the KPI has values besides districts (the API's scopes)
 const COLOURS = ["#1a9850", "#91cf60", "#d9ef8b", "#fee08b", "#fc8d59", "#d73027"];
 const SERIES_COLOURS = ["#1f5f8b", "#d9480f", "#2b8a3e", "#7048e8", "#c2255c", "#e8590c", "#0b7285"];
 const FEED_MAX = 50;
@@ -70,6 +70,13 @@ function list(body, ...keys) {
 
 function kpiName(item) { return item.name || item.kpi || item.id; }
 
+function hasScope(kpi, scope) {
+  const item = state.catalogue.find((k) => kpiName(k) === kpi);
+  return Boolean(item && (item.scopes || []).includes(scope));
+}
+
+function num(value) { return value === null || value === undefined ? NaN : Number(value); }
+
 function pointTime(point) {
   const t = point.window_start ?? point.t ?? point.time ?? point.timestamp ?? point.start;
   return typeof t === "number" ? (t > 1e11 ? t / 1000 : t) : Date.parse(t) / 1000;
@@ -125,10 +132,17 @@ function wireToggles() {
 
 function featureValue(feature, kpi) {
   const p = feature.properties || {};
-  if (p.value !== undefined && p.value !== null) return Number(p.value);
+  if (p.value !== undefined) return num(p.value);
   if (p.kpis && p.kpis[kpi] !== undefined) return Number(p.kpis[kpi]);
   if (p[kpi] !== undefined) return Number(p[kpi]);
   return NaN;
+}
+
+function valueText(feature, kpi) {
+  // The API suppresses small cells for the public (fewer samples than its k): say so.
+  if ((feature.properties || {}).suppressed) return "suppressed (too few samples)";
+  const value = featureValue(feature, kpi);
+  return Number.isFinite(value) ? fmt(value) : "no value";
 }
 
 function featureName(feature) {
@@ -165,10 +179,13 @@ async function loadMap() {
   const choice = mapChoice();
   const token = (state.mapToken = (state.mapToken || 0) + 1);
   const kpi = encodeURIComponent(choice.kpi);
+  // A KPI without district values (congestion is per segment) gets plain district shapes.
+  const perDistrict = hasScope(choice.kpi, "district");
   const [districts, points] = await Promise.all([
-    api(`/v1/map/districts?kpi=${kpi}`),
+    api(perDistrict ? `/v1/map/districts?kpi=${kpi}` : "/v1/map/districts"),
     api(`/v1/map/${choice.points}?kpi=${kpi}`),
   ]);
+  if (!perDistrict) for (const f of districts.features || []) f.properties = { ...f.properties, value: null };
   if (token !== state.mapToken) return; // a later choice is on its way
   drawMap(choice, districts.features || [], points.features || []);
 }
@@ -177,7 +194,7 @@ function drawMap(choice, districts, points) {
   const map = ensureMap();
   for (const layer of state.mapLayers) layer.remove();
   const colour = colourScale([...districts, ...points].map((f) => featureValue(f, choice.kpi)));
-  const tip = (feature) => `${featureName(feature)}: ${fmt(featureValue(feature, choice.kpi))}`;
+  const tip = (feature) => `${featureName(feature)}: ${valueText(feature, choice.kpi)}`;
   const areas = L.geoJSON({ type: "FeatureCollection", features: districts }, {
     style: (f) => ({ className: "cs-feature cs-district", color: "#33414e", weight: 1,
       fillColor: colour(featureValue(f, choice.kpi)), fillOpacity: 0.55 }),
@@ -201,7 +218,7 @@ function drawMap(choice, districts, points) {
   box.dataset.drawn = String(box.querySelectorAll("path.cs-feature").length);
   drawLegend(choice, [...districts, ...points].map((f) => featureValue(f, choice.kpi)));
   const rows = [...districts.map((f) => ["district", f]), ...points.map((f) => [choice.points, f])]
-    .map(([layer, f]) => [layer, featureName(f), fmt(featureValue(f, choice.kpi))]);
+    .map(([layer, f]) => [layer, featureName(f), valueText(f, choice.kpi)]);
   $("map-table").replaceChildren(table(`${choice.label} (${choice.kpi}), latest window`,
     [{ label: "Layer" }, { label: "Name" }, { label: "Value", num: true }], rows));
 }
@@ -213,11 +230,14 @@ function drawLegend(choice, values) {
   const lo = Math.min(...finite);
   const hi = Math.max(...finite);
   const step = (hi - lo) / COLOURS.length;
-  legend.replaceChildren(el("span", { text: choice.label + ":" }), ...COLOURS.map((c, i) => {
+  const band = (colour, text) => {
     const swatch = el("span", { class: "sw" });
-    swatch.style.background = c;
-    return el("span", {}, swatch, `${fmt(lo + i * step)}–${fmt(lo + (i + 1) * step)}`);
-  }));
+    swatch.style.background = colour;
+    return el("span", {}, swatch, text);
+  };
+  legend.replaceChildren(el("span", { text: choice.label + ":" }),
+    ...COLOURS.map((c, i) => band(c, `${fmt(lo + i * step)}–${fmt(lo + (i + 1) * step)}`)),
+    band("#9aa5b1", "no value or suppressed"));
 }
 
 // --- the time series ----------------------------------------------------------------------
@@ -305,7 +325,7 @@ async function loadEquity() {
   const body = await api(`/v1/equity?kpi=${encodeURIComponent(kpi)}`);
   const rows = list(body, "districts", "rows", "items");
   const median = Number(body.city_median ?? body.median ?? (rows[0] && rows[0].city_median));
-  const values = rows.map((r) => Number(r.value ?? r.mean));
+  const values = rows.map((r) => num(r.value));
   const max = Math.max(...values.filter(Number.isFinite), Number.isFinite(median) ? median : 0) || 1;
   const chart = $("equity-chart");
   chart.dataset.count = String(rows.length);
@@ -442,7 +462,8 @@ async function loadCatalogue() {
   state.catalogue = list(await api("/v1/kpis"), "kpis", "items");
   const names = state.catalogue.map(kpiName).filter(Boolean).sort();
   const available = MAP_KPIS.filter((m) => names.includes(m.kpi));
-  fillSelect($("map-kpi"), (available.length ? available : MAP_KPIS).map((m) => [m.kpi, m.label]), $("map-kpi").value);
+  fillSelect($("map-kpi"), (available.length ? available : MAP_KPIS).map((m) => [m.kpi, m.label]),
+    $("map-kpi").value || "air.aqi");
   const withDistricts = state.catalogue.filter((k) => (k.scopes || []).includes("district")).map(kpiName).sort();
   const seriesDefault = names.includes("traffic.vehicle_count") ? "traffic.vehicle_count" : names[0];
   fillSelect($("series-kpi"), names.map((n) => [n, n]), $("series-kpi").value || seriesDefault);
@@ -451,7 +472,7 @@ async function loadCatalogue() {
 }
 
 async function loadDistrictChoices() {
-  const body = await api(`/v1/map/districts?kpi=${encodeURIComponent(MAP_KPIS[0].kpi)}`);
+  const body = await api("/v1/map/districts");
   const ids = (body.features || []).map((f) => String((f.properties || {}).entity_id || (f.properties || {}).id || f.id || featureName(f)));
   state.districts = [...new Set(ids)].sort();
   const box = $("series-districts");
