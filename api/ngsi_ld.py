@@ -539,6 +539,23 @@ def respond(
     )
 
 
+_KINDS = {
+    400: "BadRequestData",
+    403: "TooManyResults",
+    404: "ResourceNotFound",
+    406: "NotAcceptable",
+}
+
+
+def as_ngsi(error: NgsiError | Problem) -> NgsiError:
+    """An error of the shared API code (an unknown ``city``, a failed audit write) in the
+    NGSI-LD form, so that every answer of these routes is ProblemDetails of ETSI's types."""
+    if isinstance(error, NgsiError):
+        return error
+    kind = _KINDS.get(error.status, "InternalError")
+    return NgsiError(error.status, kind, error.detail, error.parameter)
+
+
 def error_response(request: Request, error: NgsiError) -> JSONResponse:
     return JSONResponse(
         error.body(instance=request.url.path),
@@ -599,8 +616,8 @@ def query_entities(
 ) -> Response:
     try:
         return _query_entities(request, context, caller)
-    except NgsiError as error:
-        return error_response(request, error)
+    except (NgsiError, Problem) as error:
+        return error_response(request, as_ngsi(error))
 
 
 def _query_entities(request: Request, context: ApiContext, caller: Caller) -> Response:
@@ -717,8 +734,8 @@ def retrieve_entity(
             context, caller, "/ngsi-ld/v1/entities/{id}", {"id": entity_id}, LATEST_SQL, 1
         )
         return respond(request, found, media)
-    except NgsiError as error:
-        return error_response(request, error)
+    except (NgsiError, Problem) as error:
+        return error_response(request, as_ngsi(error))
 
 
 @router.get(
@@ -733,8 +750,8 @@ def retrieve_temporal(
 ) -> Response:
     try:
         return _retrieve_temporal(entity_id, request, context, caller)
-    except NgsiError as error:
-        return error_response(request, error)
+    except (NgsiError, Problem) as error:
+        return error_response(request, as_ngsi(error))
 
 
 def _retrieve_temporal(

@@ -24,6 +24,7 @@ from api.dcat import (
     serialise,
 )
 from families.registry import KPIS, TOPICS
+from tests.api.conftest import ApiStack
 
 BASE = "http://api.example:8000"
 
@@ -141,3 +142,36 @@ def test_distribution_without_access_url_fails_validation():
 )
 def test_negotiation(accept, fmt, chosen):
     assert negotiate(accept, fmt) == chosen
+
+
+# --- served by the API over the real Aarhus day ---------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("headers", "params", "media", "parse_as"),
+    [
+        ({"Accept": "text/turtle"}, {}, "text/turtle", "turtle"),
+        ({}, {}, "application/ld+json", "json-ld"),
+        ({"Accept": "text/turtle"}, {"format": "jsonld"}, "application/ld+json", "json-ld"),
+        ({}, {"format": "turtle"}, "text/turtle", "turtle"),
+    ],
+)
+def test_served_catalogue_conforms(api_stack: ApiStack, headers, params, media, parse_as):
+    answer = api_stack.client.get("/catalog", headers=headers, params=params)
+    assert answer.status_code == 200, answer.text
+    assert answer.headers["content-type"].startswith(media)
+    graph = Graph().parse(data=answer.text, format=parse_as)
+    ok, report = conforms(graph)
+    assert ok, report
+    base = str(api_stack.client.base_url)
+    assert (URIRef(f"{base}/catalog"), RDF.type, DCAT.Catalog) in graph
+    prefix = api_stack.settings.topic_prefix
+    topic = URIRef(f"{base}/catalog#topic-{prefix}city.kpi.v1")
+    assert (topic, RDF.type, DCAT.Dataset) in graph
+
+
+def test_catalogue_refuses_what_it_cannot_give(api_stack: ApiStack):
+    html = api_stack.client.get("/catalog", headers={"Accept": "text/html"})
+    assert html.status_code == 406
+    rdfxml = api_stack.client.get("/catalog", params={"format": "rdfxml"})
+    assert rdfxml.status_code == 400 and rdfxml.json()["parameter"] == "format"

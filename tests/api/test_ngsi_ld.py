@@ -153,6 +153,17 @@ def test_unknown_series_is_resource_not_found(api_stack: ApiStack):
         assert answer.json()["type"] == ERRORS + "ResourceNotFound"
 
 
+def test_unknown_city_is_resource_not_found(api_stack: ApiStack):
+    listing = api_stack.client.get(
+        "/ngsi-ld/v1/entities", params={"type": "KeyPerformanceIndicator", "city": "atlantis"}
+    )
+    other = CITY_SERIES.replace(":aarhus:", ":atlantis:", 1)
+    single = api_stack.client.get(f"/ngsi-ld/v1/entities/{other}")
+    for answer in (listing, single):
+        assert answer.status_code == 404
+        assert answer.json()["type"] == ERRORS + "ResourceNotFound"
+
+
 def test_other_type_is_empty_and_no_type_is_bad_request(api_stack: ApiStack):
     other = api_stack.client.get("/ngsi-ld/v1/entities", params={"type": "Building"})
     assert other.status_code == 200 and other.json() == []
