@@ -140,6 +140,10 @@ def _optional_stages(
             f"{ingest['ingest_http_events_per_s']:>10} events/s"
         )
         results["ingest MQTT (QoS 1)"] = f"{ingest['ingest_mqtt_events_per_s']:>10} events/s"
+        from citystream.bench_opcua import run_opcua_bench  # #18
+
+        opcua = run_opcua_bench(settings)["ingest_opcua_changes_per_s"]
+        results["ingest OPC UA (500 variables)"] = f"{opcua:>10} data changes/s"
     if "statements" in stages:  # #17: the time to verify a month of KPI statements
         from citystream.bench_statements import run_statements_bench
 
