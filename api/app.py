@@ -58,6 +58,9 @@ def _include_routers(app: FastAPI) -> None:
     from api import dashboard  # the dashboard: / and /static/ (strict CSP)
 
     app.include_router(dashboard.router)
+    from api import audit_routes  # the audit log: checkpoint and proofs
+
+    app.include_router(audit_routes.router)
     # --- end of colleagues' routers ------------------------------------------------------
 
 

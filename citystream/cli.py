@@ -11,6 +11,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from citystream.audit_cli import add_audit_parser, cmd_audit
 from citystream.city_cli import add_city_parser, cmd_city
 from citystream.rights_cli import add_rights_parser, cmd_rights
 from citystream.statement_cli import add_statement_parser, cmd_statement
@@ -272,6 +273,7 @@ def parser() -> argparse.ArgumentParser:
     add_city_parser(sub, _add_common)
     add_rights_parser(sub, _add_common)
     add_statement_parser(sub, _add_common)
+    add_audit_parser(sub, _add_common)
     return root
 
 
@@ -805,6 +807,7 @@ COMMANDS = {
     "status": cmd_status,
     "city": cmd_city,
     "statement": cmd_statement,
+    "audit": cmd_audit,
 }
 
 if __name__ == "__main__":

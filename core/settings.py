@@ -276,6 +276,32 @@ class Settings(BaseSettings):
         description="Ed25519 public key that `citystream statement verify` trusts: PEM, base64 "
         "or hex of its raw 32 bytes, or a file holding it (unset: only --public-key)",
     )
+    audit_signing_key: SecretStr | None = Field(
+        None,
+        description="Ed25519 private key (PEM, PKCS #8) that signs the audit log's checkpoints "
+        "(secret); wins over audit_key_file",
+    )
+    audit_key_file: Path | None = Field(
+        None,
+        description="PEM file of the audit checkpoints' Ed25519 signing key (default: "
+        "data_dir/keys/audit-ed25519.pem, created by the first checkpoint)",
+    )
+    audit_public_key: str | None = Field(
+        None,
+        description="Ed25519 public key that `citystream audit verify` trusts: PEM, base64 or "
+        "hex of its raw 32 bytes, or a file holding it (unset: the signing key's own)",
+    )
+    audit_checkpoint_interval_s: float = Field(
+        60.0,
+        ge=0,
+        description="citystream serve signs an audit checkpoint this often when the log grew "
+        "(0: only on demand, citystream audit checkpoint)",
+    )
+    audit_write_timeout_s: float = Field(
+        10.0,
+        gt=0,
+        description="Longest wait for Kafka to acknowledge an audit record; then the request fails",
+    )
 
     # --- industrial and device-platform ingest (OPC UA, oneM2M, WoT) --------------------
 

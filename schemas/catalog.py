@@ -61,6 +61,24 @@ CORE_TOPICS: dict[str, TopicSpec] = {
             key="reason",
             doc="Dead letters: rejected input with reason, origin and raw payload",
         ),
+        TopicSpec(
+            "city.audit.v1",
+            "audit_record.avsc",
+            key="none (one partition: the order is the audit log's order)",
+            doc="Audit log: one record per data access or governance change; the leaves of an "
+            "append-only Merkle log (docs/audit.md), kept forever",
+            single_partition=True,
+            retention_ms=-1,
+        ),
+        TopicSpec(
+            "city.audit.checkpoints.v1",
+            "audit_checkpoint.avsc",
+            key="none (one partition)",
+            doc="Signed checkpoints of the audit log: tree size, root hash, time, Ed25519; kept "
+            "forever",
+            single_partition=True,
+            retention_ms=-1,
+        ),
     )
 }
 

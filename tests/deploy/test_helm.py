@@ -43,6 +43,7 @@ SECRET_SETTINGS = {
     "mqtt_password",
     "privacy_pseudonym_keys",
     "statement_signing_key",
+    "audit_signing_key",
 }
 
 SCENARIOS: dict[str, tuple[str, ...]] = {
@@ -260,6 +261,7 @@ def test_secrets_come_from_existing_secrets_only() -> None:
     assert refs["CITYSTREAM_CLICKHOUSE_USERNAME"] == ("citystream-clickhouse", "user")
     assert refs["CITYSTREAM_INGEST_API_KEYS"] == ("citystream-ingest", "api-keys")
     assert refs["CITYSTREAM_MQTT_PASSWORD"] == ("citystream-mqtt", "password")
+    assert refs["CITYSTREAM_AUDIT_SIGNING_KEY"] == ("citystream-audit", "signing-key")
     assert "CITYSTREAM_CLICKHOUSE_USERNAME" not in plain_env(container)
 
 

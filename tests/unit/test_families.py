@@ -21,7 +21,7 @@ PUBLIC_TOPICS = [
     "city.road_segments.v1", "city.traffic.v1", "city.air.v1", "city.car_parks.v1",
     "city.parking.v1", "city.districts.v1", "city.energy.v1", "city.waste.v1",
     "city.service_categories.v1", "city.service_requests.v1", "city.kpi.v1", "city.alerts.v1",
-    "city.dlq.v1",
+    "city.dlq.v1", "city.audit.v1", "city.audit.checkpoints.v1",
 ]  # fmt: skip
 INTERNAL_TOPICS = {
     "city.traffic.batches.v1", "city.traffic.partials.v2", "city.air.batches.v1",
@@ -37,7 +37,7 @@ def test_the_derived_topics_are_the_published_ones() -> None:
     assert {n for n, spec in TOPICS.items() if spec.internal} == INTERNAL_TOPICS
     assert all(TOPICS[n].compacted for n in ("city.road_segments.v1", "city.car_parks.v1"))
     assert [s.name for s in TOPICS.values() if s.single_partition] == [
-        f.partials_topic for f in FAMILIES
+        *(f.partials_topic for f in FAMILIES), "city.audit.v1", "city.audit.checkpoints.v1"
     ]
 
 

@@ -185,6 +185,15 @@ from existing Secrets, then .Values.extraEnv. The mapping is documented in docs/
       key: {{ .signingKeyKey | quote }}
 {{- end }}
 {{- end }}
+{{- with $secrets.audit }}
+{{- if and .existingSecret .signingKeyKey }}
+- name: CITYSTREAM_AUDIT_SIGNING_KEY
+  valueFrom:
+    secretKeyRef:
+      name: {{ .existingSecret | quote }}
+      key: {{ .signingKeyKey | quote }}
+{{- end }}
+{{- end }}
 {{- with $secrets.privacy }}
 {{- if and .existingSecret .pseudonymKeysKey }}
 - name: CITYSTREAM_PRIVACY_PSEUDONYM_KEYS
