@@ -13,6 +13,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from confluent_kafka import KafkaError, KafkaException
+from confluent_kafka.admin import AdminClient
 
 from core.settings import Settings
 
@@ -85,3 +87,23 @@ def settings(stack: Settings, tmp_path: Path) -> Iterator[Settings]:
             **dict(zip(PORT_SETTINGS, free_ports(len(PORT_SETTINGS)), strict=True)),
         }
     )
+    delete_topics_with_prefix(stack, prefix)
+
+
+def delete_topics_with_prefix(stack: Settings, prefix: str) -> None:
+    """Remove a finished test's topics from the shared broker.
+
+    Each test's prefix creates a few hundred partitions; kept until the end of the suite,
+    they exhaust the broker's open files (a broker with ~20,000 partition directories
+    stopped with "Too many open files"). A deletion that fails is an error of the test.
+    """
+    admin = AdminClient(stack.kafka_config())
+    names = [t for t in admin.list_topics(timeout=30).topics if t.startswith(prefix)]
+    if not names:
+        return
+    for name, future in admin.delete_topics(names, operation_timeout=30).items():
+        try:
+            future.result(timeout=60)
+        except KafkaException as exc:
+            if exc.args[0].code() != KafkaError.UNKNOWN_TOPIC_OR_PART:
+                raise RuntimeError(f"could not delete test topic {name}: {exc}") from exc
