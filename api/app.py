@@ -12,6 +12,8 @@ with ``Depends(api.context.get_context)``; the context is ``app.state.context``.
 from __future__ import annotations
 
 import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -30,6 +32,7 @@ API_VERSION = "1.0.0"
 def create_app(context: ApiContext) -> FastAPI:
     """The API over ``context``; no I/O happens until a request comes."""
     app = FastAPI(
+        lifespan=_lifespan,
         title="citystream read API",
         version=API_VERSION,
         description="Open KPIs of the city: catalogue, series, maps, equity, alerts, status "
@@ -42,12 +45,26 @@ def create_app(context: ApiContext) -> FastAPI:
     return app
 
 
+@asynccontextmanager
+async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
+    """The live feed (Kafka) runs while the app serves."""
+    feed = app.state.context.live
+    if feed is not None:
+        feed.start()
+    try:
+        yield
+    finally:
+        if feed is not None:
+            feed.stop()
+
+
 def _include_routers(app: FastAPI) -> None:
     """Every router of the API. Imported here, so that importing ``api.app`` stays cheap."""
     # --- api-core routers (KPIs, series, map, equity, alerts, status, stream) -----------
-    from api import routes_kpis, routes_live
+    from api import routes_kpis, routes_live, routes_map
 
     app.include_router(routes_kpis.router)
+    app.include_router(routes_map.router)
     app.include_router(routes_live.router)
     # --- colleagues' routers: add one `app.include_router(...)` line each, below --------
     # (api.ngsi_ld, api.dcat, api.dashboard, api.audit_routes, api.things)

@@ -13,8 +13,9 @@ from __future__ import annotations
 from pathlib import Path
 
 from api.context import ApiContext, AuditRecorder, City, KpiReader
-from api.queries import SinkReader
+from api.queries import SinkReader, Suppression
 from api.security import load_api_keys
+from api.stream import LiveFeed
 from core.city import load_pack
 from core.family import CITY
 from core.settings import Settings
@@ -52,13 +53,17 @@ def build_context(
     *,
     reader: KpiReader | None = None,
     audit: AuditRecorder | None = None,
+    live_feed: bool = True,
 ) -> ApiContext:
     """The context over ``cities`` (each a city's namespaced settings; default: ``settings``)."""
     configured = [city_of(s) for s in (cities or [settings])]
+    live = LiveFeed(settings, configured) if live_feed else None
     return ApiContext(
         settings=settings,
         cities={city.id: city for city in configured},
         reader=reader or SinkReader(settings, settings.api_query_time_limit_s),
         audit=audit,
         api_keys=load_api_keys(settings),
+        suppression=Suppression.from_settings(settings),
+        live=live,
     )

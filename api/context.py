@@ -17,7 +17,9 @@ The interfaces colleagues code against (routers plug into ``api.app.create_app``
 - :class:`Caller`: who asks (``key_id``, ``role``; ``key_id`` is None for the public).
 - :class:`ApiContext` (dataclass): ``settings``, ``cities`` (by id; ``city(id_or_None)``
   resolves the ``city`` query parameter, default the first), ``reader``, ``audit``
-  (optional), ``api_keys`` (key -> :class:`Caller`).
+  (optional), ``api_keys`` (key -> :class:`Caller`), ``suppression`` (k per KPI),
+  ``live`` (the Kafka feed of alerts and new KPI windows, :class:`api.stream.LiveFeed`,
+  started with the app).
 - FastAPI dependencies: :func:`get_context` (``Depends(get_context)``), :func:`current_caller`
   and :func:`current_role` (the key from ``Authorization: Bearer <key>`` or ``X-API-Key``;
   no key means ``public``; an unknown key is 401).
@@ -35,14 +37,18 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from enum import StrEnum
-from typing import Annotated, Any, Protocol
+from typing import TYPE_CHECKING, Annotated, Any, Protocol
 
 from fastapi import Depends, Request
 
 from api.problems import Problem, not_found, unavailable
+from api.queries import Suppression
 from connectors.sinks.clickhouse.endpoint import QueryResult
 from core.city import CityPack
 from core.settings import Settings
+
+if TYPE_CHECKING:
+    from api.stream import LiveFeed
 
 __all__ = [
     "AccessRecord",
@@ -139,6 +145,8 @@ class ApiContext:
     reader: KpiReader
     audit: AuditRecorder | None = None
     api_keys: Mapping[str, Caller] = field(default_factory=dict)  # key -> caller
+    suppression: Suppression = field(default_factory=lambda: Suppression(5, {}))
+    live: LiveFeed | None = None  # Kafka: alerts and /v1/stream; started by create_app
 
     def city(self, city_id: str | None = None) -> City:
         """The city named by the ``city`` parameter, or the first configured one."""

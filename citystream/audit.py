@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from citystream.verify import stored_kpis
+from citystream.verify import record_result, stored_kpis
 from core.settings import Settings
 from oracles.aarhus_air_parking import recompute_air, recompute_parking
 from oracles.aarhus_traffic import recompute
@@ -44,6 +44,7 @@ def audit(settings: Settings, expected: Mapping[str, dict[Key, Value]]) -> list[
             stored.update(stored_kpis(settings, prefix))
         result = compare(rows, stored)
         print(f"{name:9} {result.summary()}  [{'OK' if result.ok else 'DIFFERENCES'}]")
+        record_result(settings, name, result)  # shown by the read API's /v1/status
         if not result.ok:
             failed.append(name)
     return failed

@@ -158,7 +158,22 @@ def run_verify_topics(settings: Settings, since: str | None, until: str | None) 
     )
     print(result.summary())
     print("verify: OK" if result.ok else "verify: DIFFERENCES FOUND")
+    record_result(settings, "traffic", result)
     return 0 if result.ok else 1
+
+
+def record_result(settings: Settings, domain: str, result: Comparison) -> None:
+    """Keep the domain's latest result where the read API shows it (/v1/status)."""
+    from api.verification import save_result
+
+    save_result(
+        settings,
+        domain,
+        matched=result.matched,
+        missing=len(result.missing),
+        extra=len(result.extra),
+        different=len(result.different),
+    )
 
 
 # --- the simulated domains -----------------------------------------------------------------
@@ -229,4 +244,5 @@ def run_verify_simulation(settings: Settings, config: SimulationConfig) -> int:
     result = compare(expected, stored)
     print(result.summary())
     print("verify: OK" if result.ok else "verify: DIFFERENCES FOUND")
+    record_result(settings, "simulated", result)
     return 0 if result.ok else 1

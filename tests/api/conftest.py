@@ -104,7 +104,9 @@ class ApiServer:
 def api_server(api_stack: ApiStack) -> Iterator[ApiServer]:
     """``api_stack``'s app under a real uvicorn on a free port, stopped after the module."""
     port = free_port()
-    config = uvicorn.Config(api_stack.app, host="127.0.0.1", port=port, log_level="warning")
+    config = uvicorn.Config(  # lifespan off: the TestClient of api_stack started the feed
+        api_stack.app, host="127.0.0.1", port=port, log_level="warning", lifespan="off"
+    )
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, name="api-under-test", daemon=True)
     thread.start()
