@@ -475,3 +475,23 @@ def test_doc_example(api_stack: ApiStack, section: str, path: str):
     assert answer.status_code == expected, answer.text
     if expected == 400:
         assert answer.json()["type"] == ERRORS + "BadRequestData"
+
+
+def test_doc_answers_show_real_values(api_stack: ApiStack):
+    """The values docs/open-data.md shows are what the examples answer on the shipped day."""
+    text = DOCS.read_text()
+    instances = temporal(
+        api_stack, CITY_SERIES, timerel="between", timeAt="2014-08-02T06:00:00Z",
+        endTimeAt="2014-08-02T07:00:00Z",
+    ).json()["kpiValue"]  # fmt: skip
+    assert len(instances) == 4 and "(four windows)" in text
+    for instance in instances[:2]:
+        shown = f'"value": {instance["value"]}, "observedAt": "{instance["observedAt"]}"'
+        assert shown in text
+    aggregated = temporal(
+        api_stack, CITY_SERIES, timerel="between", timeAt="2014-08-02T00:00:00Z",
+        endTimeAt="2014-08-03T00:00:00Z", aggrMethods="totalCount,sum,avg",
+        aggrPeriodDuration="PT1H", format="aggregatedValues",
+    ).json()["kpiValue"]  # fmt: skip
+    for method in ("totalCount", "sum", "avg"):
+        assert f'"{method}": [{json.dumps(aggregated[method][0])}, "..."]' in text
