@@ -345,16 +345,16 @@ LIMIT {{limit:UInt32}}"""
 
 
 def aggregate_sql(methods: Sequence[str]) -> str:
-    """Per period of ``{step_ms}`` from ``{start_ms}``: the asked methods, by ClickHouse.
-
-    Windows below ``{min_samples}`` (small cells a public caller may not see) are left out,
-    as a null value is left out of an aggregation."""
+    """Per period of ``{step_ms}`` from ``{start_ms}``: the samples behind the period (for
+    small-cell suppression, as the series API counts a bucket's) and the asked methods,
+    computed by ClickHouse."""
     columns = ",\n    ".join(f"{AGGREGATES[m]} AS {m}" for m in methods)
     return f"""SELECT intDiv(toUnixTimestamp64Milli(window_start) - {{start_ms:Int64}},
         {{step_ms:Int64}}) AS period,
+    sum(samples) AS period_samples,
     {columns}
 FROM kpi_latest
-WHERE {_SERIES} AND {_RANGE} AND samples >= {{min_samples:UInt32}}
+WHERE {_SERIES} AND {_RANGE}
 GROUP BY period
 ORDER BY period"""
 
@@ -455,20 +455,23 @@ def aggregated_values(
     start: datetime,
     end: datetime,
     period: timedelta,
+    k: int = 0,
 ) -> dict[str, Any]:
     """Aggregated temporal representation: per method, [value, startAt, endAt] triples.
 
-    ``rows`` are ``aggregate_sql`` rows (period index, then the methods in order); periods
-    without any window are left out."""
+    ``rows`` are ``aggregate_sql`` rows (period index, samples, then the methods in order);
+    periods without any window are left out; a period from fewer than ``k`` samples (a
+    small cell, for the public) has every value null."""
     out: dict[str, Any] = {"type": "Property"}
     for method in methods:
         out[method] = []
     for row in rows:
-        index = int(row[0])
+        index, samples = int(row[0]), int(row[1])
         period_start = start + period * index
         period_end = min(period_start + period, end)
-        for method, value in zip(methods, row[1:], strict=True):
-            out[method].append([_number(value), iso_dt(period_start), iso_dt(period_end)])
+        for method, value in zip(methods, row[2:], strict=True):
+            shown = _number(value) if samples >= k else None
+            out[method].append([shown, iso_dt(period_start), iso_dt(period_end)])
     return out
 
 
@@ -842,10 +845,10 @@ def _aggregate(
         "start_ms": ms(start),
         "end_ms": ms(end),
         "step_ms": round(period.total_seconds() * 1000),
-        "min_samples": min_samples(context, caller, series.kpi),
     }
     rows = _read(context, city, aggregate_sql(methods), parameters).rows
-    return aggregated_values(rows, methods, start, end, period)
+    k = min_samples(context, caller, series.kpi)
+    return aggregated_values(rows, methods, start, end, period, k)
 
 
 @router.get(
@@ -907,16 +910,9 @@ def locations(directory: Path, city_id: str) -> dict[tuple[str, str], dict[str, 
 
 
 def min_samples(context: ApiContext, caller: Caller, kpi: str) -> int:
-    """Small-cell suppression as the rest of the API applies it: for the public, a window
-    computed from fewer than k samples (``api_suppression_k``, per KPI
-    ``api_suppression_k_per_kpi``) has no value; 0 (nothing suppressed) for a key's role."""
-    if caller.role.at_least(Role.analyst):
-        return 0
-    settings = context.settings
-    per_kpi: Any = settings.api_suppression_k_per_kpi or {}
-    if isinstance(per_kpi, str):  # JSON {"kpi": k}
-        per_kpi = json.loads(per_kpi)
-    return int(per_kpi.get(kpi, settings.api_suppression_k))
+    """Small-cell suppression as the rest of the API applies it (``context.suppression``):
+    for the public, a value from fewer than k samples is null; 0 (none) for a key's role."""
+    return 0 if caller.role.at_least(Role.analyst) else context.suppression.k(kpi)
 
 
 def suppress(
