@@ -66,6 +66,7 @@ def _include_routers(app: FastAPI) -> None:
     app.include_router(routes_kpis.router)
     app.include_router(routes_map.router)
     app.include_router(routes_live.router)
+    app.add_api_route("/health", _health, include_in_schema=False)
     # --- colleagues' routers: add one `app.include_router(...)` line each, below --------
     # (api.ngsi_ld, api.dcat, api.dashboard, api.audit_routes, api.things)
     from api import dcat, ngsi_ld  # open-data: NGSI-LD entities and the DCAT catalogue
@@ -79,6 +80,11 @@ def _include_routers(app: FastAPI) -> None:
 
     app.include_router(audit_routes.router)
     # --- end of colleagues' routers ------------------------------------------------------
+
+
+async def _health() -> dict[str, str]:
+    """Liveness for probes: the process answers (no data is read, nothing is audited)."""
+    return {"status": "ok"}
 
 
 def problem_response(problem: Problem, request: Request) -> JSONResponse:

@@ -243,12 +243,14 @@ def series(
              "samples": int(samples), "windows": int(windows), "suppressed": suppressed}
         )  # fmt: skip
     next_cursor = encode_cursor(str(rows[-1][0]), fingerprint) if more and rows else None
+    csv_wanted = wants_csv(request)
     record_access(
         context,
         caller,
         "/v1/kpis/{kpi}/series",
         {**key, "city": place.id, "from": frm.isoformat(), "to": until.isoformat(),
-         "resolution": resolution, "agg": agg, "cursor": cursor, "limit": size},
+         "resolution": resolution, "agg": agg, "cursor": cursor, "limit": size,
+         "format": "csv" if csv_wanted else "json"},
         sql,
         len(points),
     )  # fmt: skip
@@ -266,7 +268,6 @@ def series(
         "points": points,
         "next_cursor": next_cursor,
     }
-    csv_wanted = wants_csv(request)
     payload = render_csv(points) if csv_wanted else orjson.dumps(body)
     etag = etag_of(payload + (b"csv" if csv_wanted else b"json"))
     headers = cache_headers(context, caller, etag)

@@ -14,6 +14,7 @@ from typing import Any
 from citystream.audit_cli import add_audit_parser, cmd_audit
 from citystream.city_cli import add_city_parser, cmd_city
 from citystream.rights_cli import add_rights_parser, cmd_rights
+from citystream.serve_cli import add_serve_parser, cmd_serve
 from citystream.statement_cli import add_statement_parser, cmd_statement
 from core.settings import Settings
 from core.startup import ServiceUnavailable, wait_for_services
@@ -274,6 +275,7 @@ def parser() -> argparse.ArgumentParser:
     add_rights_parser(sub, _add_common)
     add_statement_parser(sub, _add_common)
     add_audit_parser(sub, _add_common)
+    add_serve_parser(sub, _add_common)
     return root
 
 
@@ -808,6 +810,7 @@ COMMANDS = {
     "city": cmd_city,
     "statement": cmd_statement,
     "audit": cmd_audit,
+    "serve": cmd_serve,
 }
 
 if __name__ == "__main__":

@@ -176,6 +176,9 @@ def test_default_and_full_render_the_expected_objects() -> None:
         ("PrometheusRule", "citystream"),
         ("NetworkPolicy", "citystream-egress"),
         ("NetworkPolicy", "citystream-http-ingest"),
+        ("Deployment", "citystream-api"),
+        ("Service", "citystream-api"),
+        ("NetworkPolicy", "citystream-api"),
     ]:
         assert expected in full
 
