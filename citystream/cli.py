@@ -590,9 +590,16 @@ def cmd_sink(args: argparse.Namespace) -> int:
     sink.setup()
     _telemetry(settings, "sink", settings.sink_metrics_port)
     _observe_sink(settings, sink)
+    from connectors.sinks.clickhouse.audit import run_beside  # audit topic -> audit_log
+    from core.audit_append import ensure_audit_topics
+
+    ensure_audit_topics(settings)
+    audit_sink, audit_thread = run_beside(sink, stop)
     try:
         sink.run(stop)
     finally:
+        audit_sink.stop()
+        audit_thread.join(timeout=60)
         sink.stop()
     return 0
 
@@ -616,6 +623,13 @@ def cmd_query(args: argparse.Namespace) -> int:
         columns, rows = run_query(settings, args.sql)
     except QueryError as exc:
         print(f"citystream query: {exc}", file=sys.stderr)
+        return 1
+    from core.audit_append import AuditWriteError, record_command  # the audit log (#17)
+
+    try:
+        record_command(settings, "query", "citystream query", {}, sql=args.sql, rows=len(rows))
+    except AuditWriteError as exc:
+        print(f"citystream query: not audited, so not shown: {exc}", file=sys.stderr)
         return 1
     print(format_result(columns, rows, args.format))
     return 0

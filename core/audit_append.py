@@ -17,7 +17,9 @@ and the caller fails the request it was auditing.
 
 from __future__ import annotations
 
+import getpass
 import json
+import os
 import threading
 import time
 from collections.abc import Mapping
@@ -165,3 +167,41 @@ class AuditAppender:
         if self._producer is not None:
             self._producer.flush(self.timeout_s)
             self._producer = None
+
+
+def local_caller() -> str:
+    """Who runs a command on this machine: ``local:<OS user>`` (commands have no API key)."""
+    try:
+        user = getpass.getuser()
+    except (KeyError, OSError):  # no name for the uid (e.g. a container's arbitrary uid)
+        user = f"uid{os.getuid()}"
+    return f"local:{user}"
+
+
+def record_command(
+    settings: Settings,
+    action: str,
+    endpoint: str,
+    parameters: Mapping[str, Any],
+    *,
+    sql: str | None = None,
+    rows: int = 0,
+) -> int:
+    """Audit one command (``citystream query``, ``rights``, a governance change) as the
+    local operator; returns the record's leaf index. Raises :class:`AuditWriteError`: the
+    command must then fail without showing or keeping its result."""
+    appender = AuditAppender(settings)
+    try:
+        return appender.append(
+            AuditEntry(
+                role="operator",
+                action=action,
+                endpoint=endpoint,
+                parameters=parameters,
+                key_id=local_caller(),
+                sql=sql,
+                rows=rows,
+            )
+        )
+    finally:
+        appender.close()

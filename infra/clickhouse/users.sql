@@ -1,14 +1,20 @@
 -- Least-privilege ClickHouse access for citystream (run once, as an admin, on the server).
--- Replace the three passwords (or use `IDENTIFIED WITH sha256_hash BY '<hex>'`), and keep
+-- Replace the four passwords (or use `IDENTIFIED WITH sha256_hash BY '<hex>'`), and keep
 -- them in Secrets: the chart reads CITYSTREAM_CLICKHOUSE_USERNAME/_PASSWORD from
 -- secrets.clickhouse. Database name: CITYSTREAM_CLICKHOUSE_DATABASE (default citystream).
 --
 --   migrator  runs `citystream migrate` (the helm migrate Job): creates the database,
 --             tables and view; nothing else.
---   sink      `citystream sink clickhouse`: may only INSERT KPI rows and read which
+--   sink      `citystream sink clickhouse`: may only INSERT KPI and audit rows and read which
 --             migrations are applied (its start-up check). It cannot create, alter, drop,
 --             delete or read the KPIs.
 --   analyst   read-only (readonly = 1) on the KPI table and view, with query limits.
+--   auditor   the analyst's reads plus the audit log table (audit_log), read-only.
+--
+-- API roles (api keys, docs/audit.md) map onto these users, least privilege first:
+--   public, analyst -> analyst (the API suppresses small cells for the public itself)
+--   auditor         -> auditor (adds audit_log; proofs come from the audit topic)
+--   operator        -> auditor for reads; changes go through the migrator and sink jobs
 
 CREATE DATABASE IF NOT EXISTS citystream;
 
@@ -27,6 +33,7 @@ GRANT INSERT ON citystream.kpi_window_state TO citystream_sink_role;  -- through
 GRANT INSERT ON citystream.kpi_trace_links TO citystream_sink_role;  -- when tracing is on
 GRANT SELECT ON citystream.schema_migrations TO citystream_sink_role;
 GRANT SELECT ON system.tables TO citystream_sink_role;  -- the TTL check of migrate
+GRANT INSERT ON citystream.audit_log TO citystream_sink_role;  -- the audit topic, for queries
 
 CREATE ROLE IF NOT EXISTS citystream_analyst_role;
 GRANT SELECT ON citystream.kpi TO citystream_analyst_role;
@@ -35,6 +42,10 @@ GRANT SELECT ON citystream.kpi_daily TO citystream_analyst_role;
 GRANT SELECT ON citystream.kpi_window_state TO citystream_analyst_role;  -- kpi_daily reads it
 GRANT SELECT ON citystream.kpi_equity TO citystream_analyst_role;
 GRANT SELECT ON citystream.kpi_trace_links TO citystream_analyst_role;
+
+CREATE ROLE IF NOT EXISTS citystream_auditor_role;
+GRANT citystream_analyst_role TO citystream_auditor_role;
+GRANT SELECT ON citystream.audit_log TO citystream_auditor_role;
 
 -- --- analysts' limits: read-only whatever the client asks for -------------------------
 CREATE SETTINGS PROFILE IF NOT EXISTS citystream_analyst_profile SETTINGS
@@ -59,3 +70,8 @@ CREATE USER IF NOT EXISTS analyst
     IDENTIFIED WITH sha256_password BY 'change-me-analyst'
     SETTINGS PROFILE 'citystream_analyst_profile';
 GRANT citystream_analyst_role TO analyst;
+
+CREATE USER IF NOT EXISTS auditor
+    IDENTIFIED WITH sha256_password BY 'change-me-auditor'
+    SETTINGS PROFILE 'citystream_analyst_profile';
+GRANT citystream_auditor_role TO auditor;

@@ -66,6 +66,7 @@ def test_users_sql_parses_and_grants_only_real_tables(data_dir: Path) -> None:
         "GRANT INSERT ON citystream.kpi_trace_links TO citystream_sink_role",
         "GRANT SELECT ON citystream.schema_migrations TO citystream_sink_role",
         "GRANT SELECT ON system.tables TO citystream_sink_role",
+        "GRANT INSERT ON citystream.audit_log TO citystream_sink_role",
     ]
     assert "readonly = 1 CONST" in USERS_SQL.read_text()
 

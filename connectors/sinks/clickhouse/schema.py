@@ -104,6 +104,24 @@ _LOCAL_DAILY_VIEW = _daily_view("CREATE OR REPLACE VIEW", "toDate(window_start, 
 LOCAL_DAYS_VERSION = 7
 DEFAULT_DAY_ZONE: str = Settings.model_fields["timezone"].default  # the shipped city's
 
+# The audit log for queries: one row per record of city.audit.v1, keyed by its leaf index
+# (its offset: a redelivered record collapses into its row). The topic is the evidence,
+# `citystream audit verify` checks it; this table is for looking things up. No TTL.
+AUDIT_TABLE = "audit_log"
+AUDIT_COLUMNS: tuple[tuple[str, str], ...] = (
+    ("leaf_index", "UInt64"),
+    ("at", "DateTime64(3, 'UTC')"),
+    ("key_id", "Nullable(String)"),
+    ("role", "LowCardinality(String)"),
+    ("action", "LowCardinality(String)"),
+    ("endpoint", "String"),
+    ("parameters", "String"),
+    ("sql", "Nullable(String)"),
+    ("rows", "UInt64"),
+    ("leaf_hash", "String"),  # hex RFC 9162 leaf hash, to match proofs
+)
+_AUDIT_COLUMNS_DDL = ",\n    ".join(f"{name} {type_}" for name, type_ in AUDIT_COLUMNS)
+
 # Districts that are not one (readings of segments missing from the reference data).
 UNKNOWN_DISTRICT = "unknown"
 
@@ -187,6 +205,18 @@ TTL toDateTime(written_at) + INTERVAL 30 DAY""",
         LOCAL_DAYS_VERSION,
         "kpi_daily in the city's local days",
         (_LOCAL_DAILY_VIEW,),  # the state is per window: nothing to rebuild
+    ),
+    Migration(
+        8,
+        "create audit_log",  # the audit topic for queries (connectors/sinks/clickhouse/audit.py)
+        (
+            f"""CREATE TABLE IF NOT EXISTS {{db}}.{AUDIT_TABLE} (
+    {_AUDIT_COLUMNS_DDL}
+)
+ENGINE = ReplacingMergeTree
+PARTITION BY toYYYYMM(at)
+ORDER BY leaf_index""",
+        ),
     ),
 )
 
