@@ -174,6 +174,7 @@ class Events:
     doc: str  # what the public topic carries (the AsyncAPI document shows it)
     optional: tuple[str, ...] = ()  # batch columns older sources may leave out (None)
     batch_doc: str = "Processor input: the same events, many per message, column-wise"
+    restricted: bool = False  # the events hold personal data: not a public topic
 
 
 @dataclass(frozen=True)
@@ -265,7 +266,9 @@ class Family:
         specs = [self.reference.spec] if self.reference else []
         if self.events is not None:
             e = self.events
-            specs.append(TopicSpec(self.topic, e.schema, key=e.key, doc=e.doc))
+            specs.append(
+                TopicSpec(self.topic, e.schema, key=e.key, doc=e.doc, restricted=e.restricted)
+            )
             specs.append(
                 TopicSpec(
                     self.batch_topic,

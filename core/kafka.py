@@ -17,10 +17,20 @@ from confluent_kafka import (
     Producer,
     TopicPartition,
 )
-from confluent_kafka.admin import AdminClient, ClusterMetadata, NewTopic, TopicMetadata
+from confluent_kafka.admin import (
+    AdminClient,
+    AlterConfigOpType,
+    ClusterMetadata,
+    ConfigEntry,
+    ConfigResource,
+    NewTopic,
+    ResourceType,
+    TopicMetadata,
+)
 
 from core.settings import Settings
 from schemas.catalog import TopicSpec, load_schema
+from schemas.contracts import retention_ms, topic_retention
 from schemas.registry import SchemaRegistry
 
 log = logging.getLogger(__name__)
@@ -34,9 +44,70 @@ def topic_config(spec: TopicSpec, settings: Settings) -> dict[str, str]:
     conf = {"min.insync.replicas": str(settings.topic_min_insync_replicas)}
     if spec.compacted:
         conf.update({"cleanup.policy": "compact", "min.cleanable.dirty.ratio": "0.1"})
-    if spec.retention_ms is not None:
-        conf["retention.ms"] = str(spec.retention_ms)
+    conf.update(retention_config(spec))
     return conf
+
+
+MAX_SEGMENT_MS = 86_400_000  # a day: a deleted topic's data outlives its retention by <= this
+
+
+def retention_config(spec: TopicSpec) -> dict[str, str]:
+    """``retention.ms`` from the topic's data contract (schemas/contracts.py), and a
+    ``segment.ms`` of at most a day, so that expired data is deleted within a day of its
+    retention (Kafka deletes whole segments) rather than up to a week later. A topic without
+    an Avro schema (no contract) keeps its own ``retention_ms``, or the broker's default."""
+    if not spec.schema_file:
+        return {} if spec.retention_ms is None else {"retention.ms": str(spec.retention_ms)}
+    ms = retention_ms(topic_retention(spec))
+    conf = {"retention.ms": str(ms)}
+    if ms >= 0 and not spec.compacted:
+        conf["segment.ms"] = str(min(ms, MAX_SEGMENT_MS))
+    return conf
+
+
+def align_retention(
+    settings: Settings, specs: Iterable[TopicSpec], timeout: float = 30.0
+) -> dict[str, dict[str, str]]:
+    """Alter existing topics whose retention differs from :func:`retention_config`; returns
+    the topics changed and what was set. Idempotent: a topic that matches is not altered."""
+    admin = AdminClient(settings.kafka_config())
+    existing = set(admin.list_topics(timeout=timeout).topics)
+    wanted = {
+        settings.topic(spec.name): retention_config(spec)
+        for spec in specs
+        if settings.topic(spec.name) in existing
+    }
+    if not wanted:
+        return {}
+    resources = [ConfigResource(ResourceType.TOPIC, topic) for topic in wanted]
+    changes: dict[str, dict[str, str]] = {}
+    for resource, future in admin.describe_configs(resources, request_timeout=timeout).items():
+        current = future.result()
+        differing = {
+            key: value
+            for key, value in wanted[resource.name].items()
+            if key not in current or current[key].value != value
+        }
+        if differing:
+            changes[resource.name] = differing
+    if not changes:
+        return {}
+    alters = [
+        ConfigResource(
+            ResourceType.TOPIC,
+            topic,
+            incremental_configs=[
+                ConfigEntry(key, value, incremental_operation=AlterConfigOpType.SET)
+                for key, value in conf.items()
+            ],
+        )
+        for topic, conf in changes.items()
+    ]
+    for future in admin.incremental_alter_configs(alters, request_timeout=timeout).values():
+        future.result()
+    for topic, conf in changes.items():
+        log.info("topic %s: %s (from its data contract)", topic, conf)
+    return changes
 
 
 def create_topics(

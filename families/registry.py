@@ -13,7 +13,7 @@ from collections.abc import Iterable
 from typing import TypeVar
 
 from core.family import EventStream, Family
-from core.kafka import create_topics, register_subjects
+from core.kafka import align_retention, create_topics, register_subjects
 from core.kpis import Kpi
 from core.settings import Settings
 from families import air, devices, energy, parking, service, traffic, waste
@@ -48,8 +48,12 @@ class Registry:
         }
 
     def ensure_topics(self, settings: Settings, timeout: float = 30.0) -> list[str]:
-        """Create the missing topics of the catalogue; existing ones are left as they are."""
-        return create_topics(settings, self.topics.values(), timeout)
+        """Create the missing topics of the catalogue; existing ones keep their partitions,
+        and their retention is altered to follow their data contracts (idempotently)."""
+        created = create_topics(settings, self.topics.values(), timeout)
+        existing = [s for s in self.topics.values() if settings.topic(s.name) not in created]
+        align_retention(settings, existing, timeout)  # the new ones were created aligned
+        return created
 
     def register_schemas(self, settings: Settings) -> dict[str, int]:
         """Register every topic's schema under its subject (``<topic>-value``, BACKWARD)."""

@@ -25,7 +25,15 @@ class TopicSpec:
     compacted: bool = False
     internal: bool = False
     single_partition: bool = False
-    retention_ms: int | None = None
+    retention_ms: int | None = None  # shorter than the contract's retention (transport only)
+    # Holds personal data (docs/privacy.md#checks): for the city's own services, not the
+    # public; an internal topic (processor and sink plumbing) is never public either.
+    restricted: bool = False
+
+    @property
+    def public(self) -> bool:
+        """Whether anyone may subscribe: neither plumbing nor restricted."""
+        return not (self.internal or self.restricted)
 
 
 # The topics of the core rather than of a KPI family: every processor writes KPIs and dead
@@ -39,6 +47,7 @@ CORE_TOPICS: dict[str, TopicSpec] = {
             "kpi_record.avsc",
             key="kpi|scope|entity_id|window_start",
             doc="KPI values per window; a higher revision replaces a lower one",
+            retention_ms=7 * 86_400_000,  # a week's buffer: ClickHouse keeps the values
         ),
         TopicSpec(
             "city.kpi.batches.v1",
@@ -60,6 +69,7 @@ CORE_TOPICS: dict[str, TopicSpec] = {
             "dead_letter.avsc",
             key="reason",
             doc="Dead letters: rejected input with reason, origin and raw payload",
+            restricted=True,
         ),
         TopicSpec(
             "city.audit.v1",
@@ -68,6 +78,7 @@ CORE_TOPICS: dict[str, TopicSpec] = {
             doc="Audit log: one record per data access or governance change; the leaves of an "
             "append-only Merkle log (docs/audit.md), kept forever",
             single_partition=True,
+            restricted=True,
             retention_ms=-1,
         ),
         TopicSpec(

@@ -32,7 +32,7 @@ from functools import cache
 from pathlib import Path
 from typing import Any, Literal, cast
 
-from schemas.catalog import AVRO_DIR
+from schemas.catalog import AVRO_DIR, TopicSpec
 
 Classification = Literal["none", "indirect", "direct"]
 CLASSIFICATIONS: tuple[Classification, ...] = ("none", "indirect", "direct")
@@ -292,3 +292,23 @@ def load_contracts(directory: Path = AVRO_DIR) -> dict[str, SchemaContract]:
 def contract(schema_file: str) -> SchemaContract:
     """The contract of one of the shipped schemas; parsed once per process."""
     return parse_contract(schema_file, json.loads((AVRO_DIR / schema_file).read_text()))
+
+
+def topic_retention(spec: TopicSpec) -> timedelta | None:
+    """How long a topic keeps its messages: its schema's contract, or the topic's own
+    ``retention_ms`` where that is shorter (a transport buffer); never longer than the
+    contract. None is forever."""
+    span = contract(spec.schema_file).storage_retention
+    if spec.retention_ms is not None and spec.retention_ms >= 0:
+        span = shorter(span, timedelta(milliseconds=spec.retention_ms))
+    return span
+
+
+def ttl_days(setting_days: int, span: timedelta | None) -> int:
+    """A ClickHouse TTL in days (0: forever): the contract's retention by default; a setting
+    (``setting_days`` > 0) may shorten it, never lengthen it. TTLs count whole days: a part
+    day of a contract is dropped (P1DT12H keeps 1 day), and a contract under a day keeps 1."""
+    bound = 0 if span is None else max(1, span.days)
+    if setting_days <= 0:
+        return bound
+    return setting_days if bound == 0 else min(setting_days, bound)

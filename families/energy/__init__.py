@@ -29,6 +29,7 @@ FAMILY = Family(
         columns=("meter_id", "district", "event_time_ms", "kwh"),
         doc="Every energy meter reading, one per message",
         batch_doc="Processor input: the same energy readings, many per message, column-wise",
+        restricted=True,  # personal data (schemas/avro contract): the city's services only
     ),
     reference=Reference(
         "city.districts.v1",

@@ -38,6 +38,7 @@ FAMILY = Family(
         optional=("sla_due_ms",),  # a request's own due time (Boston's TARGET_DT), else None
         doc="Service request lifecycle events (opened, assigned, closed), one per message",
         batch_doc="Processor input: the same status changes, many per message, column-wise",
+        restricted=True,  # personal data (schemas/avro contract): the city's services only
     ),
     reference=Reference(
         "city.service_categories.v1",

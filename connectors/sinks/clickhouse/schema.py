@@ -31,6 +31,8 @@ from clickhouse_connect.driver.binding import format_str, quote_identifier
 from connectors.sinks.clickhouse.backend import Session
 from core import telemetry
 from core.settings import Settings
+from schemas.contracts import SchemaContract, ttl_days
+from schemas.contracts import contract as kpi_contract
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +54,7 @@ KPI_COLUMNS: tuple[tuple[str, str], ...] = (
     ("computed_at", "DateTime64(3, 'UTC')"),
 )
 KPI_COLUMN_NAMES = tuple(name for name, _ in KPI_COLUMNS)
+KPI_CONTRACT = "kpi_record.avsc"  # the data contract of the kpi table's rows (and the rollup's)
 KPI_COLUMN_TYPES = tuple(type_ for _, type_ in KPI_COLUMNS)
 
 
@@ -239,8 +242,14 @@ class Retention:
     rollup_days: int = 0
 
     @classmethod
-    def from_settings(cls, settings: Settings) -> Retention:
-        return cls(settings.clickhouse_kpi_ttl_days, settings.clickhouse_rollup_ttl_days)
+    def from_settings(cls, settings: Settings, contract: SchemaContract | None = None) -> Retention:
+        """The KPI contract's retention (schemas/avro/kpi_record.avsc, or ``contract``) by
+        default; the ``clickhouse_*_ttl_days`` settings may shorten it, never lengthen it."""
+        span = (contract or kpi_contract(KPI_CONTRACT)).storage_retention
+        return cls(
+            ttl_days(settings.clickhouse_kpi_ttl_days, span),
+            ttl_days(settings.clickhouse_rollup_ttl_days, span),
+        )
 
     def by_table(self) -> dict[str, int]:
         return {KPI_TABLE: self.kpi_days, ROLLUP_STATE_TABLE: self.rollup_days}
