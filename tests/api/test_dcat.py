@@ -7,7 +7,10 @@ that the validation is not vacuous: a catalogue missing a mandatory property fai
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from functools import cache
+from pathlib import Path
 
 import pytest
 from pyshacl import validate
@@ -175,3 +178,19 @@ def test_catalogue_refuses_what_it_cannot_give(api_stack: ApiStack):
     assert html.status_code == 406
     rdfxml = api_stack.client.get("/catalog", params={"format": "rdfxml"})
     assert rdfxml.status_code == 400 and rdfxml.json()["parameter"] == "format"
+
+
+def test_docs_validation_command_accepts_the_served_catalogue(api_stack: ApiStack, tmp_path):
+    """docs/open-data.md's pyshacl command, as written there, on the served Turtle."""
+    docs = (Path(__file__).resolve().parents[2] / "docs" / "open-data.md").read_text()
+    command = next(line for line in docs.splitlines() if line.startswith(".venv/bin/pyshacl "))
+    args = command.split()[1:]
+    assert args[-1] == "catalog.ttl"
+    answer = api_stack.client.get("/catalog", params={"format": "turtle"})
+    (tmp_path / "catalog.ttl").write_text(answer.text)
+    shapes = str(SHAPES_FILE.relative_to(SHAPES_FILE.parents[2]))
+    args = [str(SHAPES_FILE) if a == shapes else a for a in args]
+    cli = Path(sys.executable).parent / "pyshacl"
+    done = subprocess.run([str(cli), *args], cwd=tmp_path, capture_output=True, text=True)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "Conforms: True" in done.stdout
