@@ -49,7 +49,17 @@ def cmd_serve(args: argparse.Namespace) -> int:
     except ValueError as exc:  # malformed keys or suppression settings: say which
         print(f"citystream serve: {exc}", file=sys.stderr)
         return 2
-    serve(app, settings)
+    timer = None
+    if not args.no_audit:  # signed audit checkpoints every audit_checkpoint_interval_s
+        from trust.audit.checkpoint import CheckpointTimer
+
+        timer = CheckpointTimer(settings)
+        timer.start()
+    try:
+        serve(app, settings)
+    finally:
+        if timer is not None:
+            timer.stop()
     return 0
 
 

@@ -232,3 +232,30 @@ def test_a_role_change_is_audited(settings: Settings) -> None:
     ]
     assert records[2]["parameters"] == '{"from":"analyst","to":"operator"}'
     assert records[2]["key_id"] == "ops-7"
+
+
+def test_serve_signs_checkpoints_at_its_interval(settings: Settings) -> None:
+    """The timer citystream serve runs: a checkpoint once the log grew, none while it does
+    not (no duplicate sizes), stopped cleanly."""
+    import time
+
+    from trust.audit.checkpoint import CheckpointTimer
+
+    appender = AuditAppender(settings)
+    for i in range(3):
+        appender.append(entry(i))
+    timer = CheckpointTimer(settings.model_copy(update={"audit_checkpoint_interval_s": 0.3}))
+    timer.start()
+    try:
+        deadline = time.monotonic() + 60
+        while not read_checkpoints(settings) and time.monotonic() < deadline:
+            time.sleep(0.3)
+        appender.append(entry(3))
+        while [c.tree_size for c in read_checkpoints(settings)][-1:] != [4]:
+            assert time.monotonic() < deadline, "no checkpoint of the 4th record"
+            time.sleep(0.3)
+    finally:
+        timer.stop()
+        appender.close()
+    assert [c.tree_size for c in read_checkpoints(settings)] == [3, 4]
+    assert timer.failures == 0

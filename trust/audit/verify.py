@@ -7,8 +7,9 @@ Checks, in order of the checkpoint topic:
    the checkpoints before it give its signed root: the checkpoint topic is intact;
 3. the log (rebuilt from the audit topic) has at least ``tree_size`` records, and its
    first ``tree_size`` records give the signed root;
-4. the RFC 9162 consistency proof from the previous checkpoint to this one, computed from
-   the log, verifies against both signed roots: the log only grew between them.
+4. the RFC 9162 consistency proof between the previous checkpoint and this one (smaller
+   tree to larger: two checkpointers may publish out of order), computed from the log,
+   verifies against both signed roots: the log only grew between them.
 
 The first bad record is the first position where the log's leaf hash differs from the
 signed one (or where the log ends before the signed size); :func:`describe` tells a
@@ -97,14 +98,15 @@ def _merge(signed: list[bytes], cp: Checkpoint) -> bool:
 
 def _consistency(previous: Checkpoint, cp: Checkpoint, hashes: list[bytes]) -> str | None:
     """Why ``cp`` is not an extension of ``previous`` (None: it is)."""
-    first, second = previous.tree_size, cp.tree_size
-    if second < first:
-        return f"goes back from tree size {first} to {second}"
+    smaller, larger = sorted((previous, cp), key=lambda c: c.tree_size)
+    first, second = smaller.tree_size, larger.tree_size
     if second > len(hashes):
         return None  # reported as truncation; no proof can be computed from the log
+    # two checkpointers (API replicas) may publish out of order: a smaller tree after a
+    # larger one is fine as long as it is a prefix of it
     proof = consistency_proof(hashes, first, second)
-    if not verify_consistency(first, second, previous.root_hash, cp.root_hash, proof):
-        return f"not consistent with the checkpoint of tree size {first} before it"
+    if not verify_consistency(first, second, smaller.root_hash, larger.root_hash, proof):
+        return f"not consistent with the checkpoint of tree size {previous.tree_size} before it"
     return None
 
 
