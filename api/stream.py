@@ -197,7 +197,7 @@ class LiveFeed:
         try:
             pending = self._assign(consumer)
             while not self._stop.is_set():
-                for msg in consumer.consume(num_messages=500, timeout=0.5):
+                for msg in self._next_batch(consumer):
                     error = msg.error()
                     if error is not None:
                         if error.code() == KafkaError._PARTITION_EOF:
@@ -210,6 +210,15 @@ class LiveFeed:
                     self.caught_up.set()
         finally:
             consumer.close()
+
+    @staticmethod
+    def _next_batch(consumer: Consumer) -> list[Any]:
+        """What is there now: the first message as soon as it comes (no batching delay),
+        then whatever else is already fetched."""
+        first = consumer.poll(0.5)
+        if first is None:
+            return []
+        return [first, *consumer.consume(num_messages=500, timeout=0)]
 
     def _assign(self, consumer: Consumer) -> set[tuple[str, int]]:
         """Alerts from the beginning, KPIs from the end; the alert partitions to read up."""

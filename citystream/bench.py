@@ -40,6 +40,7 @@ def _fresh(settings: Settings, name: str) -> Settings:
 # Stages that may be left out (--stages); the source and the processor always run.
 STAGES = (
     "dirty", "tracing", "sink", "scaling", "latency", "domains", "ingest", "statements", "privacy",
+    "api",
 )  # fmt: skip
 # The realistic inputs, each beside the clean rate: one kind of dirt at a time, then all.
 DIRTY_INPUTS = (
@@ -144,6 +145,12 @@ def _optional_stages(
 
         opcua = run_opcua_bench(settings)["ingest_opcua_changes_per_s"]
         results["ingest OPC UA (500 variables)"] = f"{opcua:>10} data changes/s"
+    if "api" in stages:  # #15: read API latency on the bench's traffic, SSE delay
+        print("== read API: series and district map over HTTP, SSE delay")
+        from citystream.bench_api import run_api_bench
+
+        for name, text in run_api_bench(_fresh(settings, "api"), traffic, metadata).items():
+            results[name] = text
     if "statements" in stages:  # #17: the time to verify a month of KPI statements
         from citystream.bench_statements import run_statements_bench
 
