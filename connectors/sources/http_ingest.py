@@ -35,7 +35,8 @@ from typing import Any, Protocol
 
 from aiohttp import web
 
-from connectors.publishing import AIR, PARKING, EventPublisher, Rejected
+from connectors.publishing import AIR, ENERGY, PARKING, EventPublisher, Rejected
+from connectors.sources import onem2m
 from connectors.sources.base import Report
 from connectors.sources.ingest_common import (
     DEFAULT_LIMITS,
@@ -384,6 +385,9 @@ class IngestService:
         self.limiter = TokenBucket(settings.ingest_rate_limit_rps, settings.ingest_rate_burst)
         self.commit = GroupCommit(kafka, settings.ingest_request_timeout_s)
         self.counters = {"events": SourceCounters(), "ngsi-ld": SourceCounters()}
+        # oneM2M notifications (#18): POST /onem2m/notify, mapped by container
+        self.onem2m = onem2m.load(config.onem2m if config else {})
+        self.counters[onem2m.SOURCE] = SourceCounters()
 
     def app(self) -> web.Application:
         app = web.Application(
@@ -394,6 +398,8 @@ class IngestService:
             [
                 web.post("/v1/events", self.post_events),
                 web.post("/ngsi-ld/v1/notify", self.post_notify),
+                web.post("/onem2m/notify", self.post_onem2m),
+                web.post("/onem2m/notify/{container:.+}", self.post_onem2m),
                 web.get("/health", self.health),
                 web.get("/ready", self.ready),
                 web.get("/stats", self.stats),
@@ -516,6 +522,17 @@ class IngestService:
             outcomes.append(outcome)
         return await self._answer(outcomes, request[REQUEST_ID], "ngsi-ld")
 
+    async def post_onem2m(self, request: web.Request) -> web.Response:
+        return await onem2m.notify(self, request)
+
+    async def read_body(self, request: web.Request) -> bytes:
+        """The body within the limits (for connectors/sources/onem2m.py)."""
+        return await self._body(request)
+
+    async def make_durable(self) -> None:
+        """Everything handed to Kafka so far acknowledged, or Refused 503."""
+        await self._durable()
+
     async def _durable(self) -> None:
         try:
             await asyncio.wait_for(self.commit.durable(), self.settings.ingest_request_timeout_s)
@@ -606,6 +623,8 @@ def _presented_key(request: web.Request) -> str | None:
     key = request.headers.get("X-API-Key")
     if key:
         return key
+    if request.path.startswith("/onem2m/notify") and "api_key" in request.query:
+        return request.query["api_key"]  # a CSE sends no headers of ours: the key is in nu
     auth = request.headers.get("Authorization", "")
     scheme, _, token = auth.partition(" ")
     return token.strip() if scheme.lower() == "bearer" else None
@@ -777,6 +796,7 @@ def openapi_document(
                     "responses": {**post_ok, **_GUARDED},
                 }
             },
+            **onem2m.openapi_paths(bounds, _GUARDED),
             "/health": {"get": _open("health", "The process is up")},
             "/ready": {"get": _open("ready", "Kafka reachable and not backpressured (else 503)")},
             "/stats": {"get": _open("stats", "Accepted and rejected counts per source")},
@@ -826,6 +846,6 @@ async def serve(service: IngestService, host: str, port: int, stop: asyncio.Even
 def build_service(settings: Settings, config: IngestConfig | None) -> IngestService:
     """Connects to the registry and Kafka (fails early, clearly) and reads the keys."""
     keys = ApiKeys.from_settings(settings)
-    events = EventPublisher(settings, COMPONENT, streams=(AIR, PARKING))
+    events = EventPublisher(settings, COMPONENT, streams=(AIR, PARKING, ENERGY))
     events.setup()
     return IngestService(settings, config, PublisherSide(events), keys)

@@ -825,6 +825,9 @@ class IngestConfig(_Strict):
     mqtt: MqttConfig = Field(default_factory=lambda: MqttConfig.model_validate({}))
     datastreams: list[DatastreamMapping] = Field(default_factory=list)
     ngsi_ld: NgsiConfig = Field(default_factory=lambda: NgsiConfig.model_validate({}))
+    onem2m: dict[str, Any] = Field(
+        default_factory=dict, description="oneM2M containers, checked by sources/onem2m.py"
+    )
     _by_id: dict[tuple[bool, str], DatastreamMapping] = PrivateAttr(default_factory=dict)
 
     def model_post_init(self, _context: Any) -> None:
