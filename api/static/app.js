@@ -294,7 +294,7 @@ function drawSeries() {
       label: e.label, stroke: SERIES_COLOURS[i % SERIES_COLOURS.length], width: 2, spanGaps: false,
       value: (u, v) => fmt(v),
     }))],
-    axes: [{}, { label: unit }],
+    axes: [{}, { label: unit, size: 72 }],
     scales: { x: { time: true } },
   }, data, box);
   const headers = [{ label: "Window start (UTC)" }, ...entities.map((e) => ({ label: e.label, num: true }))];
@@ -381,13 +381,16 @@ async function loadStatus() {
   const rows = domains.map((d) => {
     const f = freshness[d] || {};
     const v = verification[d];
-    const newest = typeof f === "string" ? f : f.newest_window || f.window_end || f.newest || "";
+    const newest = typeof f === "string" ? f : f.newest_window_end || f.newest_window || "";
     let verdict = "not verified yet";
-    if (v) verdict = v.matched ? "matched" : `${v.differences ?? "?"} differences`;
-    return { domain: d, newest, verdict, when: v ? v.at || v.when || v.checked_at || "" : "", matched: v ? Boolean(v.matched) : null };
+    if (v) {
+      verdict = v.ok ? `matched (${v.matched} windows)`
+        : `${v.differences} differences (${v.missing} missing, ${v.extra} extra, ${v.different} different; ${v.matched} matched)`;
+    }
+    return { domain: d, newest: newest.replace("+00:00", "Z"), verdict, when: v ? v.at || "" : "", matched: v ? Boolean(v.ok) : null };
   });
   const t = table("Newest window and latest verification per domain",
-    [{ label: "Domain" }, { label: "Newest window" }, { label: "Verification" }, { label: "Checked" }],
+    [{ label: "Domain" }, { label: "Newest window ends" }, { label: "Verification" }, { label: "Checked" }],
     rows.map((r) => [r.domain, r.newest, r.verdict, r.when]));
   t.querySelectorAll("tbody tr").forEach((tr, i) => {
     const cell = tr.children[2];

@@ -33,14 +33,18 @@ def open_dashboard(driver: Any, url: str) -> None:
     wait_ready(driver)
 
 
-def requested_urls(driver: Any) -> list[str]:
-    """Every URL the browser asked for since the last call (CDP Network events)."""
-    urls = []
+def requested_urls(driver: Any) -> list[tuple[str, str]]:
+    """(URL, URL of the document that asked) of every request since the last call (CDP
+    Network events); the browser's own chrome:// pages are not the page's, and left out."""
+    requests = []
     for entry in driver.get_log("performance"):
         message = json.loads(entry["message"])["message"]
         if message.get("method") == "Network.requestWillBeSent":
-            urls.append(message["params"]["request"]["url"])
-    return urls
+            params = message["params"]
+            document = params.get("documentURL", "")
+            if not document.startswith("chrome://"):
+                requests.append((params["request"]["url"], document))
+    return requests
 
 
 def page_errors(driver: Any) -> list[str]:
