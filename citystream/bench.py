@@ -51,6 +51,7 @@ DIRTY_INPUTS = (
                         hours_late_share=0.001)),
     ("all at once", Dirt()),
 )  # fmt: skip
+STAGES = (*STAGES, "audit")  # #17: the audit write per request (citystream/bench_audit.py)
 
 
 def run_bench(
@@ -95,6 +96,10 @@ def run_bench(
             results[f"processor, {name}"] = _dirty_run(settings, traffic, metadata, dirt, rate)
     _optional_stages(settings, s, traffic, metadata, stages, results, rate, cpu, kpi_rows)
     _privacy_stage(stages, results)
+    if "audit" in stages:  # #17: the audit write cost per request, checkpoint and verify
+        from citystream.bench_audit import run_audit_bench
+
+        results.update(run_audit_bench(_fresh(settings, "audit")))
 
     print(f"\nResults ({os.cpu_count()} cores; each throughput stage alone on the real stack)")
     for name, text in results.items():

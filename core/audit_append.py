@@ -104,6 +104,12 @@ class AuditAppender:
         self._producer: Producer | None = None
         self._serde: AvroSerde | None = None
         self._lock = threading.Lock()
+        self._closed = threading.Event()
+        self._poller: threading.Thread | None = None
+
+    def _poll(self, producer: Producer) -> None:
+        while not self._closed.is_set():
+            producer.poll(0.05)
 
     def open(self) -> None:
         """Create the topics if missing, connect the producer and register the schema
@@ -126,6 +132,13 @@ class AuditAppender:
                         **{"linger.ms": 0, "acks": "all", "message.timeout.ms": timeout_ms}
                     )
                 )
+                # one thread serves every acknowledgement, so concurrent requests each wait
+                # on their own event instead of taking turns in poll()
+                self._closed.clear()
+                self._poller = threading.Thread(
+                    target=self._poll, args=(self._producer,), name="audit-acks", daemon=True
+                )
+                self._poller.start()
 
     def append(self, entry: AuditEntry) -> int:
         """Write ``entry``; returns its offset (= leaf index) once acknowledged.
@@ -149,16 +162,12 @@ class AuditAppender:
 
         try:
             self._producer.produce(self.topic, value, partition=0, on_delivery=delivered)
-        except (BufferError, Exception) as exc:
+        except Exception as exc:  # BufferError (queue full), KafkaException
             raise AuditWriteError(f"audit record not queued for {self.topic}: {exc}") from exc
-        deadline = time.monotonic() + self.timeout_s
-        while not done.is_set():
-            left = deadline - time.monotonic()
-            if left <= 0:
-                raise AuditWriteError(
-                    f"audit record not acknowledged by Kafka within {self.timeout_s}s"
-                )
-            self._producer.poll(min(left, 0.1))
+        if not done.wait(self.timeout_s):  # the poller thread serves the acknowledgement
+            raise AuditWriteError(
+                f"audit record not acknowledged by Kafka within {self.timeout_s}s"
+            )
         if outcome["error"] is not None:
             raise AuditWriteError(f"audit record refused by Kafka: {outcome['error']}")
         return int(outcome["offset"])
@@ -166,7 +175,10 @@ class AuditAppender:
     def close(self) -> None:
         if self._producer is not None:
             self._producer.flush(self.timeout_s)
-            self._producer = None
+            self._closed.set()
+            if self._poller is not None:
+                self._poller.join()
+            self._producer = self._poller = None
 
 
 def local_caller() -> str:
