@@ -13,6 +13,7 @@ from typing import Any
 
 from citystream.audit_cli import add_audit_parser, cmd_audit
 from citystream.city_cli import add_city_parser, cmd_city
+from citystream.governance import add_governance_parser, cmd_governance
 from citystream.rights_cli import add_rights_parser, cmd_rights
 from citystream.serve_cli import add_serve_parser, cmd_serve
 from citystream.statement_cli import add_statement_parser, cmd_statement
@@ -276,6 +277,7 @@ def parser() -> argparse.ArgumentParser:
     add_statement_parser(sub, _add_common)
     add_audit_parser(sub, _add_common)
     add_serve_parser(sub, _add_common)
+    add_governance_parser(sub)
     return root
 
 
@@ -825,6 +827,7 @@ COMMANDS = {
     "statement": cmd_statement,
     "audit": cmd_audit,
     "serve": cmd_serve,
+    "governance": cmd_governance,
 }
 
 if __name__ == "__main__":
