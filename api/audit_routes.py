@@ -5,7 +5,8 @@
   oversight body can keep the checkpoints it has seen and hold later ones to them.
 - ``GET /v1/audit/proof?leaf=&tree_size=`` (auditor, operator): the RFC 9162 inclusion
   proof of record ``leaf`` in the tree of ``tree_size`` records (default: the latest
-  checkpoint's); ``?first=&second=``: the consistency proof between two tree sizes.
+  checkpoint's), with the record itself; ``?first=&second=``: the consistency proof
+  between two tree sizes.
 
 A proof names the signed checkpoint of its tree size when there is one. Every call is
 itself an audited access. The log is read through :class:`trust.audit.proofs.LogView`,
@@ -83,6 +84,7 @@ def proof(
         if leaf is not None:
             size = tree_size or (checkpoints[-1].tree_size if checkpoints else len(tree))
             body = inclusion(tree, leaf, size)
+            body["record"] = view.records[leaf]  # its canonical JSON is the leaf
             parameters: dict[str, Any] = {"leaf": leaf, "tree_size": size}
             body["checkpoint"] = _signed(checkpoints, size)
         else:

@@ -22,6 +22,7 @@ class LogView:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.tree = MerkleLog()
+        self.records: list[dict[str, Any] | None] = []  # by leaf index (None: undecodable)
         self._next_offset = 0
         self._lock = threading.Lock()
 
@@ -30,6 +31,7 @@ class LogView:
         with self._lock:
             for record in read_log(self.settings, start=self._next_offset):
                 self.tree.append_hash(leaf_hash(record.leaf))
+                self.records.append(record.record)
                 self._next_offset = record.offset + 1
             return self.tree
 
