@@ -68,8 +68,9 @@ def _opt_out(settings: Any, field: str, value: str) -> int:
     from core.privacy.edge import pseudonymiser
     from trust.rights.record import record_request
 
-    entry = optout.record(settings, pseudonymiser(settings), field, value)
-    record_request(settings, "opt-out", entry.pseudonyms, {"field": field})
+    pseudonyms = pseudonymiser(settings)
+    record_request(settings, "opt-out", pseudonyms.every(field, value), {"field": field})
+    entry = optout.record(settings, pseudonyms, field, value)
     print(json.dumps({"opted_out": True, "field": field, "pseudonyms": list(entry.pseudonyms)}))
     return 0
 

@@ -32,6 +32,7 @@ from citystream.cli import main
 from citystream.pipeline import Pipeline, wait_settled
 from citystream.query import run_query
 from citystream.replay import reconciles
+from citystream.verify import read_topic as read_records
 from citystream.verify import stored_kpis
 from connectors.sources.city_files import city_replay, publish_reference
 from core.city import load_pack
@@ -44,7 +45,6 @@ from families.service.domain import OPENED, P50
 from oracles.boston_311 import expected_for_pack
 from oracles.compare import compare
 from tests.integration.test_simulated_domains import domain_stats
-from trust.rights.record import LOG
 
 pytestmark = pytest.mark.integration
 BOSTON = Path(__file__).resolve().parents[2] / "cities" / "boston"
@@ -191,8 +191,9 @@ def test_opt_out_access_erase_and_minimisation_on_the_boston_month(
 
         pseudonyms = pseudonymiser(settings)
         opted_p = pseudonyms.pseudonym("request_id", opted).encode()
-        for topic in read:
-            if topic != settings.topic("city.privacy.optouts.v1"):
+        registers = {settings.topic(t) for t in ("city.privacy.optouts.v1", "city.audit.v1")}
+        for topic in read:  # the opt-out and its audit record name the pseudonym; no event
+            if topic not in registers:
                 assert not any(opted_p in v for v in read_topic(settings, topic)), topic
 
         # access: the case's events read back to it, its batches, its KPI rows
@@ -245,8 +246,10 @@ def test_opt_out_access_erase_and_minimisation_on_the_boston_month(
     finally:
         pipeline.stop()
 
-    log = (settings.data_dir / LOG).read_text()
-    requests = [json.loads(line)["request"] for line in log.splitlines()]
+    audit = [r for r in read_records(settings, "city.audit.v1") if r["action"] == "rights"]
+    requests = [json.loads(r["parameters"])["request"] for r in audit]
+    assert {r["endpoint"] for r in audit} == {f"citystream rights {k}" for k in requests}
+    log = json.dumps(audit, default=str)
     assert requests == ["opt-out", "access", "access", "access", "erase", "access", "access"]
     assert not any(case in log for case in (opted, erased, kept, BAD_CASE))
 

@@ -21,10 +21,11 @@ FIELD = "request_id"
 
 
 def erase(settings: Settings, case_id: str) -> dict[str, Any]:
-    """Destroys the case's keys; the outcome says how many existed. Recorded."""
+    """Destroys the case's keys; the outcome says how many existed. Recorded first: a
+    request the audit log cannot take destroys nothing."""
     pseudonyms = pseudonymiser(settings).every(FIELD, case_id)
     store = subject_key_store(settings)
+    held = sum(store.has(p) for p in pseudonyms)
+    record_request(settings, "erase", pseudonyms, {"keys_held": held})  # before it acts
     destroyed = [p for p in pseudonyms if store.destroy(p)]
-    outcome = {"keys_destroyed": len(destroyed), "pseudonyms": list(pseudonyms)}
-    record_request(settings, "erase", pseudonyms, {"keys_destroyed": len(destroyed)})
-    return outcome
+    return {"keys_destroyed": len(destroyed), "pseudonyms": list(pseudonyms)}

@@ -1,40 +1,28 @@
-"""Every rights request is recorded, without the identifier it names (its pseudonyms only).
+"""Every rights request is recorded in the tamper-evident audit log, without the
+identifier it names: the request's kind, the case's pseudonyms and what it did.
 
-The one place a request reaches the audit log: until the tamper-evident log of
-``trust/audit`` exists here, requests are appended (fsync'd) to
-``<data_dir>/privacy/rights-requests.jsonl``; this function is the only call to change.
+The record is appended to ``city.audit.v1`` (``core.audit_append.record_command``: action
+``rights``, endpoint ``citystream rights <kind>``, the local operator as caller) and is
+durable when this returns; :class:`~core.audit_append.AuditWriteError` otherwise, and the
+command fails. Opt-outs and erasures are recorded before they act, so a request the log
+could not take changes nothing; an access export is recorded before it is shown.
 """
 
 from __future__ import annotations
 
-import json
-import os
-import time
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
+from core.audit_append import record_command
 from core.settings import Settings
 
-LOG = Path("privacy") / "rights-requests.jsonl"
+ACTION = "rights"
 
 
 def record_request(
     settings: Settings, kind: str, pseudonyms: Sequence[str], outcome: dict[str, Any]
-) -> dict[str, Any]:
-    """Appends the request (``opt-out``, ``access`` or ``erase``) and returns the entry."""
-    entry = {
-        "at_ms": int(time.time() * 1000),
-        "request": kind,
-        "subject": list(pseudonyms),
-        "outcome": outcome,
-    }
-    path = settings.data_dir / LOG
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
-    try:
-        os.write(fd, (json.dumps(entry, separators=(",", ":")) + "\n").encode())
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    return entry
+) -> int:
+    """Appends the request (``opt-out``, ``access`` or ``erase``); returns its leaf index."""
+    parameters = {"request": kind, "subject": list(pseudonyms), **outcome}
+    rows = int(outcome.get("events", 0))
+    return record_command(settings, ACTION, f"citystream rights {kind}", parameters, rows=rows)
