@@ -79,6 +79,9 @@ def _include_routers(app: FastAPI) -> None:
     from api import audit_routes  # the audit log: checkpoint and proofs
 
     app.include_router(audit_routes.router)
+    from api import things  # WoT Thing Descriptions of the sensors (#18)
+
+    app.include_router(things.router)
     # --- end of colleagues' routers ------------------------------------------------------
 
 

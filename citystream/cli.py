@@ -749,6 +749,9 @@ def cmd_ingest(args: argparse.Namespace) -> int:
     if args.protocol == "opcua":  # its own mapping file (connectors/sources/opcua.py)
         return _ingest_opcua(settings)
     config = load_config(settings.ingest_config) if settings.ingest_config else None
+    from connectors.sources.wot import with_things  # the pack's WoT TDs add Datastreams
+
+    config = with_things(config, settings.city)
     wait_for_services(settings)
     ensure_topics(settings)
     _telemetry(settings, "ingest", settings.ingest_metrics_port)
