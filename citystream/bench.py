@@ -38,10 +38,11 @@ def _fresh(settings: Settings, name: str) -> Settings:
 
 
 # Stages that may be left out (--stages); the source and the processor always run.
-STAGES = (
+STAGES: tuple[str, ...] = (
     "dirty", "tracing", "sink", "scaling", "latency", "domains", "ingest", "statements", "privacy",
     "api",
 )  # fmt: skip
+STAGES = (*STAGES, "dashboard")  # #15: the dashboard's first render in headless chromium
 # The realistic inputs, each beside the clean rate: one kind of dirt at a time, then all.
 DIRTY_INPUTS = (
     ("unknown sensors", UNKNOWN_ONLY),
@@ -161,6 +162,15 @@ def _optional_stages(
 
         for name, text in run_statements_bench(_fresh(settings, "statements")).items():
             results[name] = text
+    if "dashboard" in stages:  # #15: in the browser, on the Aarhus day's KPIs
+        print("== dashboard: first render in headless chromium")
+        from citystream.bench_dashboard import run_dashboard_bench
+
+        render = run_dashboard_bench(_fresh(settings, "dashboard"))
+        results["dashboard first render"] = (
+            f"p50 {render['p50_ms']:,.0f} ms  max {render['max_ms']:,.0f} ms"
+            f"  ({render['loads']:.0f} loads, fresh profile each)"
+        )
 
 
 def _privacy_stage(stages: tuple[str, ...], results: _Results) -> None:

@@ -10,13 +10,17 @@ Selenium is a development dependency: it is imported only when this stage runs.
 
 from __future__ import annotations
 
+import socket
 import statistics
 import tempfile
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
+
+from core.settings import Settings
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMEDRIVER = Path("/usr/bin/chromedriver")
@@ -108,3 +112,54 @@ def measure_first_render(url: str, loads: int = LOADS) -> dict[str, float]:
         ):
             times.append(first_render_ms(driver, url))
     return {"p50_ms": statistics.median(times), "max_ms": max(times), "loads": float(loads)}
+
+
+def run_dashboard_bench(settings: Settings, loads: int = LOADS) -> dict[str, float]:
+    """The shipped Aarhus day through the real processors and sink into ``settings``'
+    (fresh) namespace, the API over that sink, and the page's first render measured."""
+    from citystream.demo import replay_day
+    from citystream.pipeline import Pipeline
+    from citystream.replay import AarhusFiles, wait_processed
+    from families.registry import ensure_topics, register_schemas
+
+    ensure_topics(settings)
+    register_schemas(settings)
+    pipeline = Pipeline(settings, processors=("traffic", "air", "parking", "devices"))
+    try:
+        pipeline.start("processor", "alerts", "sink")
+        reports = replay_day(settings, AarhusFiles.shipped())
+        published = {name: report.published for name, report in reports.items()}
+        published["devices"] = published["traffic"] + published["air"]
+        wait_processed(pipeline, published)
+        with api_server(settings) as url:
+            print(f"    dashboard at {url}, {loads} loads in a fresh headless chromium each")
+            return measure_first_render(url, loads)
+    finally:
+        pipeline.stop()
+
+
+@contextmanager
+def api_server(settings: Settings) -> Iterator[str]:
+    """The read API and dashboard over ``settings``' sink, on a free loopback port."""
+    import uvicorn
+
+    from api.app import create_app
+    from api.config import build_context
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = int(probe.getsockname()[1])
+    app = create_app(build_context(settings))
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, name="bench-api", daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not server.started:
+        if not thread.is_alive() or time.monotonic() > deadline:
+            raise RuntimeError("the read API did not start")
+        time.sleep(0.05)
+    try:
+        yield f"http://127.0.0.1:{port}/"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=30)
