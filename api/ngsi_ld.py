@@ -592,6 +592,20 @@ def _kpi_names(type_param: str | None) -> list[str]:
     return []
 
 
+def path_id(request: Request, decoded: str) -> str:
+    """The entity id as the client wrote it in the path, before the server decoded it once:
+    an id's parts are percent-encoded (``%3A`` for a ':' inside a name), and the decoded
+    path would merge them. A path segment encoded as a whole (``urn%3Angsi-ld%3A...``) is
+    decoded once, to the id."""
+    raw = request.scope.get("raw_path")
+    if not raw:
+        return decoded
+    segment = raw.decode("ascii", "replace")
+    marker = "/entities/"
+    segment = segment[segment.index(marker) + len(marker) :] if marker in segment else decoded
+    return segment if segment.startswith("urn:") else unquote(segment)
+
+
 def city_of(context: ApiContext, series: SeriesId) -> City:
     if series.city not in context.cities:
         raise not_found(f"no entity {series.urn}: no city {series.city!r}", "id")
@@ -717,7 +731,7 @@ def _page_links(request: Request, limit: int, offset: int, returned: int, total:
 
 
 @router.get(
-    "/ngsi-ld/v1/entities/{entity_id}",
+    "/ngsi-ld/v1/entities/{entity_id:path}",
     summary="One KPI series as an NGSI-LD KeyPerformanceIndicator entity",
 )
 def retrieve_entity(
@@ -728,7 +742,7 @@ def retrieve_entity(
 ) -> Response:
     try:
         media = negotiate(request.headers.get("accept"))
-        series = parse_id(entity_id)
+        series = parse_id(path_id(request, entity_id))
         city = city_of(context, series)
         found = _one_entity(context, city, caller, series)
         if found is None:
@@ -742,7 +756,7 @@ def retrieve_entity(
 
 
 @router.get(
-    "/ngsi-ld/v1/temporal/entities/{entity_id}",
+    "/ngsi-ld/v1/temporal/entities/{entity_id:path}",
     summary="A KPI series' windows: temporal or aggregated temporal representation",
 )
 def retrieve_temporal(
@@ -762,7 +776,7 @@ def _retrieve_temporal(
 ) -> Response:
     params = _params(request)
     media = negotiate(request.headers.get("accept"))
-    series = parse_id(entity_id)
+    series = parse_id(path_id(request, entity_id))
     options = options_of(params)
     span = time_range(params)
     city = city_of(context, series)

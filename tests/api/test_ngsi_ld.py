@@ -153,6 +153,25 @@ def test_unknown_series_is_resource_not_found(api_stack: ApiStack):
         assert answer.json()["type"] == ERRORS + "ResourceNotFound"
 
 
+def test_entity_part_with_slash_and_colon_reaches_the_route(api_stack: ApiStack):
+    """An encoded '/' or ':' in an entity name stays inside the id (here: no such series)."""
+    urn = SeriesId("aarhus", "service.requests_opened", "category", "Lights: Out/Repair").urn
+    assert "%2F" in urn and "%3A" in urn
+    for path in (f"/ngsi-ld/v1/entities/{urn}", f"/ngsi-ld/v1/temporal/entities/{urn}"):
+        answer = api_stack.client.get(path, headers=ANALYST)
+        assert answer.status_code == 404, answer.text
+        assert answer.json()["type"] == ERRORS + "ResourceNotFound"
+        assert "Lights: Out/Repair" in answer.json()["detail"] or urn in answer.json()["detail"]
+
+
+def test_id_encoded_as_a_whole_path_segment(api_stack: ApiStack):
+    encoded = quote(CITY_SERIES, safe="")
+    assert encoded.startswith("urn%3Angsi-ld%3A")
+    answer = api_stack.client.get(f"/ngsi-ld/v1/entities/{encoded}", headers=ANALYST)
+    assert answer.status_code == 200, answer.text
+    assert answer.json()["id"] == CITY_SERIES
+
+
 def test_unknown_city_is_resource_not_found(api_stack: ApiStack):
     listing = api_stack.client.get(
         "/ngsi-ld/v1/entities", params={"type": "KeyPerformanceIndicator", "city": "atlantis"}
