@@ -57,6 +57,15 @@ CORE_TOPICS: dict[str, TopicSpec] = {
             internal=True,
         ),
         TopicSpec(
+            "city.privacy.optouts.v1",
+            "privacy_optout.avsc",
+            key="the identifier's pseudonym under the active key",
+            doc="Opt-out registry: identifiers (as pseudonyms) whose observations sources drop "
+            "at ingest; compacted (docs/rights.md)",
+            compacted=True,
+            internal=True,
+        ),
+        TopicSpec(
             "city.alerts.v1",
             "alert.avsc",
             key="type|entity_id",

@@ -1,7 +1,8 @@
 """The opt-out registry: a compacted topic of pseudonyms whose observations are not kept.
 
 ``city.privacy.optouts.v1`` (under the topic prefix) holds one record per opted-out
-identifier, keyed by its pseudonym under the active key; the value (JSON) names the field
+identifier, keyed by its pseudonym under the active key; the value (Avro,
+``privacy_optout.avsc``, with its data contract) names the field
 and the identifier's pseudonym under every key configured when it was recorded, so a
 source keeps recognising it after a key rotation while the old key is still configured.
 The raw identifier is never written. Compaction keeps the latest record per key, which
@@ -15,25 +16,20 @@ kept nowhere, not even in a dead letter.
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
 
 from core.kafka import Publisher, create_topics, read_topic
 from core.privacy.pseudonym import Pseudonymiser, key_id_of
 from core.settings import Settings
-from schemas.catalog import TopicSpec
+from schemas.catalog import CORE_TOPICS
+from schemas.registry import SchemaRegistry
 
 TOPIC = "city.privacy.optouts.v1"
-SPEC = TopicSpec(
-    TOPIC,
-    "",  # JSON values: {field, pseudonyms, recorded_at}; no Avro subject
-    key="pseudonym of the identifier under the active key",
-    doc="Opt-out registry: identifiers (as pseudonyms) whose observations are dropped at "
-    "ingest; compacted",
-    compacted=True,
-)
+SPEC = CORE_TOPICS[TOPIC]  # schemas/avro/privacy_optout.avsc, with its data contract
 
 
 @dataclass(frozen=True)
@@ -42,17 +38,16 @@ class OptOut:
     pseudonyms: tuple[str, ...]  # under every key configured when recorded, active first
     recorded_at_ms: int
 
-    def encode(self) -> bytes:
-        return json.dumps(
-            {"field": self.field, "pseudonyms": list(self.pseudonyms),
-             "recorded_at": self.recorded_at_ms},
-            separators=(",", ":"),
-        ).encode()  # fmt: skip
+    def record(self) -> dict[str, Any]:
+        """The Avro record."""
+        return {"field": self.field, "pseudonyms": list(self.pseudonyms),
+                "recorded_at": self.recorded_at_ms}  # fmt: skip
 
     @classmethod
-    def decode(cls, value: bytes) -> OptOut:
-        data = json.loads(value)
-        return cls(str(data["field"]), tuple(data["pseudonyms"]), int(data["recorded_at"]))
+    def of(cls, record: dict[str, Any]) -> OptOut:
+        at = record["recorded_at"]
+        ms = int(at.timestamp() * 1000) if isinstance(at, datetime) else int(at)
+        return cls(str(record["field"]), tuple(record["pseudonyms"]), ms)
 
 
 def ensure_topic(settings: Settings) -> None:
@@ -63,8 +58,10 @@ def record(settings: Settings, pseudonymiser: Pseudonymiser, field: str, value: 
     """Writes the opt-out of ``value`` (in ``field``), durable on return."""
     entry = OptOut(field, pseudonymiser.every(field, value), int(time.time() * 1000))
     ensure_topic(settings)
+    topic = settings.topic(TOPIC)
+    serde = SchemaRegistry(settings.registry_config()).serde(topic, SPEC)
     publisher = Publisher.create(settings)
-    publisher.send(settings.topic(TOPIC), entry.pseudonyms[0].encode(), entry.encode())
+    publisher.send(topic, entry.pseudonyms[0].encode(), serde.encode(entry.record()))
     publisher.flush()
     return entry
 
@@ -72,7 +69,9 @@ def record(settings: Settings, pseudonymiser: Pseudonymiser, field: str, value: 
 def read_all(settings: Settings) -> list[OptOut]:
     """Every record of the registry now (creating the topic when there is none yet)."""
     ensure_topic(settings)
-    return [OptOut.decode(value) for value in read_topic(settings, settings.topic(TOPIC))]
+    topic = settings.topic(TOPIC)
+    serde = SchemaRegistry(settings.registry_config()).serde(topic, SPEC)
+    return [OptOut.of(serde.decode(value)) for value in read_topic(settings, topic)]
 
 
 @dataclass

@@ -28,7 +28,7 @@ INTERNAL_TOPICS = {
     "city.air.partials.v1", "city.parking.batches.v1", "city.parking.partials.v1",
     "city.devices.partials.v1", "city.energy.batches.v1", "city.energy.partials.v1",
     "city.waste.batches.v1", "city.waste.partials.v1", "city.service_requests.batches.v1",
-    "city.service.partials.v1", "city.kpi.batches.v1",
+    "city.service.partials.v1", "city.kpi.batches.v1", "city.privacy.optouts.v1",
 }  # fmt: skip
 
 
