@@ -62,7 +62,7 @@ def catalogue(context: Context, caller: CurrentCaller) -> dict[str, Any]:
 
 SERIES_SQL = """SELECT {start} AS start, {end} AS end, {agg}(value) AS value,
     toUInt64(sum(samples)) AS samples, count() AS windows
-FROM kpi_latest
+FROM kpi FINAL
 WHERE kpi = {{kpi:String}} AND scope = {{scope:String}} AND entity_id = {{entity:String}}
   AND window_start >= {{from:DateTime64(3, 'UTC')}} AND window_start < {{to:DateTime64(3, 'UTC')}}
 GROUP BY start, end

@@ -105,7 +105,7 @@ def district_features(
     return features
 
 
-LATEST_SQL = """SELECT entity_id, value, samples, window_start, window_end FROM kpi_latest
+LATEST_SQL = """SELECT entity_id, value, samples, window_start, window_end FROM kpi FINAL
 WHERE kpi = {kpi:String} AND scope = {scope:String} AND window_start = (
     SELECT max(window_start) FROM kpi
     WHERE kpi = {kpi:String} AND scope = {scope:String}
@@ -175,12 +175,12 @@ def map_layer(
 
 EQUITY_SQL = """SELECT entity_id AS district, avg(value) AS value,
     toUInt64(sum(samples)) AS samples, count() AS windows
-FROM kpi_latest
+FROM kpi FINAL
 WHERE kpi = {kpi:String} AND scope = 'district' AND entity_id != 'unknown'
   AND window_start >= {from:DateTime64(3, 'UTC')} AND window_start < {to:DateTime64(3, 'UTC')}
 GROUP BY district ORDER BY district"""
 
-CITY_SQL = """SELECT avg(value) FROM kpi_latest
+CITY_SQL = """SELECT avg(value) FROM kpi FINAL
 WHERE kpi = {kpi:String} AND scope = 'city' AND entity_id = {city:String}
   AND window_start >= {from:DateTime64(3, 'UTC')} AND window_start < {to:DateTime64(3, 'UTC')}"""
 
