@@ -40,6 +40,8 @@ PUBLIC_API: dict[str, tuple[str, ...]] = {
     "/ngsi-ld/contexts/{name}": (),  # JSON-LD contexts: vocabulary, no data
     "/catalog": (),  # the DCAT catalogue: dataset descriptions, no data
     "/v1/audit/checkpoint": ("audit_checkpoint.avsc",),  # signed tree heads: no personal data
+    # WoT Thing Descriptions of sensors: from the reference data of segments and car parks
+    "/v1/things/{thing}": ("road_segment.avsc", "car_park.avsc"),
 }
 
 # Paths the public role cannot call, with the least role that can (api/context.py Role).
