@@ -9,7 +9,7 @@
   between two tree sizes.
 
 A proof names the signed checkpoint of its tree size when there is one. Every call is
-itself an audited access. The log is read through :class:`trust.audit.proofs.LogView`,
+itself an audited access. The log is read through :class:`trust.audit.log.LogView`,
 kept on the app (one per process), which reads only the records added since its last look.
 """
 
@@ -21,8 +21,9 @@ from fastapi import APIRouter, Query, Request
 
 from api.context import Context, CurrentCaller, Role, record_access
 from api.problems import Problem, bad_parameter, not_found
-from trust.audit.checkpoint import Checkpoint, public_key_info, trusted_key
-from trust.audit.proofs import LogView, consistency, inclusion
+from trust.audit.checkpoint import Checkpoint, public_key_info, read_checkpoints, trusted_key
+from trust.audit.log import LogView
+from trust.audit.proofs import consistency, inclusion
 from trust.merkle import ProofError
 
 router = APIRouter(prefix="/v1/audit", tags=["Audit"])
@@ -45,7 +46,7 @@ def _key(request: Request) -> dict[str, str]:
 
 @router.get("/checkpoint", summary="The audit log's latest signed checkpoint and public key")
 def latest_checkpoint(request: Request, context: Context, caller: CurrentCaller) -> dict[str, Any]:
-    checkpoints = log_view(request).checkpoints()
+    checkpoints = read_checkpoints(context.settings)
     if not checkpoints:
         raise not_found("no audit checkpoint signed yet (citystream audit checkpoint)")
     latest = checkpoints[-1]
@@ -79,7 +80,7 @@ def proof(
         raise bad_parameter("leaf", "give leaf (and tree_size), or first and second")
     view = log_view(request)
     tree = view.refresh()
-    checkpoints = view.checkpoints()
+    checkpoints = read_checkpoints(context.settings)
     try:
         if leaf is not None:
             size = tree_size or (checkpoints[-1].tree_size if checkpoints else len(tree))

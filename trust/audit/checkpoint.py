@@ -36,7 +36,7 @@ from core.settings import Settings
 from schemas.catalog import CORE_TOPICS, load_schema
 from schemas.registry import SchemaRegistry
 from schemas.serde import AvroSerde
-from trust.audit.log import build_tree, decoder, read_log, read_values
+from trust.audit.log import LogView, build_tree, decoder, read_log, read_values
 from trust.merkle import HASH_SIZE, MerkleLog
 from trust.statements.signing import (
     canonical,
@@ -214,16 +214,20 @@ def publish(settings: Settings, checkpoints: list[Checkpoint]) -> list[Checkpoin
 
 
 def checkpoint_now(
-    settings: Settings, key: Ed25519PrivateKey | None = None, at_ms: int | None = None
+    settings: Settings,
+    key: Ed25519PrivateKey | None = None,
+    at_ms: int | None = None,
+    view: LogView | None = None,
 ) -> list[Checkpoint]:
     """Sign and publish checkpoints up to the log's current size (none if it did not grow).
 
-    Refuses (:class:`AuditLogError`) when the log is shorter than, or differs from, what the
-    last checkpoint signed: an operator must not sign over a tampered log.
+    ``view``: a tree kept from earlier calls (the interval checkpointer), so only new records
+    are read; without it the whole log is read. Refuses (:class:`AuditLogError`) when the
+    log is shorter than, or differs from, what the last checkpoint signed: an operator must
+    not sign over a tampered log.
     """
     key = key or audit_signing_key(settings, create=True)
-    records = read_log(settings)
-    tree = build_tree(records)
+    tree = view.refresh() if view is not None else build_tree(read_log(settings))
     previous = read_checkpoints(settings)
     done = previous[-1].tree_size if previous else 0
     if done > len(tree):
@@ -252,6 +256,7 @@ class CheckpointTimer:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.interval = settings.audit_checkpoint_interval_s
+        self.view = LogView(settings)  # read incrementally, tick after tick
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self.failures = 0
@@ -270,7 +275,7 @@ class CheckpointTimer:
         log = logging.getLogger(__name__)
         while not self._stop.wait(self.interval):
             try:
-                made = checkpoint_now(self.settings)
+                made = checkpoint_now(self.settings, view=self.view)
             except Exception:
                 self.failures += 1
                 log.exception("audit checkpoint failed; retrying in %.0fs", self.interval)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -87,3 +88,25 @@ def build_tree(records: list[LogRecord]) -> MerkleLog:
     for r in records:
         tree.append_hash(leaf_hash(r.leaf))
     return tree
+
+
+class LogView:
+    """The audit log's Merkle tree kept in memory, brought up to date on demand: only the
+    records appended since the last look are read (one partition: offsets are leaf
+    indexes). The API's proofs and the interval checkpointer use one each."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.tree = MerkleLog()
+        self.records: list[dict[str, Any] | None] = []  # by leaf index (None: undecodable)
+        self._next_offset = 0
+        self._lock = threading.Lock()
+
+    def refresh(self) -> MerkleLog:
+        """Read the records appended since the last refresh; returns the tree."""
+        with self._lock:
+            for record in read_log(self.settings, start=self._next_offset):
+                self.tree.append_hash(leaf_hash(record.leaf))
+                self.records.append(record.record)
+                self._next_offset = record.offset + 1
+            return self.tree

@@ -1,42 +1,15 @@
 """Inclusion and consistency proofs over the audit log, as ``GET /v1/audit/proof`` serves them.
 
-:class:`LogView` keeps the log's leaf hashes in memory and reads only the records appended
-since its last look (the topic has one partition, offsets are leaf indexes), so a proof
-costs one short Kafka read and O(n) hashing of subtrees, not a re-read of the log.
+The tree comes from a :class:`trust.audit.log.LogView`, which reads only the records
+appended since its last look, so a proof costs one short Kafka read and O(n) hashing of
+subtrees, not a re-read of the log.
 """
 
 from __future__ import annotations
 
-import threading
 from typing import Any
 
-from core.settings import Settings
-from trust.audit.checkpoint import Checkpoint, read_checkpoints
-from trust.audit.log import read_log
-from trust.merkle import MerkleLog, ProofError, leaf_hash
-
-
-class LogView:
-    """The audit log's Merkle tree, brought up to date on demand."""
-
-    def __init__(self, settings: Settings) -> None:
-        self.settings = settings
-        self.tree = MerkleLog()
-        self.records: list[dict[str, Any] | None] = []  # by leaf index (None: undecodable)
-        self._next_offset = 0
-        self._lock = threading.Lock()
-
-    def refresh(self) -> MerkleLog:
-        """Read the records appended since the last refresh; returns the tree."""
-        with self._lock:
-            for record in read_log(self.settings, start=self._next_offset):
-                self.tree.append_hash(leaf_hash(record.leaf))
-                self.records.append(record.record)
-                self._next_offset = record.offset + 1
-            return self.tree
-
-    def checkpoints(self) -> list[Checkpoint]:
-        return read_checkpoints(self.settings)
+from trust.merkle import MerkleLog, ProofError
 
 
 def inclusion(tree: MerkleLog, leaf: int, tree_size: int) -> dict[str, Any]:
