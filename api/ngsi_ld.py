@@ -309,20 +309,20 @@ LIST_SQL = """SELECT kpi, scope, entity_id,
     toUnixTimestamp64Milli(argMax(window_end, window_start)) AS end_ms,
     argMax(value, window_start) AS value,
     argMax(samples, window_start) AS samples
-FROM kpi_latest
+FROM kpi FINAL
 WHERE kpi IN {kpis:Array(String)}
 GROUP BY kpi, scope, entity_id
 ORDER BY kpi, scope, entity_id
 LIMIT {limit:UInt32} OFFSET {offset:UInt32}"""
 
 COUNT_SQL = """SELECT count() FROM (
-    SELECT DISTINCT kpi, scope, entity_id FROM kpi_latest WHERE kpi IN {kpis:Array(String)}
+    SELECT DISTINCT kpi, scope, entity_id FROM kpi FINAL WHERE kpi IN {kpis:Array(String)}
 )"""
 
 LATEST_SQL = f"""SELECT kpi, scope, entity_id,
     toUnixTimestamp64Milli(window_start) AS start_ms,
     toUnixTimestamp64Milli(window_end) AS end_ms, value, samples
-FROM kpi_latest
+FROM kpi FINAL
 WHERE {_SERIES}
 ORDER BY window_start DESC
 LIMIT 1"""
@@ -338,7 +338,7 @@ def instances_sql(descending: bool) -> str:
     order = "DESC" if descending else "ASC"
     return f"""SELECT toUnixTimestamp64Milli(window_start) AS start_ms,
     toUnixTimestamp64Milli(window_end) AS end_ms, value, samples
-FROM kpi_latest
+FROM kpi FINAL
 WHERE {_SERIES} AND {_RANGE}
 ORDER BY window_start {order}
 LIMIT {{limit:UInt32}}"""
@@ -353,7 +353,7 @@ def aggregate_sql(methods: Sequence[str]) -> str:
         {{step_ms:Int64}}) AS period,
     sum(samples) AS period_samples,
     {columns}
-FROM kpi_latest
+FROM kpi FINAL
 WHERE {_SERIES} AND {_RANGE}
 GROUP BY period
 ORDER BY period"""
