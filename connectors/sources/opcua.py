@@ -68,6 +68,7 @@ from connectors.sources.ingest_common import (
     convert,
     event_id,
     fit_dead_letter,
+    minimised,
     parse_time,
     publish_accepted,
     short_repr,
@@ -744,7 +745,9 @@ class OpcUaSource:
                 self._reject(outcome)
 
     def _reject(self, rejected: Rejected) -> None:
-        self.events.reject(fit_dead_letter(rejected))
+        # #16: as the HTTP and MQTT ingest, the change's JSON shape with only the values of
+        # canonical, time, unit and type fields (a node id or a free-text value: names only)
+        self.events.reject(fit_dead_letter(minimised(rejected)))
         self.counters.rejected[rejected.reason] += 1
 
 

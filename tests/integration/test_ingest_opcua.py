@@ -11,6 +11,7 @@ nothing with the processor. The server helper is shared with the security tests.
 from __future__ import annotations
 
 import asyncio
+import json
 import random
 import subprocess
 import threading
@@ -27,7 +28,9 @@ from asyncua.crypto.permission_rules import User, UserRole
 
 from citystream.pipeline import Pipeline, wait_settled
 from citystream.verify import stored_kpis
+from connectors.sources.ingest_common import dead_letter_fields
 from core.kafka import end_offsets
+from core.privacy.minimise import DROPPED
 from core.settings import Settings
 from families.registry import ensure_topics, register_schemas
 from oracles.compare import compare
@@ -48,6 +51,16 @@ T0 = datetime(2024, 3, 4, 6, 0, tzinfo=UTC)
 STEP = timedelta(minutes=4)  # source time between rounds: a round per second of wall time
 LABEL = "ns=2;s=Plant.Label"  # a String variable mapped as a meter: wrong type
 MISSING = "ns=2;s=Meter999.Energy"  # mapped, but the server has no such node
+
+
+def values_outside(shape: Any, keep: frozenset[str], kept: bool = False) -> list[Any]:
+    """The values of a dead letter's payload that are not under a ``keep`` field (each should
+    have been dropped by the minimisation)."""
+    if isinstance(shape, dict):
+        return [x for k, v in shape.items() for x in values_outside(v, keep, kept or k in keep)]
+    if isinstance(shape, list):
+        return [x for v in shape for x in values_outside(v, keep, kept)]
+    return [] if kept or shape == DROPPED else [shape]
 
 
 def meter_node(i: int) -> str:
@@ -328,6 +341,18 @@ def test_opcua_plant_to_clickhouse_matches_the_recomputation(
     assert status["origin"] == f"opcua:{server.endpoint}#{meter_node(0)}"
     wrong_type = next(d for d in letters if d["origin"].endswith(LABEL))
     assert "expected a number, got str" in wrong_type["detail"]
+    # #16: a dead letter keeps the change's shape, and values only of canonical, time, unit
+    # and type fields (the status is one); the node id, value and timestamps are names only
+    for letter in letters:
+        shape = json.loads(letter["payload"])
+        fields = {"node_id", "value", "status", "source_timestamp", "server_timestamp"}
+        assert set(shape) == fields, shape
+        assert values_outside(shape, dead_letter_fields()) == [], letter
+        assert (
+            LABEL.encode() not in letter["payload"]
+            and meter_node(0).encode() not in letter["payload"]
+        )
+    assert json.loads(status["payload"])["status"] == "BadSensorFailure"  # a canonical field
 
     pipeline = Pipeline(settings, processors=("energy",))
     try:
