@@ -401,23 +401,29 @@ def stack_config(settings: Settings) -> Any:
 
 
 def cmd_init(args: argparse.Namespace) -> int:
-    from families.registry import ensure_topics, register_schemas
+    from citystream.audit_governance import record_topic_changes
+    from families.registry import register_schemas, setup_topics
 
     settings = build_settings(args)
-    created = ensure_topics(settings)
+    created, altered = setup_topics(settings)
     print(f"topics created: {', '.join(created) or 'none (all existed)'}")
+    if record_topic_changes(settings, altered):  # governance changes are audited (#17)
+        print(f"topic configs aligned with their contracts: {', '.join(sorted(altered))}")
     for subject, schema_id in register_schemas(settings).items():
         print(f"schema {subject}-value -> id {schema_id}")
     return 0
 
 
 def cmd_migrate(args: argparse.Namespace) -> int:
+    from citystream.audit_governance import record_ttl_changes
     from connectors.sinks.clickhouse import ClickHouseSink
 
     settings = build_settings(args)
     with ClickHouseSink(settings) as sink:
         applied = sink.setup()
     print(f"migrations applied: {', '.join(map(str, applied)) or 'none (up to date)'}")
+    if record_ttl_changes(settings, sink.ttl_changes):  # governance changes are audited (#17)
+        print(f"TTLs changed: {', '.join(sorted(sink.ttl_changes))}")
     return 0
 
 

@@ -50,10 +50,18 @@ class Registry:
     def ensure_topics(self, settings: Settings, timeout: float = 30.0) -> list[str]:
         """Create the missing topics of the catalogue; existing ones keep their partitions,
         and their retention is altered to follow their data contracts (idempotently)."""
+        return self.setup_topics(settings, timeout)[0]
+
+    def setup_topics(
+        self, settings: Settings, timeout: float = 30.0
+    ) -> tuple[list[str], dict[str, dict[str, str]]]:
+        """:meth:`ensure_topics`, also returning the existing topics whose configs were
+        altered and what was set: `citystream init` audits those as governance changes
+        (#17), so the caller, which holds the settings of the audit log, records them."""
         created = create_topics(settings, self.topics.values(), timeout)
         existing = [s for s in self.topics.values() if settings.topic(s.name) not in created]
-        align_retention(settings, existing, timeout)  # the new ones were created aligned
-        return created
+        altered = align_retention(settings, existing, timeout)  # new ones were created aligned
+        return created, altered
 
     def register_schemas(self, settings: Settings) -> dict[str, int]:
         """Register every topic's schema under its subject (``<topic>-value``, BACKWARD)."""
@@ -104,6 +112,14 @@ EVENT_STREAMS = REGISTRY.streams
 def ensure_topics(settings: Settings, timeout: float = 30.0) -> list[str]:
     """Create the registered families' and the core's missing topics."""
     return REGISTRY.ensure_topics(settings, timeout)
+
+
+def setup_topics(
+    settings: Settings, timeout: float = 30.0
+) -> tuple[list[str], dict[str, dict[str, str]]]:
+    """The topics created and the existing topics' configs altered (see
+    :meth:`Registry.setup_topics`)."""
+    return REGISTRY.setup_topics(settings, timeout)
 
 
 def register_schemas(settings: Settings) -> dict[str, int]:

@@ -345,10 +345,13 @@ def migrate(
     migrations: Sequence[Migration] = MIGRATIONS,
     *,
     zone: str = DEFAULT_DAY_ZONE,
+    ttl_changes: dict[str, str | None] | None = None,
 ) -> list[int]:
     """Create the database, apply pending ``migrations``, the retention and the time zone of
     the local days (``zone``, see :func:`day_zone`); returns the migration versions applied
-    now. Tests pass a prefix of MIGRATIONS to stage upgrades.
+    now. Tests pass a prefix of MIGRATIONS to stage upgrades. ``ttl_changes``, when given,
+    receives each table whose TTL was altered (``database.table``: the new TTL, None for
+    none), for `citystream migrate` to audit as a governance change (#17).
 
     When every migration is applied and the TTLs and the zone are as set, it runs no DDL at
     all, so the sink can start as a user that may only insert KPIs
@@ -358,7 +361,7 @@ def migrate(
     literal = format_str(known_zone(zone))
     local_days = LOCAL_DAYS_VERSION in {m.version for m in migrations}
     if {m.version for m in migrations} <= _applied(client, db):
-        apply_retention(client, database, retention)
+        _note_ttls(ttl_changes, database, apply_retention(client, database, retention))
         if local_days:
             apply_day_zone(client, database, zone)
         return []
@@ -379,7 +382,14 @@ def migrate(
         )
         log.info("applied ClickHouse migration %d (%s)", migration.version, migration.name)
         applied.append(migration.version)
-    apply_retention(client, database, retention)
+    _note_ttls(ttl_changes, database, apply_retention(client, database, retention))
     if local_days:
         apply_day_zone(client, database, zone)
     return applied
+
+
+def _note_ttls(
+    into: dict[str, str | None] | None, database: str, changed: dict[str, str | None]
+) -> None:
+    if into is not None:
+        into.update({f"{database}.{table}": ttl for table, ttl in changed.items()})

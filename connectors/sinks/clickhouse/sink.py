@@ -133,6 +133,8 @@ class ClickHouseSink(BatchingSink):
         self._client: Session | None = None
         self._query_clients: dict[float | None, Session] = {}  # by time limit
         self._db_lock = threading.Lock()  # one chDB caller at a time: inserts and queries
+        # tables whose TTL setup() altered (database.table: new TTL), for the migrate audit
+        self.ttl_changes: dict[str, str | None] = {}
 
     def group(self) -> str:
         return self.settings.group(self.settings.sink_group_id)
@@ -157,7 +159,11 @@ class ClickHouseSink(BatchingSink):
             if not self.cities:
                 zone = day_zone(self.settings)  # the local days of kpi_daily
                 return migrate(
-                    self._client, self.settings.clickhouse_database, retention, zone=zone
+                    self._client,
+                    self.settings.clickhouse_database,
+                    retention,
+                    zone=zone,
+                    ttl_changes=self.ttl_changes,
                 )
             own = quote_identifier(self.settings.clickhouse_database)
             if str(self._client.command(f"EXISTS DATABASE {own}", use_database=False)) != "1":
@@ -166,7 +172,13 @@ class ClickHouseSink(BatchingSink):
             applied: list[int] = []
             for city in self.cities:  # each city's rollup counts its own local days
                 database = city.clickhouse_database
-                applied += migrate(self._client, database, retention, zone=day_zone(city))
+                applied += migrate(
+                    self._client,
+                    database,
+                    retention,
+                    zone=day_zone(city),
+                    ttl_changes=self.ttl_changes,
+                )
             return applied
 
     def write_topics(self, batch: Mapping[str, TopicRows]) -> None:
