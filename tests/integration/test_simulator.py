@@ -43,12 +43,20 @@ STREAMS = (ENERGY, WASTE, SERVICE)
 
 
 def as_published(record: dict[str, Any]) -> dict[str, Any]:
-    """A record as a consumer decodes it: schema fields only, timestamps as epoch ms."""
+    """A record as a consumer decodes it: schema fields only, timestamps as epoch ms.
+
+    The privacy fields of service requests (``cell``, ``subject``) are optional and unset
+    for the simulator, which has no coordinates or resident ids: decoded, they are None.
+    """
     return {
         k: millis(v) if isinstance(v, datetime) else v
         for k, v in record.items()
         if k not in ("event_time_ms", "opened_at_ms")
+        and not (k in UNSET_PRIVACY_FIELDS and v is None)
     }
+
+
+UNSET_PRIVACY_FIELDS = ("cell", "subject")
 
 
 def in_partition_order(events: list[SimEvent], partitions: int) -> dict[str, list[dict]]:
