@@ -202,7 +202,9 @@ def parser() -> argparse.ArgumentParser:
     )
     _add_common(demo)
 
-    ingest = sub.add_parser("ingest", help="ingest over open standards (MQTT, HTTP) into Kafka")
+    ingest = sub.add_parser(
+        "ingest", help="ingest over open standards (MQTT, HTTP and oneM2M, OPC UA) into Kafka"
+    )
     ingest.add_argument("protocol", choices=["mqtt", "http", "opcua"])
     ingest.add_argument(
         "--config", type=Path, dest="ingest_config", help="ingest config and mapping file (TOML)"
