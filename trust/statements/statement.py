@@ -17,7 +17,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, TypeVar
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
@@ -323,19 +323,36 @@ def _records(
             )
 
 
+V = TypeVar("V")
+
+
+def _latest_by_key(
+    decoder: Decoder,
+    read: Inputs,
+    topic: str,
+    key_field: str,
+    value_of: Callable[[dict[str, Any]], V],
+) -> dict[str, V]:
+    """A compacted reference topic as it stands after the stated input: the latest record
+    per key, a tombstone (a message with no value) removing its key."""
+    latest: dict[str, V] = {}
+    for _, m, record in _records(decoder, read, topic):
+        if record is None:
+            latest.pop((m.key or b"").decode(), None)
+        else:
+            latest[str(record[key_field])] = value_of(record)
+    return latest
+
+
 def _service_oracle(
     decoder: Decoder,
     read: Inputs,
     city: str,
     processing: dict[str, Any],
 ) -> dict[Key, Value]:
-    sla: dict[str, float] = {}
-    for _, m, record in _records(decoder, read, "city.service_categories.v1"):
-        category = (m.key or b"").decode()
-        if record is None:
-            sla.pop(category, None)
-        else:
-            sla[str(record["category"])] = float(record["sla_minutes"])
+    sla = _latest_by_key(
+        decoder, read, "city.service_categories.v1", "category", lambda r: float(r["sla_minutes"])
+    )
     partitions: dict[int, list[ServiceEvent]] = {}
     for partition, _, batch in _records(decoder, read, "city.service_requests.batches.v1"):
         if batch is None:
@@ -369,13 +386,9 @@ def _devices_oracle(
     city: str,
     processing: dict[str, Any],
 ) -> dict[Key, Value]:
-    districts: dict[str, str] = {}
-    for _, m, record in _records(decoder, read, "city.road_segments.v1"):
-        segment = (m.key or b"").decode()
-        if record is None:
-            districts.pop(segment, None)
-        else:
-            districts[str(record["segment_id"])] = str(record["district"])
+    districts = _latest_by_key(
+        decoder, read, "city.road_segments.v1", "segment_id", lambda r: str(r["district"])
+    )
     readings: dict[str, list[tuple[str, int]]] = {}
     partition_count = 1
     for kind, name, column in (("traffic", "city.traffic.batches.v1", "segment_id"),
