@@ -6,10 +6,12 @@ green run must mean the pipeline was exercised for real.
 
 from __future__ import annotations
 
+import os
 import socket
 import urllib.request
 import uuid
 from collections.abc import Iterator
+from contextlib import ExitStack
 from pathlib import Path
 
 import pytest
@@ -55,16 +57,48 @@ def free_port() -> int:
     return free_ports(1)[0]
 
 
+PORT_BLOCK_START = 20000  # below Linux's ephemeral range (32768+) and the stacks' ports
+PORT_BLOCK_SIZE = 1000  # ports per pytest-xdist worker: gw0 20000-20999, gw1 21000-21999...
+_next_candidate: dict[str, int] = {}
+
+
+def _worker_block() -> range:
+    """This test process's own ports, so two xdist workers never pick the same one.
+
+    Ports the OS hands out for port 0 are free only at that moment: another worker can
+    take the same number before this one's service binds it (a processor's web port once
+    answered with another worker's /metrics). Blocks per worker remove that race; the
+    bind below still skips a port some other program holds.
+    """
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "gw0")
+    index = int(worker.removeprefix("gw") or 0)
+    if index > 8:
+        raise RuntimeError(f"port blocks cover 9 pytest-xdist workers, not {worker}")
+    start = PORT_BLOCK_START + index * PORT_BLOCK_SIZE
+    return range(start, start + PORT_BLOCK_SIZE)
+
+
 def free_ports(count: int) -> list[int]:
-    """``count`` different ports free now: all bound at once, so none is handed out twice."""
-    sockets = [socket.socket() for _ in range(count)]
-    try:
-        for sock in sockets:
-            sock.bind(("127.0.0.1", 0))
-        return [int(sock.getsockname()[1]) for sock in sockets]
-    finally:
-        for sock in sockets:
-            sock.close()
+    """``count`` different ports free now, from this worker's block, cycling through it.
+
+    Cycling means a port comes back only after the other 999 were handed out, long
+    after the test that used it stopped its services.
+    """
+    block = _worker_block()
+    chosen: list[int] = []
+    with ExitStack() as held:
+        for _ in range(len(block)):
+            offset = _next_candidate.get("offset", 0)
+            _next_candidate["offset"] = (offset + 1) % len(block)
+            sock = held.enter_context(socket.socket())
+            try:
+                sock.bind(("127.0.0.1", block[offset]))
+            except OSError:
+                continue  # held by a program outside this worker's tests
+            chosen.append(block[offset])
+            if len(chosen) == count:
+                return chosen
+    raise RuntimeError(f"fewer than {count} free ports in {block}")
 
 
 PORT_SETTINGS = (

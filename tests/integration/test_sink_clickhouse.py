@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 from datetime import UTC, datetime, timedelta
@@ -23,6 +22,7 @@ from core.kafka import Publisher
 from core.settings import Settings
 from families.registry import ensure_topics, register_schemas
 from schemas.registry import SchemaRegistry
+from tests.conftest import free_port
 from tests.integration import sink_harness
 from tests.integration.sink_harness import dead_letters, running, wait_for
 
@@ -31,12 +31,6 @@ pytestmark = pytest.mark.integration
 T0 = datetime(2024, 5, 1, 8, 0, tzinfo=UTC)
 WINDOW = timedelta(minutes=15)
 GARBAGE = b"this is not Confluent-framed Avro"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def kpi_records() -> list[dict[str, Any]]:

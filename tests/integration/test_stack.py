@@ -12,7 +12,6 @@ import socket
 import time
 import uuid
 from collections.abc import Iterator
-from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +34,7 @@ from infra.stack import (
     status,
     up,
 )
+from tests.conftest import free_ports
 
 pytestmark = pytest.mark.integration
 
@@ -66,18 +66,9 @@ def _avro(schema: dict[str, Any]) -> Schema:
     return Schema(json.dumps(schema), "AVRO")
 
 
-def _free_ports(n: int) -> list[int]:
-    """``n`` distinct free loopback ports (all held open together while picking)."""
-    with ExitStack() as stack:
-        socks = [stack.enter_context(socket.socket()) for _ in range(n)]
-        for sock in socks:
-            sock.bind(("127.0.0.1", 0))
-        return [sock.getsockname()[1] for sock in socks]
-
-
 def _config(data_dir: Path, **overrides: object) -> StackConfig:
     """A stack config of its own: ``data_dir``, fresh free ports, the default cache."""
-    kafka, controller, registry = _free_ports(3)
+    kafka, controller, registry = free_ports(3)
     settings: dict[str, object] = {
         "data_dir": data_dir,
         "kafka_port": kafka,

@@ -5,7 +5,6 @@ chDB hosts one database directory per process, so every test closes what it open
 
 from __future__ import annotations
 
-import socket
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -33,16 +32,11 @@ from connectors.sinks.clickhouse.schema import (
 from connectors.sinks.clickhouse.sink import ClickHouseSink, InvalidKpiRecord, check_record
 from core.settings import Settings
 from families.registry import KPIS
+from tests.conftest import free_port
 
 T0 = datetime(2024, 5, 1, 8, 0, tzinfo=UTC)
 WINDOW = timedelta(minutes=15)
 REPO = Path(__file__).resolve().parents[2]
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def kpi(entity: str = "seg-1", revision: int = 0, value: float = 10.0, **extra: Any) -> dict:
