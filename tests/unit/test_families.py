@@ -37,7 +37,9 @@ def test_the_derived_topics_are_the_published_ones() -> None:
     assert {n for n, spec in TOPICS.items() if spec.internal} == INTERNAL_TOPICS
     assert all(TOPICS[n].compacted for n in ("city.road_segments.v1", "city.car_parks.v1"))
     assert [s.name for s in TOPICS.values() if s.single_partition] == [
-        *(f.partials_topic for f in FAMILIES), "city.audit.v1", "city.audit.checkpoints.v1"
+        *(f.partials_topic for f in FAMILIES),
+        "city.audit.v1",
+        "city.audit.checkpoints.v1",
     ]
 
 
