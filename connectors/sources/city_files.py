@@ -211,7 +211,7 @@ class ServiceRows:
 
     def _pseudonym(self, raw_id: str) -> str:
         assert self.edge is not None
-        return self.edge.pseudonyms.pseudonym("request_id", raw_id)
+        return self.edge.pseudonym("request_id", raw_id)
 
     def _opted_out(self, row: list[str]) -> bool:
         """Whether the row's case opted out (checked before anything else is read)."""
@@ -221,8 +221,7 @@ class ServiceRows:
         if not raw_id:
             return False
         assert self.edge is not None
-        pseudonym = self._pseudonym(raw_id)
-        return self.edge.optouts.excludes("request_id", pseudonym, self.edge.pseudonyms, raw_id)
+        return self.edge.opted_out("request_id", raw_id)
 
     def _cell(self, row: list[str]) -> str | None:
         """The geohash-6 cell of the row's point (validated by ``_district`` already)."""

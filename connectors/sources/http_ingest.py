@@ -28,7 +28,7 @@ import math
 import re
 import time
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Collection
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -46,11 +46,13 @@ from connectors.sources.ingest_common import (
     UNKNOWN_ENTITY,
     Accepted,
     AirEvent,
+    Identifiers,
     IngestConfig,
     IngestError,
     JsonLimits,
     NgsiConfig,
     NgsiTypeMapping,
+    OptedOut,
     ParkingEvent,
     SourceCounters,
     TrafficEvent,
@@ -67,6 +69,7 @@ from connectors.sources.ingest_common import (
 )
 from connectors.sources.ngsi_context import ContextCache, canonical_names
 from core.kafka import DeliveryError
+from core.privacy.edge import Edge
 from core.settings import Settings
 
 COMPONENT = "http-ingest"
@@ -94,13 +97,19 @@ def _attribute(raw: Any) -> tuple[Any, str | None, str | None]:
 
 
 def ngsi_event(
-    config: NgsiConfig, entity: Any, context: Any = None, contexts: ContextCache | None = None
+    config: NgsiConfig,
+    entity: Any,
+    context: Any = None,
+    contexts: ContextCache | None = None,
+    identifiers: Collection[str] = (),
 ) -> dict[str, Any]:
     """One NGSI-LD entity as a canonical event dict; IngestError says why it cannot be.
 
     Names resolve through the entity's ``@context`` (else the notification's ``context``,
     else every shipped one) to Smart Data Model terms (:mod:`ngsi_context`); ``contexts``
-    resolves each context of a request once.
+    resolves each context of a request once. Attributes named in ``identifiers`` (declared
+    personal identifiers, #16) are carried for :meth:`Identifiers.protect`, and an unknown
+    sensor's detail does not repeat ids that may be one.
     """
     if not isinstance(entity, dict) or not isinstance(entity.get("type"), str):
         raise IngestError(INVALID_EVENT, "an NGSI-LD entity needs `id` and `type`")
@@ -122,9 +131,12 @@ def ngsi_event(
             observed = observed or observed_at
     if "latitude" in spec.quantities and "location" in attrs:
         values.update(_point(attrs["location"]))
+    declared = {n: _attribute(attrs[n])[0] for n in identifiers if n in attrs and n not in values}
+    hide = spec.sensor_field in identifiers
     return {
+        **declared,
         "domain": mapping.domain,
-        spec.sensor_field: _sensor(mapping, config.sensors, entity["id"], attrs),
+        spec.sensor_field: _sensor(mapping, config.sensors, entity["id"], attrs, hide),
         "event_time": _event_time(mapping, attrs, observed),
         **values,
     }
@@ -165,9 +177,14 @@ def _event_time(mapping: NgsiTypeMapping, attrs: dict[str, Any], observed: str |
 
 
 def _sensor(
-    mapping: NgsiTypeMapping, sensors: dict[str, str], entity_id: str, attrs: dict[str, Any]
+    mapping: NgsiTypeMapping,
+    sensors: dict[str, str],
+    entity_id: str,
+    attrs: dict[str, Any],
+    hide: bool = False,
 ) -> str:
-    """The sensor (e.g. segment id) from ``refRoadSegment`` or the entity id, via the map."""
+    """The sensor (e.g. segment id) from ``refRoadSegment`` or the entity id, via the map
+    (``hide``: the sensor is a declared identifier, so a failure does not name the ids)."""
     candidates: list[str] = []
     for name in mapping.sensor:
         value = entity_id if name == "id" else _attribute(attrs.get(name))[0]
@@ -183,6 +200,8 @@ def _sensor(
             match = re.search(mapping.id_pattern, candidate)
             if match:
                 return match.group("sensor")
+    if hide:
+        raise IngestError(UNKNOWN_ENTITY, "no sensor mapped for the entity (ids not shown)")
     raise IngestError(UNKNOWN_ENTITY, f"no sensor mapped for {', '.join(candidates) or entity_id}")
 
 
@@ -277,10 +296,12 @@ class KafkaSide(Protocol):
 
 
 class PublisherSide:
-    """The real :class:`EventPublisher` (call ``setup`` on it first)."""
+    """The real :class:`EventPublisher` (call ``setup`` on it first); dead letters are
+    minimised, declared ``identifiers`` as their pseudonyms (#16)."""
 
-    def __init__(self, events: EventPublisher) -> None:
+    def __init__(self, events: EventPublisher, identifiers: Identifiers | None = None) -> None:
         self.events = events
+        self.identifiers = identifiers
 
     def pending(self) -> int:
         return len(self.events.publisher.producer)
@@ -289,7 +310,7 @@ class PublisherSide:
         publish_accepted(self.events, accepted)
 
     def reject(self, rejected: Rejected) -> None:
-        self.events.reject(fit_dead_letter(minimised(rejected)))  # #16: no raw payload
+        self.events.reject(fit_dead_letter(minimised(rejected, self.identifiers)))  # #16
 
     def send_batches(self) -> None:
         self.events.send_batches()
@@ -361,12 +382,16 @@ REQUEST_ID = web.RequestKey("request_id", str)
 BODY_READ = web.RequestKey("body_read", bool)
 
 
-Outcome = Accepted | Rejected
+Outcome = Accepted | Rejected | OptedOut
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
 class IngestService:
-    """The aiohttp application; Kafka, keys and the clock are injected."""
+    """The aiohttp application; Kafka, keys, the clock and the privacy edge are injected.
+
+    The mapping's declared identifiers (``[privacy]``) need ``edge`` (keys and the
+    followed opt-out registry); :meth:`close` stops following it.
+    """
 
     def __init__(
         self,
@@ -375,9 +400,11 @@ class IngestService:
         kafka: KafkaSide,
         keys: ApiKeys,
         clock: Callable[[], float] = time.time,
+        edge: Edge | None = None,
     ) -> None:
         self.settings = settings
         self.ngsi = config.ngsi_ld if config else NgsiConfig.model_validate({})
+        self.identifiers = Identifiers(config.privacy.identifiers if config else (), edge)
         self.kafka = kafka
         self.keys = keys
         self.clock = clock
@@ -493,7 +520,7 @@ class IngestService:
             return await self._refuse_body(exc, origin, raw, "events")
         now_ms = int(self.clock() * 1000)
         future_ms = int(self.settings.ingest_max_future_s * 1000)
-        outcomes: list[Outcome] = list(validate_items(items, origin, now_ms, future_ms))
+        outcomes = validate_items(items, origin, now_ms, future_ms, self.identifiers)
         return await self._answer(outcomes, request[REQUEST_ID], "events")
 
     async def post_notify(self, request: web.Request) -> web.Response:
@@ -511,15 +538,17 @@ class IngestService:
         outcomes: list[Outcome] = []
         for i, entity in enumerate(entities):
             where = f"{origin}#{i}"
+            declared = self.identifiers.fields
             try:
-                event = ngsi_event(self.ngsi, entity, context, contexts)
+                event = ngsi_event(self.ngsi, entity, context, contexts, declared)
             except IngestError as exc:
                 outcomes.append(Rejected(exc.reason, str(exc), where, dumps(entity)))
                 continue
+            event, opted_out = self.identifiers.protect(event)
             outcome = validate_event(event, where, b"", now_ms, future_ms)
             if isinstance(outcome, Rejected):  # the entity as received, not its mapping
                 outcome = Rejected(outcome.reason, outcome.detail, where, dumps(entity))
-            outcomes.append(outcome)
+            outcomes.append(OptedOut(outcome) if opted_out else outcome)
         return await self._answer(outcomes, request[REQUEST_ID], "ngsi-ld")
 
     async def post_onem2m(self, request: web.Request) -> web.Response:
@@ -551,29 +580,33 @@ class IngestService:
         return web.json_response({"error": exc.reason, "detail": str(exc)}, status=400)
 
     async def _answer(self, outcomes: list[Outcome], request_id: str, source: str) -> web.Response:
+        """Publish and dead-letter, durably; then the per-item answer.
+
+        An opted-out item is published and dead-lettered nowhere and counted as
+        ``opted_out``, but answered as it would have been (accepted with its event id, or
+        rejected with its reason): the resident opted out, the sender did nothing wrong
+        and must not retry, and the answer does not tell an API key whose identifier
+        opted out.
+        """
         for outcome in outcomes:
             if isinstance(outcome, Accepted):
                 self.kafka.accept(outcome)
-            else:
+            elif isinstance(outcome, Rejected):
                 self.kafka.reject(outcome)
         await self._durable()
         counters = self.counters[source]
         items: list[dict[str, Any]] = []
         for i, outcome in enumerate(outcomes):
+            if isinstance(outcome, OptedOut):
+                counters.opted_out += 1
+                items.append(_item(i, outcome.answer))
+                continue
             if isinstance(outcome, Accepted):
                 counters.accepted += 1
-                items.append({"index": i, "status": "accepted", "event_id": outcome.event_id})
             else:
                 counters.rejected[outcome.reason] += 1
-                items.append(
-                    {
-                        "index": i,
-                        "status": "rejected",
-                        "reason": outcome.reason,
-                        "detail": outcome.detail,
-                    }
-                )
-        accepted = sum(1 for o in outcomes if isinstance(o, Accepted))
+            items.append(_item(i, outcome))
+        accepted = sum(1 for item in items if item["status"] == "accepted")
         body = {
             "request_id": request_id,
             "accepted": accepted,
@@ -607,9 +640,17 @@ class IngestService:
         for c in self.counters.values():
             report.published += c.accepted
             report.duplicates += c.duplicates
+            report.opted_out += c.opted_out
             report.dead_lettered.update(c.rejected)
-        report.rows_read = report.published + report.duplicates + report.dead_lettered.total()
+        report.rows_read = (
+            report.published + report.duplicates + report.opted_out + report.dead_lettered.total()
+        )
         return report
+
+    def close(self) -> None:
+        """Stop following the opt-out registry (when identifiers are declared)."""
+        if self.identifiers.edge is not None:
+            self.identifiers.edge.close()
 
     async def stats(self, _request: web.Request) -> web.Response:
         return web.json_response({**self.counters_dict(), "pending": self.kafka.pending()})
@@ -617,6 +658,14 @@ class IngestService:
     async def openapi(self, _request: web.Request) -> web.Response:
         document = openapi_document(self.limits, self.settings.ingest_max_body_bytes)
         return web.json_response(document)
+
+
+def _item(index: int, outcome: Accepted | Rejected) -> dict[str, Any]:
+    """One item of a 202 answer."""
+    if isinstance(outcome, Accepted):
+        return {"index": index, "status": "accepted", "event_id": outcome.event_id}
+    return {"index": index, "status": "rejected", "reason": outcome.reason,
+            "detail": outcome.detail}  # fmt: skip
 
 
 def _presented_key(request: web.Request) -> str | None:
@@ -841,11 +890,16 @@ async def serve(service: IngestService, host: str, port: int, stop: asyncio.Even
         await stop.wait()
     finally:
         await runner.cleanup()
+        service.close()
 
 
 def build_service(settings: Settings, config: IngestConfig | None) -> IngestService:
-    """Connects to the registry and Kafka (fails early, clearly) and reads the keys."""
+    """Connects to the registry and Kafka (fails early, clearly) and reads the keys; with
+    declared identifiers, reads the pseudonym keys and starts following the opt-outs."""
     keys = ApiKeys.from_settings(settings)
+    declared = config.privacy.identifiers if config else []
+    edge = Edge.from_settings(settings, follow=True) if declared else None
     events = EventPublisher(settings, COMPONENT, streams=(AIR, PARKING, ENERGY))
     events.setup()
-    return IngestService(settings, config, PublisherSide(events), keys)
+    side = PublisherSide(events, Identifiers(declared, edge))
+    return IngestService(settings, config, side, keys, edge=edge)

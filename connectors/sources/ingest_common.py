@@ -17,6 +17,7 @@ import math
 import re
 import tomllib
 from collections import Counter, OrderedDict
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from itertools import accumulate
@@ -36,6 +37,7 @@ from pydantic import (
 )
 
 from connectors.publishing import AIR, PARKING, EventPublisher, EventStream, Reading, Rejected
+from core.privacy.edge import Edge
 from core.privacy.minimise import minimal_payload
 from core.settings import Settings
 
@@ -652,11 +654,18 @@ def dead_letter_fields() -> frozenset[str]:
     return frozenset(canonical | protocol | {"unitOfMeasurement"})
 
 
-def minimised(rejected: Rejected) -> Rejected:
+def minimised(rejected: Rejected, identifiers: Identifiers | None = None) -> Rejected:
     """``rejected`` as the ingest dead-letters it: its payload reduced by
     :func:`core.privacy.minimise.minimal_payload` to its JSON shape and the values of
-    :func:`dead_letter_fields` (a payload that is not JSON: its size and SHA-256)."""
-    return replace(rejected, raw=minimal_payload(rejected.raw, _DEAD_LETTER_FIELDS))
+    :func:`dead_letter_fields` (a payload that is not JSON: its size and SHA-256), and the
+    values of declared ``identifiers`` to their pseudonyms."""
+    if identifiers is None or not identifiers.fields:
+        return replace(rejected, raw=minimal_payload(rejected.raw, _DEAD_LETTER_FIELDS))
+    raw = minimal_payload(
+        rejected.raw, _DEAD_LETTER_FIELDS, identifiers=identifiers.fields,
+        pseudonymise=identifiers.pseudonym,
+    )  # fmt: skip
+    return replace(rejected, raw=raw)
 
 
 def _encodable(text: str) -> str:
@@ -668,23 +677,29 @@ def _encodable(text: str) -> str:
 
 
 def validate_items(
-    items: list[tuple[Any, bytes | None]], origin: str, now_ms: int, max_future_ms: int
-) -> list[Accepted | Rejected]:
-    """Every item of a body (from :func:`split_items`) through :func:`validate_event`.
+    items: list[tuple[Any, bytes | None]],
+    origin: str,
+    now_ms: int,
+    max_future_ms: int,
+    identifiers: Identifiers | None = None,
+) -> list[Accepted | Rejected | OptedOut]:
+    """Every item of a body (from :func:`split_items`) through :func:`validate_event`,
+    its declared ``identifiers`` pseudonymised first (an opted-out one: :class:`OptedOut`).
 
     An item without bytes of its own (an array element) is written out for its dead
     letter only if it is rejected.
     """
-    out: list[Accepted | Rejected] = []
+    out: list[Accepted | Rejected | OptedOut] = []
     for i, (item, raw) in enumerate(items):
         where = f"{origin}#{i}"
         if isinstance(item, IngestError):
             out.append(Rejected(item.reason, str(item), where, raw or b""))
             continue
-        outcome = validate_event(item, where, raw or b"", now_ms, max_future_ms)
+        event, opted_out = identifiers.protect(item) if identifiers else (item, False)
+        outcome = validate_event(event, where, raw or b"", now_ms, max_future_ms)
         if raw is None and isinstance(outcome, Rejected):
-            outcome = replace(outcome, raw=dumps(item))
-        out.append(outcome)
+            outcome = replace(outcome, raw=dumps(item))  # minimised when dead-lettered
+        out.append(OptedOut(outcome) if opted_out else outcome)
     return out
 
 
@@ -821,8 +836,35 @@ class NgsiConfig(_Strict):
     sensors: dict[str, str] = Field(default_factory=dict)
 
 
+class PrivacyConfig(_Strict):
+    """``[privacy]``: the incoming fields that single out a person or a person's device.
+
+    A declared field's value is pseudonymised (keyed HMAC-SHA256, ``core.privacy``) before
+    anything is published or dead-lettered, and an observation whose value opted out is
+    dropped. A canonical sensor field (``segment_id``, ``sensor_id``, ``car_park_id``)
+    keeps its pseudonym in the event; any other declared field (``reporter``, ``plate``,
+    in a canonical event, an NGSI-LD attribute or SensorThings ``parameters``) serves the
+    opt-out only and is not published.
+    """
+
+    identifiers: list[Annotated[str, StringConstraints(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")]] = (
+        Field(default_factory=list, description="fields that identify a person or their device")
+    )
+
+    @field_validator("identifiers")
+    @classmethod
+    def _unique(cls, names: list[str]) -> list[str]:
+        if len(set(names)) != len(names):
+            raise ValueError(f"privacy.identifiers repeat a name: {names}")
+        reserved = {"domain", "event_time"} & set(names)
+        if reserved:
+            raise ValueError(f"privacy.identifiers: {sorted(reserved)} identify no one")
+        return names
+
+
 class IngestConfig(_Strict):
     mqtt: MqttConfig = Field(default_factory=lambda: MqttConfig.model_validate({}))
+    privacy: PrivacyConfig = Field(default_factory=lambda: PrivacyConfig.model_validate({}))
     datastreams: list[DatastreamMapping] = Field(default_factory=list)
     ngsi_ld: NgsiConfig = Field(default_factory=lambda: NgsiConfig.model_validate({}))
     onem2m: dict[str, Any] = Field(
@@ -899,21 +941,99 @@ def load_config(path: Path) -> IngestConfig:
         raise ValueError(f"ingest config {path}: {exc}") from exc
 
 
+# --- declared identifiers: pseudonyms and opt-outs (#16) --------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class OptedOut:
+    """An item whose declared identifier opted out: published nowhere, dead-lettered
+    nowhere, counted as ``opted_out``. ``answer`` is what it would have been (the HTTP
+    answer says that, so the sender learns nothing about the opt-out)."""
+
+    answer: Accepted | Rejected
+
+
+class Identifiers:
+    """A mapping's declared identifier fields, applied with the source's :class:`Edge`.
+
+    Pure once built: the edge (keys, the followed opt-out registry) is made by the
+    source's ``setup``. Without declared fields nothing is done and no edge is needed.
+    """
+
+    def __init__(self, fields: Collection[str], edge: Edge | None = None) -> None:
+        self.fields = frozenset(fields)
+        self.edge = edge
+
+    def _tools(self) -> Edge:
+        if self.edge is None:
+            raise RuntimeError("declared identifiers need the source's privacy edge (setup)")
+        return self.edge
+
+    def pseudonym(self, field_name: str, value: object) -> str | None:
+        """The pseudonym of a text or number ``value`` of ``field_name`` (None: neither)."""
+        if isinstance(value, bool) or not isinstance(value, str | int | float):
+            return None
+        text = str(value).strip()
+        return self._tools().pseudonym(field_name, text) if text else None
+
+    def identity(self, values: Mapping[str, object]) -> dict[str, str]:
+        """The declared identifiers among ``values`` whose value is a non-empty text or a
+        whole number (as text: ``12`` and ``"12"`` are one identifier)."""
+        out = {}
+        for name in self.fields.intersection(values):
+            value = values[name]
+            if isinstance(value, str | int) and not isinstance(value, bool):
+                text = str(value).strip()
+                if text:
+                    out[name] = text
+        return out
+
+    def opted_out(self, identity: Mapping[str, str]) -> bool:
+        """Whether any of ``identity`` (from :meth:`identity`) has opted out."""
+        edge = self.edge if identity else None
+        if identity and edge is None:
+            edge = self._tools()
+        return any(edge.opted_out(k, v) for k, v in identity.items()) if edge else False
+
+    def protect(self, event: dict[str, Any]) -> tuple[dict[str, Any], bool]:
+        """``event`` with its declared identifiers pseudonymised (a field its domain's model
+        does not have is removed: it served the opt-out), and whether one opted out.
+
+        A model field whose value is not a text, or another declared field whose value
+        is neither a text nor a whole number, stays as it is, for the model to reject
+        (its dead letter carries the pseudonym, or ``<dropped>``).
+        """
+        if not self.fields.intersection(event):
+            return event, False
+        identity = self.identity(event)
+        spec = DOMAINS.get(event["domain"]) if isinstance(event.get("domain"), str) else None
+        model_fields = spec.model.model_fields if spec is not None else {}
+        out = dict(event)
+        for name, text in identity.items():
+            if name not in model_fields:
+                del out[name]
+            elif isinstance(out[name], str):
+                out[name] = self._tools().pseudonym(name, text)
+        return out, self.opted_out(identity)
+
+
 # --- bookkeeping shared by both connectors ----------------------------------------------
 
 
 @dataclass
 class SourceCounters:
-    """Accepted and rejected (by reason) per source, for /stats and the logs."""
+    """Accepted, rejected (by reason) and opted out per source, for /stats and the logs."""
 
     accepted: int = 0
     duplicates: int = 0
     rejected: Counter[str] = field(default_factory=Counter)
+    opted_out: int = 0  # observations of opted-out identifiers: dropped, kept nowhere (#16)
 
     def as_dict(self) -> dict[str, Any]:
         return {
             "accepted": self.accepted,
             "duplicates": self.duplicates,
+            "opted_out": self.opted_out,
             "rejected": sum(self.rejected.values()),
             "rejected_by_reason": dict(self.rejected),
         }

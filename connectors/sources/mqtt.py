@@ -32,7 +32,7 @@ import re
 import threading
 import time
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import paho.mqtt.client as mqtt
@@ -49,9 +49,11 @@ from connectors.sources.ingest_common import (
     UNKNOWN_DATASTREAM,
     Accepted,
     DatastreamMapping,
+    Identifiers,
     IngestConfig,
     IngestError,
     JsonLimits,
+    OptedOut,
     RecentKeys,
     SourceCounters,
     convert,
@@ -65,6 +67,7 @@ from connectors.sources.ingest_common import (
     validate_event,
     validate_items,
 )
+from core.privacy.edge import Edge
 from core.settings import Settings
 
 COMPONENT = "mqtt-ingest"
@@ -98,6 +101,8 @@ class Part:
     event_time: str
     event_ms: int
     values: dict[str, Any]
+    # raw values of declared identifiers (#16), for the opt-out check only: never shown
+    identity: dict[str, str] = field(default_factory=dict, compare=False, repr=False)
 
     @property
     def key(self) -> tuple[str, str, int]:
@@ -170,6 +175,10 @@ class _Pending:
     raws: list[bytes]
     tokens: list[Any]
     since: float
+    identity: dict[str, str] = field(default_factory=dict)
+
+
+Joined = tuple[dict[str, Any], list[Any], dict[str, str]]  # event, tokens, identity
 
 
 @dataclass
@@ -179,10 +188,9 @@ class Joiner:
     timeout_s: float
     pending: dict[tuple[str, str, int], _Pending] = field(default_factory=dict)
 
-    def add(
-        self, part: Part, raw: bytes, token: Any, now: float
-    ) -> tuple[dict[str, Any], list[Any]] | None:
-        """The canonical event and its tokens once every required field is there."""
+    def add(self, part: Part, raw: bytes, token: Any, now: float) -> Joined | None:
+        """The canonical event, its tokens and its parts' declared identifiers once every
+        required field is there."""
         entry = self.pending.get(part.key)
         if entry is None:
             entry = self.pending[part.key] = _Pending(part, {}, [], [], now)
@@ -190,22 +198,28 @@ class Joiner:
         if clash:
             raise IngestError(INVALID_EVENT, f"conflicting second value for {', '.join(clash)}")
         entry.values.update(part.values)
+        entry.identity.update(part.identity)
         entry.raws.append(raw)
         entry.tokens.append(token)
         if not DOMAINS[part.domain].missing(entry.values):
             del self.pending[part.key]
-            return part.event(entry.values), entry.tokens
+            return part.event(entry.values), entry.tokens, entry.identity
         return None
 
     def expired(self, now: float) -> list[tuple[Rejected, list[Any]]]:
         """Observations still incomplete after the timeout, as dead letters."""
+        return [(rejected, tokens) for rejected, tokens, _identity in self.expired_parts(now)]
+
+    def expired_parts(self, now: float) -> list[tuple[Rejected, list[Any], dict[str, str]]]:
+        """As :meth:`expired`, with their parts' declared identifiers (for the opt-out)."""
         out = []
         for key in [k for k, p in self.pending.items() if now - p.since >= self.timeout_s]:
             entry = self.pending.pop(key)
             missing = DOMAINS[entry.part.domain].missing(entry.values)
             detail = f"no {', '.join(missing)} within {self.timeout_s:.0f}s for {key}"
             raw = b"\n".join(entry.raws)
-            out.append((Rejected(INCOMPLETE_OBSERVATION, detail, "mqtt:join", raw), entry.tokens))
+            rejected = Rejected(INCOMPLETE_OBSERVATION, detail, "mqtt:join", raw)
+            out.append((rejected, entry.tokens, entry.identity))
         return out
 
 
@@ -225,7 +239,7 @@ class Message:
         return (self.mid, self.qos)
 
 
-Outcome = Accepted | Rejected
+Outcome = Accepted | Rejected | OptedOut
 
 
 class MqttIngest:
@@ -233,7 +247,9 @@ class MqttIngest:
 
     A payload is bounded as an HTTP body is: ``max_payload_bytes`` (None: no bound),
     then ``limits`` on its JSON; over a bound it is dead-lettered (``too_large``,
-    ``too_complex``).
+    ``too_complex``). The mapping's declared identifiers (``[privacy]``) are pseudonymised
+    as soon as an observation is read, and an opted-out one becomes :class:`OptedOut`;
+    their tools (``identifiers.edge``) are set by the source's ``setup``.
     """
 
     def __init__(
@@ -250,6 +266,7 @@ class MqttIngest:
         self.recent = RecentKeys(config.mqtt.dedup_window)
         self.joiner = Joiner(config.mqtt.join_timeout_s)
         self.formats = [(s.filter, s.format) for s in config.mqtt.subscriptions]
+        self.identifiers = Identifiers(config.privacy.identifiers)
 
     def handle(self, msg: Message, now: float) -> tuple[list[Outcome], list[Any]] | None:
         """Outcomes of one message and the tokens (mids) they settle; None: a duplicate.
@@ -277,26 +294,48 @@ class MqttIngest:
             items = split_items(msg.payload, limits=self.limits)
         except IngestError as exc:
             return [Rejected(exc.reason, str(exc), origin, msg.payload)]
-        return list(validate_items(items, origin, now_ms, self.max_future_ms))
+        return list(validate_items(items, origin, now_ms, self.max_future_ms, self.identifiers))
 
     def _observation(
         self, msg: Message, origin: str, now: float, now_ms: int
     ) -> tuple[list[Outcome], list[Any]]:
         body = loads(msg.payload, self.limits)
         part, complete = observation_part(self.config, msg.topic, body)
+        part = self._protected(part, body)
         if complete:
             event = part.event(part.values)
             outcome = validate_event(event, origin, msg.payload, now_ms, self.max_future_ms)
-            return [outcome], [msg.token]
+            return [self._unless_opted_out(outcome, part.identity)], [msg.token]
         joined = self.joiner.add(part, msg.payload, msg.token, now)
         if joined is None:
             return [], []
-        event, tokens = joined
+        event, tokens, identity = joined
         raw = dumps(event)
-        return [validate_event(event, origin, raw, now_ms, self.max_future_ms)], tokens
+        outcome = validate_event(event, origin, raw, now_ms, self.max_future_ms)
+        return [self._unless_opted_out(outcome, identity)], tokens
 
-    def expired(self, now: float) -> list[tuple[Rejected, list[Any]]]:
-        return self.joiner.expired(now)
+    def _protected(self, part: Part, body: dict[str, Any]) -> Part:
+        """``part`` with its sensor as a pseudonym when the domain's sensor field is declared,
+        and the raw declared identifiers (the sensor, ``parameters``) kept for the opt-out."""
+        if not self.identifiers.fields:
+            return part
+        sensor_field = DOMAINS[part.domain].sensor_field
+        parameters = body.get("parameters")
+        found = dict(parameters) if isinstance(parameters, dict) else {}
+        identity = self.identifiers.identity({**found, sensor_field: part.sensor})
+        sensor = identity.get(sensor_field)
+        pseudonym = self.identifiers.pseudonym(sensor_field, sensor) if sensor else None
+        return replace(part, sensor=pseudonym or part.sensor, identity=identity)
+
+    def _unless_opted_out(self, outcome: Accepted | Rejected, identity: dict[str, str]) -> Outcome:
+        return OptedOut(outcome) if self.identifiers.opted_out(identity) else outcome
+
+    def expired(self, now: float) -> list[tuple[Outcome, list[Any]]]:
+        """Incomplete observations past the timeout: dead letters, unless opted out."""
+        return [
+            (self._unless_opted_out(rejected, identity), tokens)
+            for rejected, tokens, identity in self.joiner.expired_parts(now)
+        ]
 
 
 class MqttSource:
@@ -324,9 +363,17 @@ class MqttSource:
         self._unacked: list[Any] = []
         self._subscribed = threading.Event()
         self.status_topic = config.mqtt.status_topic.format(client_id=config.mqtt.client_id)
+        self.edge: Edge | None = None
 
     def setup(self, events: EventPublisher | None = None) -> None:
-        """Connect to Kafka and the registry, and start the broker connection."""
+        """Connect to Kafka and the registry, and start the broker connection.
+
+        With declared identifiers, first the privacy edge: the pseudonym keys, and the
+        opt-out registry read to its end and then followed while the source runs.
+        """
+        if self.ingest.identifiers.fields and self.edge is None:
+            self.edge = Edge.from_settings(self.settings, follow=True)
+            self.ingest.identifiers.edge = self.edge
         if events is None:
             events = EventPublisher(self.settings, COMPONENT, streams=(AIR, PARKING))
             events.setup()
@@ -410,7 +457,7 @@ class MqttSource:
         one), events published, duplicates dropped, dead letters by reason."""
         c = self.counters
         return Report(self.messages, c.accepted, dead_lettered=Counter(c.rejected),
-                      duplicates=c.duplicates)  # fmt: skip
+                      duplicates=c.duplicates, opted_out=c.opted_out)  # fmt: skip
 
     def run(self, progress: Progress | None = None) -> Report:
         """Until :meth:`stop`: publish, flush, acknowledge; then disconnect cleanly.
@@ -446,6 +493,8 @@ class MqttSource:
         finally:
             self.client.disconnect()
             self.client.loop_stop()
+            if self.edge is not None:
+                self.edge.close()
         report = self.report()
         if progress:
             progress(report, True)
@@ -472,18 +521,24 @@ class MqttSource:
             return
         outcomes, tokens = result
         for outcome in outcomes:
-            if isinstance(outcome, Accepted):
-                publish_accepted(self.events, outcome)
-                counters.accepted += 1
-            else:
-                self.events.reject(fit_dead_letter(minimised(outcome)))  # #16: no raw payload
-                counters.rejected[outcome.reason] += 1
+            self._settle(outcome)
         self._unacked.extend(tokens)
 
+    def _settle(self, outcome: Outcome) -> None:
+        """Publish, dead-letter (minimised, #16: no raw payload), or drop an opted-out one."""
+        counters = self.counters
+        if isinstance(outcome, Accepted):
+            publish_accepted(self.events, outcome)
+            counters.accepted += 1
+        elif isinstance(outcome, OptedOut):  # kept nowhere, only counted
+            counters.opted_out += 1
+        else:
+            self.events.reject(fit_dead_letter(minimised(outcome, self.ingest.identifiers)))
+            counters.rejected[outcome.reason] += 1
+
     def _settle_expired(self) -> None:
-        for rejected, tokens in self.ingest.expired(time.time()):
-            self.events.reject(fit_dead_letter(minimised(rejected)))
-            self.counters.rejected[rejected.reason] += 1
+        for outcome, tokens in self.ingest.expired(time.time()):
+            self._settle(outcome)
             self._unacked.extend(tokens)
 
     def _flush_and_ack(self) -> None:
@@ -505,9 +560,11 @@ class ProgressLog:
         if time.monotonic() >= self._next:
             self._next = time.monotonic() + self.interval_s
             log.info(
-                "MQTT ingest: %d messages, %d published, %d duplicates, dead-lettered %s",
+                "MQTT ingest: %d messages, %d published, %d duplicates, %d opted out, "
+                "dead-lettered %s",
                 report.rows_read,
                 report.published,
                 report.duplicates,
+                report.opted_out,
                 dict(report.dead_lettered),
             )

@@ -14,7 +14,9 @@ field no KPI uses. The geocoder's "unlocated" point of a city pack has no cell.
 **Dead letters.** A rejected JSON payload is kept as its shape: the names of its fields,
 and values only of the fields that explain a rejection and identify no one (``keep``:
 the canonical measurement and time fields); every other value becomes ``"<dropped>"``,
-so an address, a name or free text sent along never reaches ``city.dlq.v1``. A payload
+so an address, a name or free text sent along never reaches ``city.dlq.v1``. A declared
+identifier (``identifiers``, with the source's ``pseudonymise``) keeps its pseudonym
+instead of its value, wherever it appears (an NGSI-LD attribute's ``value`` too). A payload
 that is not JSON (or too deep, or too large to parse) is replaced by its size and SHA-256
 (enough to match a resend).
 """
@@ -23,7 +25,8 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Collection
+from collections.abc import Callable, Collection
+from dataclasses import dataclass
 from typing import Any
 
 GRID = "geohash-6"
@@ -66,8 +69,18 @@ def coarse_cell(
     return geohash(lat, lon)
 
 
-def minimal_payload(raw: bytes | str, keep: Collection[str], max_bytes: int = 1 << 20) -> bytes:
-    """``raw`` as a dead letter may keep it: its JSON shape, values of ``keep`` fields only.
+Pseudonymise = Callable[[str, object], str | None]  # (field, value) -> pseudonym or None
+
+
+def minimal_payload(
+    raw: bytes | str,
+    keep: Collection[str],
+    max_bytes: int = 1 << 20,
+    identifiers: Collection[str] = (),
+    pseudonymise: Pseudonymise | None = None,
+) -> bytes:
+    """``raw`` as a dead letter may keep it: its JSON shape, values of ``keep`` fields only,
+    and of ``identifiers`` their pseudonyms (``pseudonymise``; None from it: dropped).
 
     Input that is not JSON, nests too deep or exceeds ``max_bytes`` (not parsed at all)
     is kept as its size and SHA-256 only.
@@ -75,7 +88,8 @@ def minimal_payload(raw: bytes | str, keep: Collection[str], max_bytes: int = 1 
     data = raw.encode(errors="backslashreplace") if isinstance(raw, str) else raw
     if len(data) <= max_bytes:
         try:
-            shape = _shape(json.loads(data), frozenset(keep))
+            shaper = _Shaper(frozenset(keep), frozenset(identifiers), pseudonymise)
+            shape = shaper.shape(json.loads(data))
             return json.dumps(shape, separators=(",", ":")).encode()
         except (ValueError, RecursionError):
             pass
@@ -85,15 +99,39 @@ def minimal_payload(raw: bytes | str, keep: Collection[str], max_bytes: int = 1 
     )
 
 
-def _shape(value: Any, keep: frozenset[str], kept: bool = False) -> Any:
-    """Names everywhere; a value only inside a ``keep`` field (an NGSI-LD attribute's
-    ``value`` under it too), and only a number or a short text."""
-    if isinstance(value, dict):
-        return {str(k): _shape(v, keep, kept or str(k) in keep) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_shape(v, keep, kept) for v in value]
-    if kept and (value is None or isinstance(value, bool | int | float)):
-        return value
-    if kept and isinstance(value, str) and len(value) <= 64:
-        return value
-    return DROPPED
+@dataclass(frozen=True)
+class _Shaper:
+    keep: frozenset[str]
+    identifiers: frozenset[str] = frozenset()
+    pseudonymise: Pseudonymise | None = None
+
+    def shape(self, value: Any, kept: bool = False) -> Any:
+        """Names everywhere; a value only inside a ``keep`` field (an NGSI-LD attribute's
+        ``value`` under it too), and only a number or a short text; an identifier's value
+        as its pseudonym."""
+        if isinstance(value, dict):
+            return {str(k): self._member(str(k), v, kept) for k, v in value.items()}
+        if isinstance(value, list):
+            return [self.shape(v, kept) for v in value]
+        if kept and (value is None or isinstance(value, bool | int | float)):
+            return value
+        if kept and isinstance(value, str) and len(value) <= 64:
+            return value
+        return DROPPED
+
+    def _member(self, name: str, value: Any, kept: bool) -> Any:
+        if name in self.identifiers:
+            return self._identifier(name, value)
+        return self.shape(value, kept or name in self.keep)
+
+    def _identifier(self, name: str, value: Any) -> Any:
+        """A declared identifier: its pseudonym; an NGSI-LD attribute's value or object."""
+        if isinstance(value, dict):
+            return {
+                str(k): self._identifier(name, v)
+                if k in ("value", "object")
+                else self._member(str(k), v, False)
+                for k, v in value.items()
+            }
+        pseudonym = self.pseudonymise(name, value) if self.pseudonymise else None
+        return DROPPED if pseudonym is None else pseudonym

@@ -9,25 +9,32 @@ The raw identifier is never written. Compaction keeps the latest record per key,
 is all the registry needs (an opt-out is never deleted by compaction: no tombstones are
 written).
 
-Sources read the registry at start (:meth:`OptOuts.read`) and drop an opted-out
-observation before it is published, counting it as ``opted_out`` in their report: it is
-kept nowhere, not even in a dead letter.
+Sources drop an opted-out observation before it is published, counting it as
+``opted_out`` in their report: it is kept nowhere, not even in a dead letter. A file
+replay reads the registry at start (:meth:`OptOuts.read`); a long-running source (the MQTT
+and HTTP ingest) follows it (:class:`FollowedOptOuts`, the background follower of
+:mod:`core.compacted` that the processors use for reference data), so an opt-out recorded
+while it runs applies as soon as the follower has read it: well within a second on a
+healthy cluster, without a restart.
 """
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
+from core.compacted import CompactedTable
 from core.kafka import Publisher, create_topics, read_topic
 from core.privacy.pseudonym import Pseudonymiser, key_id_of
 from core.settings import Settings
 from schemas.catalog import CORE_TOPICS
 from schemas.registry import SchemaRegistry
 
+log = logging.getLogger(__name__)
 TOPIC = "city.privacy.optouts.v1"
 SPEC = CORE_TOPICS[TOPIC]  # schemas/avro/privacy_optout.avsc, with its data contract
 
@@ -113,3 +120,52 @@ class OptOuts:
             for k in older
             if k in pseudonymiser.key_ids
         )
+
+
+class FollowedOptOuts:
+    """The registry as a long-running source applies it: read to its end by :meth:`start`,
+    then followed on a background thread until :meth:`close`.
+
+    :meth:`excludes` answers from the latest records the follower has applied; the
+    :class:`OptOuts` view is rebuilt only when the table's version changes.
+    """
+
+    def __init__(self, table: CompactedTable) -> None:
+        self.table = table
+        self._view = OptOuts()
+        self._version = -1
+
+    @classmethod
+    def start(cls, settings: Settings, timeout: float = 30.0) -> FollowedOptOuts:
+        """The registry read to its end now (the topic created if missing), then followed."""
+        ensure_topic(settings)
+        topic = settings.topic(TOPIC)
+        serde = SchemaRegistry(settings.registry_config()).serde(topic, SPEC)
+        table = CompactedTable(settings.kafka_config(), topic, serde, OptOut.of, _unreadable)
+        table.refresh(timeout)
+        table.follow()
+        return cls(table)
+
+    def current(self) -> OptOuts:
+        """The opt-outs applied so far (a snapshot: the follower swaps the table whole)."""
+        version = self.table.version
+        if version != self._version:
+            self._view = OptOuts.of(self.table.data.values())
+            self._version = version
+        return self._view
+
+    def __len__(self) -> int:
+        return len(self.current())
+
+    def excludes(self, field: str, pseudonym: str, pseudonymiser: Pseudonymiser,
+                 value: str) -> bool:  # fmt: skip
+        """As :meth:`OptOuts.excludes`, on the registry as followed so far."""
+        return self.current().excludes(field, pseudonym, pseudonymiser, value)
+
+    def close(self) -> None:
+        self.table.close()
+
+
+def _unreadable(_payload: bytes, reason: str, detail: str, origin: str) -> None:
+    """A registry record that does not decode: skipped and logged (only its place)."""
+    log.error("opt-out registry record %s not applied: %s (%s)", origin, reason, detail)
