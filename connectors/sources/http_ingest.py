@@ -653,7 +653,10 @@ class IngestService:
             self.identifiers.edge.close()
 
     async def stats(self, _request: web.Request) -> web.Response:
-        return web.json_response({**self.counters_dict(), "pending": self.kafka.pending()})
+        body = {**self.counters_dict(), "pending": self.kafka.pending()}
+        if self.identifiers.edge is not None:  # how many opt-outs apply now (a count only)
+            body["optouts"] = len(self.identifiers.edge.optouts)
+        return web.json_response(body)
 
     async def openapi(self, _request: web.Request) -> web.Response:
         document = openapi_document(self.limits, self.settings.ingest_max_body_bytes)

@@ -409,9 +409,12 @@ class MqttSource:
         return client
 
     def _status(self, state: str) -> bytes:
-        """Retained status: ``online`` once subscribed (with counters), ``offline`` (will)."""
-        body = {"state": state, **self.counters.as_dict()}
-        return json.dumps({**body, "messages": self.messages}).encode()
+        """Retained status: ``online`` once subscribed (with counters), ``offline`` (will);
+        with declared identifiers, how many opt-outs the source applies now."""
+        body = {"state": state, **self.counters.as_dict(), "messages": self.messages}
+        if self.edge is not None:
+            body["optouts"] = len(self.edge.optouts)
+        return json.dumps(body).encode()
 
     def publish_status(self, state: str = "online") -> mqtt.MQTTMessageInfo:
         return self.client.publish(self.status_topic, self._status(state), qos=1, retain=True)

@@ -36,6 +36,8 @@ class OptOutView(Protocol):
     def excludes(self, field: str, pseudonym: str, pseudonymiser: Pseudonymiser,
                  value: str) -> bool: ...  # fmt: skip
 
+    def __len__(self) -> int: ...
+
 
 @dataclass
 class Edge:
