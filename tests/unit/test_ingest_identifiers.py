@@ -5,6 +5,7 @@ an opted-out one is dropped (OptedOut), and a dead letter carries pseudonyms onl
 from __future__ import annotations
 
 import json
+import tomllib
 from pathlib import Path
 from typing import Any
 
@@ -186,3 +187,10 @@ def test_declared_identifiers_need_the_edge_and_sane_names() -> None:
             IngestConfig.model_validate({"privacy": {"identifiers": bad}})
     plain = MqttIngest(IngestConfig.model_validate({}), FUTURE_MS)  # nothing declared:
     assert plain.identifiers.fields == frozenset()  # no edge is needed
+
+
+def test_the_ingest_page_example_declares_identifiers_a_mapping_file_accepts() -> None:
+    page = (Path(__file__).resolve().parents[2] / "docs/ingest.md").read_text(encoding="utf-8")
+    block = page.split("<!-- ingest-privacy-example -->\n```toml\n", 1)[1].split("```", 1)[0]
+    config = IngestConfig.model_validate(tomllib.loads(block))
+    assert config.privacy.identifiers == ["sensor_id", "reporter"]
