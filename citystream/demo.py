@@ -7,6 +7,7 @@ from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 from citystream.audit import audit, expected_aarhus
 from citystream.pipeline import Pipeline
@@ -122,13 +123,7 @@ def run_demo(settings: Settings, files: AarhusFiles, keep_stack: bool, serve: bo
     # A fresh namespace per run, so the replay is not judged late against an earlier one,
     # and fresh tables, so the audit compares this run's KPIs only.
     run = time.strftime("demo%Y%m%d%H%M%S.")
-    update: dict[str, object] = {"topic_prefix": settings.topic_prefix + run}
-    if settings.embedded_clickhouse and not settings.clickhouse_url:
-        tables = (settings.data_dir / "demo" / run.rstrip(".") / "clickhouse").resolve()
-        update["clickhouse_url"] = f"chdb://{tables}"
-    else:
-        update["clickhouse_database"] = f"{settings.clickhouse_database}_{run.rstrip('.')}"
-    settings = settings.model_copy(update=update)
+    settings = demo_namespace(settings, run)
     step("1/9 starting Kafka (KRaft) and Apicurio Registry")
     with local_stack(settings, keep_stack):
         step(f"2/9 creating topics and registering schemas (prefix {run})")
@@ -144,6 +139,31 @@ def run_demo(settings: Settings, files: AarhusFiles, keep_stack: bool, serve: bo
         return 1 if failed else 0
 
 
+def demo_namespace(settings: Settings, run: str) -> Settings:
+    """The run's Aarhus namespace: topics under ``<prefix><run>``, and fresh tables (with
+    chDB a directory of the run's own, else a database of the run's own)."""
+    update: dict[str, object] = {"topic_prefix": settings.topic_prefix + run}
+    if settings.embedded_clickhouse and not settings.clickhouse_url:
+        tables = (settings.data_dir / "demo" / run.rstrip(".") / "clickhouse").resolve()
+        update["clickhouse_url"] = f"chdb://{tables}"
+    else:
+        update["clickhouse_database"] = f"{settings.clickhouse_database}_{run.rstrip('.')}"
+    return settings.model_copy(update=update)
+
+
+def boston_namespace(settings: Settings) -> Settings:
+    """Boston's namespace beside the run's Aarhus one (``settings``): its pack, topics under
+    ``<prefix>boston.`` and a database of its own in the same ClickHouse (with chDB, the
+    same directory), so that one sink's endpoint answers reads of both cities."""
+    return settings.model_copy(
+        update={
+            "topic_prefix": settings.topic_prefix + "boston.",
+            "city": BOSTON_PACK,
+            "clickhouse_database": f"{settings.clickhouse_database}_boston",
+        }
+    )
+
+
 def dashboard_url(settings: Settings) -> str:
     return f"http://{settings.api_host}:{settings.api_port}/"
 
@@ -152,28 +172,35 @@ def print_dashboard(settings: Settings) -> None:
     step(f"dashboard: {dashboard_url(settings)}")
     print(
         "`citystream demo --serve` runs this demo and keeps the read API and the dashboard up"
-        " on its Aarhus KPIs until Ctrl-C; `citystream serve` serves them beside a running sink"
+        " on its Aarhus and Boston KPIs until Ctrl-C; `citystream serve --city DIR ...` serves"
+        " a deployment's cities beside its running sink (docs/api.md)"
     )
 
 
+def dashboard_app(settings: Settings) -> Any:
+    """The read API over both cities of the run (Aarhus, ``settings``, first), built as
+    ``citystream serve`` builds it: every access audited to the run's audit log."""
+    from citystream.serve_cli import build_app
+
+    return build_app(settings, [settings, boston_namespace(settings)], audited=True)
+
+
 def serve_dashboard(settings: Settings) -> None:
-    """The read API and the dashboard on this run's Aarhus KPIs until Ctrl-C (#15).
+    """The read API and the dashboard on this run's Aarhus and Boston KPIs until Ctrl-C (#15).
 
-    A sink runs on the run's tables again: with chDB it owns the directory and answers the
-    API's reads on its query endpoint, and it stores what still arrives; the live stream
-    reads the run's topics, so the stack stays up while this serves.
+    A sink runs on Aarhus's tables again: with chDB it owns the directory, where Boston's
+    database lies too, and answers the API's reads of both on its query endpoint; it stores
+    what still arrives for Aarhus. The live stream reads both cities' topics, so the stack
+    stays up while this serves; audit checkpoints are signed as under ``citystream serve``.
     """
-    import uvicorn
-
-    from api.app import create_app
-    from api.config import build_context
+    from citystream.serve_cli import serve_until_stopped
 
     pipeline = Pipeline(settings)
     try:
         pipeline.start("sink")
-        app = create_app(build_context(settings))
-        step(f"dashboard: {dashboard_url(settings)} (Ctrl-C stops it)")
-        uvicorn.run(app, host=settings.api_host, port=settings.api_port, log_level="warning")
+        app = dashboard_app(settings)
+        step(f"dashboard: {dashboard_url(settings)} (Aarhus and Boston; Ctrl-C stops it)")
+        serve_until_stopped(app, settings, audited=True)
     finally:
         pipeline.stop()
 
@@ -241,16 +268,7 @@ def boston_month(settings: Settings) -> list[str]:
     """Steps 8-9: the second city, from its city pack: a month of real 311 requests through
     the service processor into tables of its own, its KPIs, and their audit."""
     step("8/9 Boston (city pack cities/boston): a month of real 311 requests")
-    update: dict[str, object] = {
-        "topic_prefix": settings.topic_prefix + "boston.",
-        "city": BOSTON_PACK,
-    }
-    if settings.embedded_clickhouse:  # a directory of its own: one sink owns one directory
-        tables = Path(settings.resolved_clickhouse_url.removeprefix("chdb://")).parent
-        update["clickhouse_url"] = f"chdb://{tables / 'boston'}"
-    else:
-        update["clickhouse_database"] = f"{settings.clickhouse_database}_boston"
-    boston = settings.model_copy(update=update)
+    boston = boston_namespace(settings)
     ensure_topics(boston)
     register_schemas(boston)
     pipeline = Pipeline(boston, processors=("service",))

@@ -49,8 +49,16 @@ def cmd_serve(args: argparse.Namespace) -> int:
     except ValueError as exc:  # malformed keys or suppression settings: say which
         print(f"citystream serve: {exc}", file=sys.stderr)
         return 2
+    serve_until_stopped(app, settings, audited=not args.no_audit)
+    return 0
+
+
+def serve_until_stopped(app: Any, settings: Settings, *, audited: bool) -> None:
+    """``app`` under uvicorn until Ctrl-C; an audited app also signs audit checkpoints every
+    ``audit_checkpoint_interval_s`` meanwhile, so the accesses it logs are sealed as it
+    runs. ``citystream serve`` and ``citystream demo --serve`` both serve through here."""
     timer = None
-    if not args.no_audit:  # signed audit checkpoints every audit_checkpoint_interval_s
+    if audited:
         from trust.audit.checkpoint import CheckpointTimer
 
         timer = CheckpointTimer(settings)
@@ -60,7 +68,6 @@ def cmd_serve(args: argparse.Namespace) -> int:
     finally:
         if timer is not None:
             timer.stop()
-    return 0
 
 
 def build_app(settings: Settings, cities: list[Settings], *, audited: bool) -> Any:
