@@ -45,7 +45,10 @@ def _key(request: Request) -> dict[str, str]:
 
 
 @router.get("/checkpoint", summary="The audit log's latest signed checkpoint and public key")
-def latest_checkpoint(request: Request, context: Context, caller: CurrentCaller) -> dict[str, Any]:
+def latest_checkpoint(
+    request: Request, context: Context, caller: CurrentCaller, city: str | None = None
+) -> dict[str, Any]:
+    context.city(city)  # one log for every city served; an unknown city is still 404
     checkpoints = read_checkpoints(context.settings)
     if not checkpoints:
         raise not_found("no audit checkpoint signed yet (citystream audit checkpoint)")
@@ -73,7 +76,9 @@ def proof(
     tree_size: Annotated[int | None, Query(ge=1, description="default: latest checkpoint")] = None,
     first: Annotated[int | None, Query(ge=0, description="smaller tree size")] = None,
     second: Annotated[int | None, Query(ge=1, description="larger tree size")] = None,
+    city: Annotated[str | None, Query(description="checked only: one log for all")] = None,
 ) -> dict[str, Any]:
+    context.city(city)  # one log for every city served; an unknown city is still 404
     if not caller.role.at_least(Role.auditor):
         raise Problem(403, "audit proofs are for the auditor and operator roles")
     if (leaf is None) == (first is None or second is None):

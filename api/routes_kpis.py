@@ -52,10 +52,13 @@ def known_kpi(name: str, parameter: str = "kpi") -> Kpi:
 
 
 @router.get("/kpis", summary="The KPI catalogue: name, unit, formula, window, scopes")
-def catalogue(context: Context, caller: CurrentCaller) -> dict[str, Any]:
+def catalogue(context: Context, caller: CurrentCaller, city: str | None = None) -> dict[str, Any]:
+    """Every city computes the same KPIs; ``city`` is checked like everywhere else (404 when
+    unknown), so a client that names its city on every request learns of a wrong one here."""
+    place = context.city(city)
     kpis = [kpi_entry(kpi) for kpi in KPIS.values()]
-    record_access(context, caller, "/v1/kpis", {}, None, len(kpis))
-    return {"kpis": kpis}
+    record_access(context, caller, "/v1/kpis", {"city": place.id}, None, len(kpis))
+    return {"city": place.id, "kpis": kpis}
 
 
 # --- the series ---------------------------------------------------------------------------
