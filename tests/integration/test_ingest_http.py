@@ -312,6 +312,7 @@ def test_http_ingest_to_clickhouse_matches_independent_computation(
     assert counts["ngsi-ld"] == {
         "accepted": 3,
         "duplicates": 0,
+        "opted_out": 0,
         "rejected": 2,
         "rejected_by_reason": {"unknown_entity": 2},
     }
