@@ -55,8 +55,13 @@ def build_context(
     audit: AuditRecorder | None = None,
     live_feed: bool = True,
 ) -> ApiContext:
-    """The context over ``cities`` (each a city's namespaced settings; default: ``settings``)."""
+    """The context over ``cities`` (each a city's namespaced settings; default: ``settings``).
+
+    Raises ValueError when two cities share an id, a topic prefix or a database: their
+    KPIs, alerts and live events would be served as each other's.
+    """
     configured = [city_of(s) for s in (cities or [settings])]
+    check_apart(configured)
     live = LiveFeed(settings, configured) if live_feed else None
     return ApiContext(
         settings=settings,
@@ -67,3 +72,15 @@ def build_context(
         suppression=Suppression.from_settings(settings),
         live=live,
     )
+
+
+def check_apart(cities: list[City]) -> None:
+    """Each city in a namespace of its own (as the sink requires of the cities it writes)."""
+    for what, values in (
+        ("id", [c.id for c in cities]),
+        ("topic prefix", [c.topic_prefix for c in cities]),
+        ("database", [c.database for c in cities]),
+    ):
+        shared = sorted({v for v in values if values.count(v) > 1})
+        if shared:
+            raise ValueError(f"two cities share the {what} {shared[0]!r}: give each its own")

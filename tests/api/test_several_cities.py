@@ -28,6 +28,7 @@ from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
 from api.context import ApiContext
+from citystream.cli import city_namespace
 from citystream.demo import boston_namespace, dashboard_app, demo_namespace
 from citystream.serve_cli import build_app
 from core.audit_append import ensure_audit_topics
@@ -35,6 +36,7 @@ from core.settings import Settings
 from schemas.registry import SchemaRegistry
 from tests.api.cities_stack import (
     FIRST,
+    PACKS,
     WINDOWS,
     TwoCities,
     alert_of,
@@ -259,6 +261,14 @@ def test_no_city_is_the_first_configured(served: Served, path: str) -> None:
     assert first.status_code == 200, first.text
     assert first.json() == served.client.get(f"{path}{joiner}city=aarhus").json()
     assert first.json() != served.client.get(f"{path}{joiner}city=boston").json()
+
+
+def test_serve_refuses_two_cities_in_one_namespace() -> None:
+    # an explicit prefix is kept for every city (city_namespace): both would read one topic
+    shared = Settings(topic_prefix="shared.")
+    cities = [city_namespace(shared, PACKS[city]) for city in CITIES]
+    with pytest.raises(ValueError, match=r"two cities share the topic prefix 'shared\.'"):
+        build_app(shared, cities, audited=False)  # citystream serve: exit 2 with this
 
 
 # --- the live stream -------------------------------------------------------------------------
