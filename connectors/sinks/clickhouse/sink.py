@@ -6,7 +6,10 @@ each row and inserts them. Delivery is at-least-once and the table makes it effe
 exactly-once for readers (see :mod:`connectors.sinks.clickhouse.schema`).
 
 In chDB mode the sink also serves the read-only query endpoint while it runs, because no
-other process can open the directory while the sink holds it (see ``backend``).
+other process can open the directory while the sink holds it (see ``backend``). Reads run
+on sessions of their own (:class:`ReadSessions`), beside each other and beside inserts:
+chDB runs queries of different connections in parallel, and a dashboard's first load asks
+for about a dozen reads at once (docs/benchmark.md).
 
 One sink can serve several cities on one ClickHouse (``cities``: each city's settings, with
 its own topic prefix and database): one consumer reads every city's KPI batches and each
@@ -19,7 +22,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -95,6 +98,76 @@ def kpi_columns(rows: Sequence[Mapping[str, Any]]) -> list[list[Any]]:
     return columns
 
 
+# --- read sessions --------------------------------------------------------------------------
+
+# Reads in flight at once on the query endpoint. Each query may use every core already, so
+# more would only share them; enough for a dashboard's first load (five reads at once).
+READ_SESSIONS = 4
+
+
+class ReadSessions:
+    """Read-only sessions, each used by one read at a time, at most ``size`` reads at once.
+
+    A readonly session cannot change its max_execution_time, so sessions are kept per time
+    limit; one is opened when no idle one has the limit asked for. Inserts have a session of
+    their own, so a read never waits for an insert, nor an insert for a read.
+    """
+
+    def __init__(self, open_session: Callable[[float | None], Session], size: int) -> None:
+        self._open = open_session
+        self._slots = threading.BoundedSemaphore(size)
+        self._lock = threading.Lock()  # guards _idle and _all
+        self._idle: dict[float | None, list[Session]] = {}
+        self._all: list[Session] = []
+        self.size = size
+
+    @property
+    def opened(self) -> int:
+        """Sessions opened so far (and not closed)."""
+        return len(self._all)
+
+    @contextmanager
+    def session(self, time_limit_s: float | None) -> Iterator[Session]:
+        """An idle session with ``time_limit_s`` (opened if none is idle), once one of the
+        ``size`` slots is free; back to the idle ones afterwards."""
+        with self._slots:
+            with self._lock:
+                idle = self._idle.setdefault(time_limit_s, [])
+                client = idle.pop() if idle else None
+            if client is None:
+                client = self._open(time_limit_s)
+                with self._lock:
+                    self._all.append(client)
+            try:
+                yield client
+            finally:
+                self._give_back(client, time_limit_s)
+
+    def _give_back(self, client: Session, time_limit_s: float | None) -> None:
+        """Keep ``client`` for the next read with its limit, unless sessions for many
+        different limits have piled up (a caller may ask for any): then close it."""
+        with self._lock:
+            keep = len(self._all) <= 2 * self.size
+            if keep:
+                self._idle[time_limit_s].append(client)
+            else:
+                self._all.remove(client)
+        if not keep:
+            client.close()
+
+    def close(self, drain_s: float = 30.0) -> None:
+        """Close every session, after the reads in flight end (waiting ``drain_s`` at most:
+        each read stops at its time limit anyway)."""
+        taken = [self._slots.acquire(timeout=drain_s) for _ in range(self.size)]
+        with self._lock:
+            clients, self._all, self._idle = self._all, [], {}
+        for client in clients:
+            client.close()
+        for got in taken:
+            if got:
+                self._slots.release()
+
+
 # --- the sink -------------------------------------------------------------------------------
 
 
@@ -131,8 +204,8 @@ class ClickHouseSink(BatchingSink):
         self.freshness = telemetry.Freshness()  # telemetry: newest window_end per domain
         self.endpoint: QueryEndpoint | None = None
         self._client: Session | None = None
-        self._query_clients: dict[float | None, Session] = {}  # by time limit
-        self._db_lock = threading.Lock()  # one chDB caller at a time: inserts and queries
+        self._readers = ReadSessions(self._open_reader, READ_SESSIONS)
+        self._db_lock = threading.Lock()  # one caller at a time on the write session
         # tables whose TTL setup() altered (database.table: new TTL), for the migrate audit
         self.ttl_changes: dict[str, str | None] = {}
 
@@ -256,19 +329,16 @@ class ClickHouseSink(BatchingSink):
                 self.freshness.newest[str(domain)] = max(newest, int(newest_ms))
 
     def query(self, sql: str | QueryRequest) -> QueryResult:
-        """Run a read-only statement on a read-only session, between inserts: one session per
-        time limit (a readonly session cannot change it), each on the sink's database unless
+        """Run a read-only statement on a read-only session of its own (see
+        :class:`ReadSessions`), beside other reads and inserts, on the sink's database unless
         the request names another."""
         request = sql if isinstance(sql, QueryRequest) else QueryRequest(sql)
-        with self._db_lock:  # under the lock: endpoint threads race here
-            limit = request.time_limit_s
-            client = self._query_clients.get(limit)
-            if client is None:
-                client = self._query_clients[limit] = self.backend.connect(
-                    readonly=True, time_limit_s=limit
-                )
+        with self._readers.session(request.time_limit_s) as client:
             client.database = request.database or self.settings.clickhouse_database  # type: ignore[attr-defined]
             return execute_request(client, request)
+
+    def _open_reader(self, time_limit_s: float | None) -> Session:
+        return self.backend.connect(readonly=True, time_limit_s=time_limit_s)
 
     # --- the query endpoint -------------------------------------------------------------------
 
@@ -300,11 +370,10 @@ class ClickHouseSink(BatchingSink):
     def close(self) -> None:
         """Release the database; in chDB mode this frees the directory for other processes."""
         self.stop_query_endpoint()
-        for client in (*self._query_clients.values(), self._client):
-            if client is not None:
-                client.close()
+        self._readers.close()
+        if self._client is not None:
+            self._client.close()
         self._client = None
-        self._query_clients = {}
 
     def __enter__(self) -> ClickHouseSink:
         return self
