@@ -304,28 +304,24 @@ def aggregation_plan(
 
 _SERIES = "kpi = {kpi:String} AND scope = {scope:String} AND entity_id = {entity:String}"
 
+# The series and their latest windows come from kpi_series_latest (one row per series,
+# kept by the sink's materialized view: connectors/sinks/clickhouse/schema.py), not from
+# grouping all of kpi; its FINAL rows are the newest row per series of kpi FINAL.
 LIST_SQL = """SELECT kpi, scope, entity_id,
-    toUnixTimestamp64Milli(max(window_start)) AS start_ms,
-    toUnixTimestamp64Milli(argMax(window_end, window_start)) AS end_ms,
-    argMax(value, window_start) AS value,
-    argMax(samples, window_start) AS samples
-FROM kpi FINAL
+    toUnixTimestamp64Milli(window_start) AS start_ms,
+    toUnixTimestamp64Milli(window_end) AS end_ms, value, samples
+FROM kpi_series_latest FINAL
 WHERE kpi IN {kpis:Array(String)}
-GROUP BY kpi, scope, entity_id
 ORDER BY kpi, scope, entity_id
 LIMIT {limit:UInt32} OFFSET {offset:UInt32}"""
 
-COUNT_SQL = """SELECT count() FROM (
-    SELECT DISTINCT kpi, scope, entity_id FROM kpi FINAL WHERE kpi IN {kpis:Array(String)}
-)"""
+COUNT_SQL = """SELECT count() FROM kpi_series_latest FINAL WHERE kpi IN {kpis:Array(String)}"""
 
 LATEST_SQL = f"""SELECT kpi, scope, entity_id,
     toUnixTimestamp64Milli(window_start) AS start_ms,
     toUnixTimestamp64Milli(window_end) AS end_ms, value, samples
-FROM kpi FINAL
-WHERE {_SERIES}
-ORDER BY window_start DESC
-LIMIT 1"""
+FROM kpi_series_latest FINAL
+WHERE {_SERIES}"""
 
 _RANGE = (
     "window_start >= fromUnixTimestamp64Milli({start_ms:Int64}, 'UTC') "

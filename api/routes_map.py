@@ -111,6 +111,15 @@ WHERE kpi = {kpi:String} AND scope = {scope:String} AND window_start = (
     WHERE kpi = {kpi:String} AND scope = {scope:String}
       AND window_start <= {at:DateTime64(3, 'UTC')})"""
 
+# Without ``at``: the entities whose latest window is the newest of the layer's, from
+# kpi_series_latest (one row per series) instead of kpi. The same rows: an entity has a
+# window at the newest start exactly when that window is its latest.
+NEWEST_SQL = """SELECT entity_id, value, samples, window_start, window_end
+FROM kpi_series_latest FINAL
+WHERE kpi = {kpi:String} AND scope = {scope:String} AND window_start = (
+    SELECT max(window_start) FROM kpi_series_latest
+    WHERE kpi = {kpi:String} AND scope = {scope:String})"""
+
 
 @router.get(
     "/map/{layer}",
@@ -132,9 +141,12 @@ def map_layer(
     if scope not in definition.scopes:
         raise bad_parameter("kpi", f"{name} has no {scope} values (scopes: {definition.scopes})")
     place = context.city(city)
-    moment = parse_instant(at, "at") if at else datetime(2299, 12, 31, tzinfo=UTC)
-    parameters = {"kpi": name, "scope": scope, "at": clickhouse_time(moment)}
-    result = context.reader.read(LATEST_SQL, parameters, database=place.database)
+    parameters = {"kpi": name, "scope": scope}
+    sql = NEWEST_SQL
+    if at:
+        parameters["at"] = clickhouse_time(parse_instant(at, "at"))
+        sql = LATEST_SQL
+    result = context.reader.read(sql, parameters, database=place.database)
     values = {str(r[0]): r for r in result.rows}
     full = caller.role.at_least(Role.analyst)
     k = context.suppression.k(name)
@@ -151,7 +163,7 @@ def map_layer(
     first = result.rows[0] if result.rows else None
     record_access(
         context, caller, "/v1/map/{layer}",
-        {"layer": layer, "kpi": name, "at": at, "city": place.id}, LATEST_SQL, len(result.rows),
+        {"layer": layer, "kpi": name, "at": at, "city": place.id}, sql, len(result.rows),
     )  # fmt: skip
     body = {
         "type": "FeatureCollection",
@@ -173,16 +185,16 @@ def map_layer(
 
 # --- equity ---------------------------------------------------------------------------------
 
-EQUITY_SQL = """SELECT entity_id AS district, avg(value) AS value,
+# Each district's and the city's figures over the period, in one read (the dashboard's
+# first load waits for it): the city's row has scope 'city'.
+EQUITY_SQL = """SELECT scope, entity_id, avg(value) AS value,
     toUInt64(sum(samples)) AS samples, count() AS windows
 FROM kpi FINAL
-WHERE kpi = {kpi:String} AND scope = 'district' AND entity_id != 'unknown'
+WHERE kpi = {kpi:String}
+  AND (scope = 'district' AND entity_id != 'unknown'
+       OR scope = 'city' AND entity_id = {city:String})
   AND window_start >= {from:DateTime64(3, 'UTC')} AND window_start < {to:DateTime64(3, 'UTC')}
-GROUP BY district ORDER BY district"""
-
-CITY_SQL = """SELECT avg(value) FROM kpi FINAL
-WHERE kpi = {kpi:String} AND scope = 'city' AND entity_id = {city:String}
-  AND window_start >= {from:DateTime64(3, 'UTC')} AND window_start < {to:DateTime64(3, 'UTC')}"""
+GROUP BY scope, entity_id ORDER BY scope, entity_id"""
 
 NEWEST_DISTRICT_SQL = """SELECT max(window_start), count() FROM kpi
 WHERE kpi = {kpi:String} AND scope = 'district'"""
@@ -229,8 +241,9 @@ def equity(
     frm, until = equity_period(context, place, kpi, start, to)
     parameters = {"kpi": kpi, "from": clickhouse_time(frm), "to": clickhouse_time(until),
                   "city": place.id}  # fmt: skip
-    rows = context.reader.read(EQUITY_SQL, parameters, database=place.database).rows
-    city_rows = context.reader.read(CITY_SQL, parameters, database=place.database).rows
+    both = context.reader.read(EQUITY_SQL, parameters, database=place.database).rows
+    rows = [row[1:] for row in both if row[0] == "district"]
+    city_value = next((row[2] for row in both if row[0] == "city"), None)
     median = statistics.median(float(r[1]) for r in rows) if rows else None
     full = caller.role.at_least(Role.analyst)
     k = context.suppression.k(kpi)
@@ -249,7 +262,6 @@ def equity(
         {"kpi": kpi, "from": frm.isoformat(), "to": until.isoformat(), "city": place.id},
         EQUITY_SQL, len(rows),
     )  # fmt: skip
-    city_value = city_rows[0][0] if city_rows and city_rows[0][0] is not None else None
     body = {
         "kpi": kpi,
         "unit": definition.unit,

@@ -66,6 +66,14 @@ CLICKHOUSE_TABLES: dict[str, TableContract] = {
     "kpi_window_state_mv": TableContract(
         "kpi_record.avsc", "materialised view feeding kpi_window_state"
     ),
+    "kpi_series_latest": TableContract(
+        "kpi_record.avsc",
+        "each KPI series' latest window: NGSI-LD listing and the map",
+        {"version": "window start above samples and revision, packed: which row wins"},
+    ),
+    "kpi_series_latest_mv": TableContract(
+        "kpi_record.avsc", "materialised view feeding kpi_series_latest"
+    ),
     "kpi_daily": TableContract(
         "kpi_record.avsc",
         "view: KPI values per local day",

@@ -26,10 +26,13 @@ GRANT SELECT ON citystream.kpi TO citystream_migrator_role;
 GRANT SELECT, INSERT ON citystream.kpi_window_state TO citystream_migrator_role;  -- the rollup's backfill
 GRANT SELECT ON citystream.kpi_window_state_mv TO citystream_migrator_role;  -- the view selects from it
 GRANT DROP VIEW ON citystream.kpi_daily TO citystream_migrator_role;  -- CREATE OR REPLACE: its local days
+GRANT SELECT, INSERT ON citystream.kpi_series_latest TO citystream_migrator_role;  -- its backfill
+GRANT SELECT ON citystream.kpi_series_latest_mv TO citystream_migrator_role;  -- the view selects from it
 
 CREATE ROLE IF NOT EXISTS citystream_sink_role;
 GRANT INSERT ON citystream.kpi TO citystream_sink_role;
 GRANT INSERT ON citystream.kpi_window_state TO citystream_sink_role;  -- through the rollup's view
+GRANT INSERT ON citystream.kpi_series_latest TO citystream_sink_role;  -- through its view
 GRANT INSERT ON citystream.kpi_trace_links TO citystream_sink_role;  -- when tracing is on
 GRANT SELECT ON citystream.schema_migrations TO citystream_sink_role;
 GRANT SELECT ON system.tables TO citystream_sink_role;  -- the TTL check of migrate
@@ -41,6 +44,7 @@ GRANT SELECT ON citystream.kpi_latest TO citystream_analyst_role;
 GRANT SELECT ON citystream.kpi_daily TO citystream_analyst_role;
 GRANT SELECT ON citystream.kpi_window_state TO citystream_analyst_role;  -- kpi_daily reads it
 GRANT SELECT ON citystream.kpi_equity TO citystream_analyst_role;
+GRANT SELECT ON citystream.kpi_series_latest TO citystream_analyst_role;  -- NGSI-LD, the map
 GRANT SELECT ON citystream.kpi_trace_links TO citystream_analyst_role;
 
 CREATE ROLE IF NOT EXISTS citystream_auditor_role;

@@ -245,6 +245,12 @@ def test_equity_sets_each_district_beside_the_city_median(api_stack: ApiStack) -
     for district, (_, value) in zip(body["districts"], stored, strict=True):
         assert district["value"] == pytest.approx(value)
         assert district["gap"] == pytest.approx(value - median)
+    [[city_value]] = sql(
+        api_stack,
+        "SELECT avg(value) FROM kpi_latest WHERE kpi = 'air.aqi' AND scope = 'city'"
+        " AND window_start >= '2014-08-01 22:00:00' AND window_start < '2014-08-02 22:00:00'",
+    )
+    assert body["city_value"] == pytest.approx(city_value)  # the city's own row, same read
 
 
 # --- alerts, status, audit, OpenAPI ----------------------------------------------------------

@@ -94,12 +94,14 @@ def test_migrate_audits_a_ttl_change_and_nothing_else(
     monkeypatch.setenv("CITYSTREAM_CLICKHOUSE_KPI_TTL_DAYS", "7")  # shorter than the contract
     assert cli(settings, "migrate") == 0
     records = governance(settings)[len(first) :]
-    assert len(records) == 1, records  # the kpi table's TTL only
-    assert records[0]["endpoint"] == "citystream migrate"
-    assert json.loads(records[0]["parameters"]) == {
-        "table": f"{settings.clickhouse_database}.kpi",
-        "ttl": "toDateTime(window_start) + toIntervalDay(7)",
-        "from": "data contract and settings",
-    }
+    # the kpi table's TTL, and kpi_series_latest's, which follows it
+    assert len(records) == 2, records
+    for record, table in zip(records, ("kpi", "kpi_series_latest"), strict=True):
+        assert record["endpoint"] == "citystream migrate"
+        assert json.loads(record["parameters"]) == {
+            "table": f"{settings.clickhouse_database}.{table}",
+            "ttl": "toDateTime(window_start) + toIntervalDay(7)",
+            "from": "data contract and settings",
+        }
     assert cli(settings, "migrate") == 0  # the same setting again: nothing changes
     assert governance(settings)[len(first) :] == records

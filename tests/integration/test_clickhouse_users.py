@@ -63,6 +63,7 @@ def test_users_sql_parses_and_grants_only_real_tables(data_dir: Path) -> None:
     assert sink_grants == [
         "GRANT INSERT ON citystream.kpi TO citystream_sink_role",
         "GRANT INSERT ON citystream.kpi_window_state TO citystream_sink_role",
+        "GRANT INSERT ON citystream.kpi_series_latest TO citystream_sink_role",
         "GRANT INSERT ON citystream.kpi_trace_links TO citystream_sink_role",
         "GRANT SELECT ON citystream.schema_migrations TO citystream_sink_role",
         "GRANT SELECT ON system.tables TO citystream_sink_role",

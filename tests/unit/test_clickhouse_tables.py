@@ -88,6 +88,8 @@ def test_setup_is_idempotent(local_settings: Settings) -> None:
             "kpi_daily",
             "kpi_equity",
             "kpi_latest",
+            "kpi_series_latest",
+            "kpi_series_latest_mv",
             "kpi_trace_links",
             "kpi_window_state",
             "kpi_window_state_mv",

@@ -6,6 +6,16 @@ it duplicates and ``kpi FINAL`` / ``kpi_latest`` show one row per key: the most 
 even when a restarted processor numbers its revisions from 0 again. The views built on it
 (``kpi_daily``, ``kpi_equity``) are the analysts' contract (docs/contracts.md).
 
+``kpi_series_latest`` holds each series' (kpi, scope, entity_id) latest window, kept by a
+materialized view as the sink inserts into ``kpi``, so listing the series (NGSI-LD, the
+map) reads one row per series instead of grouping the whole table. It is a
+ReplacingMergeTree keyed by the series whose version is (window_start, kpi's version): the
+newest window wins, and of its rows the one ``kpi FINAL`` keeps (the most complete; on a
+tie the last inserted, as in ``kpi``). ``kpi_series_latest FINAL`` therefore equals the
+newest row per series of ``kpi FINAL``, also after a revision or a replay (tests/
+integration/test_series_latest.py). Its TTL is kpi's: a series all of whose windows
+expired leaves both.
+
 ``kpi_daily`` counts the city's local days: a window belongs to the day, in the city's time
 zone, that its ``window_start`` falls on (``toDate(window_start, zone)``). The zone is the
 city pack's ``timezone`` when a pack is set, else the ``timezone`` setting (default
@@ -39,6 +49,7 @@ log = logging.getLogger(__name__)
 KPI_TABLE = "kpi"
 TRACE_LINKS_TABLE = "kpi_trace_links"  # telemetry: KPI row <-> traces (docs/observability.md)
 ROLLUP_STATE_TABLE = "kpi_window_state"
+SERIES_LATEST_TABLE = "kpi_series_latest"  # each series' latest window (see above)
 DAILY_VIEW = "kpi_daily"
 
 # The analysts' contract: names and types of the kpi table, in insert order.
@@ -100,6 +111,16 @@ FROM (
     GROUP BY kpi, scope, entity_id, window_start
 )
 GROUP BY kpi, scope, entity_id, day"""
+
+
+# kpi_series_latest's version: the window's start (epoch ms, 41 bits) above kpi's version
+# (64 bits: samples, revision), so a newer window always wins and, within one window, the
+# row kpi's own version picks.
+_SERIES_VERSION = (
+    "bitShiftLeft(toUInt128(toUnixTimestamp64Milli(window_start)), 64)"
+    " + bitShiftLeft(toUInt64(samples), 32) + revision"
+)
+_KPI_SELECT = ", ".join(KPI_COLUMN_NAMES)
 
 
 # The city's local day of a window: the day its start falls on in the city's time zone.
@@ -221,6 +242,27 @@ PARTITION BY toYYYYMM(at)
 ORDER BY leaf_index""",
         ),
     ),
+    Migration(
+        9,
+        "create kpi_series_latest, its materialized view and backfill",
+        (
+            # Not partitioned: rows replace each other only within a partition, and a
+            # series' windows span months.
+            f"""CREATE TABLE IF NOT EXISTS {{db}}.{SERIES_LATEST_TABLE} (
+    {_KPI_COLUMNS_DDL},
+    version UInt128 MATERIALIZED {_SERIES_VERSION}
+)
+ENGINE = ReplacingMergeTree(version)
+ORDER BY (kpi, scope, entity_id)""",
+            f"CREATE MATERIALIZED VIEW IF NOT EXISTS {{db}}.{SERIES_LATEST_TABLE}_mv "
+            f"TO {{db}}.{SERIES_LATEST_TABLE} AS\nSELECT {_KPI_SELECT} FROM {{db}}.kpi",
+            # the newest winning row of each series already stored, one row per series
+            # (an existing city's database gains the table with its contents)
+            f"INSERT INTO {{db}}.{SERIES_LATEST_TABLE} ({_KPI_SELECT})\n"
+            f"SELECT {_KPI_SELECT} FROM {{db}}.kpi FINAL\n"
+            "ORDER BY kpi, scope, entity_id, window_start DESC LIMIT 1 BY kpi, scope, entity_id",
+        ),
+    ),
 )
 
 _MIGRATIONS_DDL = """CREATE TABLE IF NOT EXISTS {db}.schema_migrations (
@@ -252,7 +294,11 @@ class Retention:
         )
 
     def by_table(self) -> dict[str, int]:
-        return {KPI_TABLE: self.kpi_days, ROLLUP_STATE_TABLE: self.rollup_days}
+        return {
+            KPI_TABLE: self.kpi_days,
+            ROLLUP_STATE_TABLE: self.rollup_days,
+            SERIES_LATEST_TABLE: self.kpi_days,  # a series leaves it when it leaves kpi
+        }
 
 
 def ttl_expression(days: int) -> str | None:
@@ -260,14 +306,18 @@ def ttl_expression(days: int) -> str | None:
     return f"toDateTime(window_start) + toIntervalDay({days})" if days > 0 else None
 
 
-def current_ttl(client: Session, database: str, table: str) -> str | None:
-    engine = client.command(
+def _ttl_of(engine_full: str) -> str | None:
+    found = re.search(r"\bTTL (.+?)(?: SETTINGS |$)", engine_full)
+    return found.group(1) if found else None
+
+
+def _engine_full(client: Session, database: str, table: str) -> str | None:
+    """The table's engine as the server prints it, None when there is no such table."""
+    result = client.query(
         "SELECT engine_full FROM system.tables WHERE database = {db:String} AND name = {t:String}",
         parameters={"db": database, "t": table},
-        use_database=False,
     )
-    found = re.search(r"\bTTL (.+?)(?: SETTINGS |$)", str(engine))
-    return found.group(1) if found else None
+    return str(result.result_rows[0][0]) if result.result_rows else None
 
 
 def apply_retention(client: Session, database: str, retention: Retention) -> dict[str, str | None]:
@@ -278,8 +328,11 @@ def apply_retention(client: Session, database: str, retention: Retention) -> dic
     """
     changed: dict[str, str | None] = {}
     for table, days in retention.by_table().items():
+        engine = _engine_full(client, database, table)
+        if engine is None:
+            continue  # not created yet (migrations staged up to an earlier version)
         wanted = ttl_expression(days)
-        if current_ttl(client, database, table) == wanted:
+        if _ttl_of(engine) == wanted:
             continue
         name = f"{quote_identifier(database)}.{quote_identifier(table)}"
         alter = f"MODIFY TTL {wanted}" if wanted else "REMOVE TTL"
