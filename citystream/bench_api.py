@@ -4,9 +4,10 @@ The bench's traffic file (the Aarhus week when ``CITYSTREAM_AARHUS_DIR`` has it,
 shipped day) goes through the real traffic processor and the chDB sink; then
 ``citystream serve``'s app runs under uvicorn on a free port and is asked over HTTP:
 
-- a one-day 15-minute series (the city, then a district), and the district map, each
-  ``requests`` times one after the other: p50 and p99 of the wall time per answer (target
-  p99 <= 100 ms on chDB);
+- a one-day 15-minute series (the city, then a district), the district map, and the
+  NGSI-LD entity listing (a page of 100 KeyPerformanceIndicator entities with their
+  count, first and a later page), each ``requests`` times one after the other: p50 and
+  p99 of the wall time per answer (target p99 <= 100 ms on chDB);
 - the SSE delay: KPI records published to ``city.kpi.v1`` while a client listens on
   ``/v1/stream``, from the producer's delivery report to the event at the client.
 
@@ -79,6 +80,7 @@ def _measure(settings: Settings, requests: int) -> dict[str, str]:
                     requests,
                 ),
                 "API district map": _latency(client, "/v1/map/districts", {}, requests),
+                **_listing_latency(client, requests),
             }
         results["SSE delay, publish -> event"] = _sse_delay(settings, url)
         return results
@@ -96,6 +98,31 @@ def _latency(client: httpx.Client, path: str, params: dict[str, Any], n: int) ->
         answer.raise_for_status()
     p50, p99 = _percentiles(times)
     return f"p50 {p50:6.1f} ms  p99 {p99:6.1f} ms  ({n} requests, {len(answer.content):,} B)"
+
+
+NGSI_LISTING = "/ngsi-ld/v1/entities"
+LISTING_PAGE = 100
+
+
+def _listing_latency(client: httpx.Client, requests: int) -> dict[str, str]:
+    """The NGSI-LD listing: its first page and one further in, with the count."""
+    page: dict[str, Any] = {
+        "type": "KeyPerformanceIndicator",
+        "limit": LISTING_PAGE,
+        "count": "true",
+    }
+    first = client.get(NGSI_LISTING, params=page)
+    first.raise_for_status()
+    total = int(first.headers["NGSILD-Results-Count"])
+    later = {**page, "offset": max(0, total // 2 - total // 2 % LISTING_PAGE)}
+    return {
+        f"NGSI-LD listing, first {LISTING_PAGE} of {total:,}": _latency(
+            client, NGSI_LISTING, page, requests
+        ),
+        f"NGSI-LD listing, {LISTING_PAGE} from offset {later['offset']:,}": _latency(
+            client, NGSI_LISTING, later, requests
+        ),
+    }
 
 
 def _sse_delay(settings: Settings, url: str, events: int = 50) -> str:

@@ -3,7 +3,10 @@
 The page marks ``citystream-rendered`` when every panel has drawn and measures
 ``citystream-first-render`` from the navigation's start to that mark (``api/static/app.js``);
 this opens the page in Debian's headless chromium several times, each with a fresh
-profile (nothing cached), and reports the measure's p50 and max. The browser is launched
+profile (nothing cached), and reports the measure's p50 and max. It also prints when each
+API request of the slowest load started and ended (the browser's resource timing): reads
+that queue behind each other show as a staircase of end times, a chain of requests as
+starts that wait for an earlier end. The browser is launched
 here the way the browser tests launch it (tests/browser/chrome.py uses :func:`chromium`).
 Selenium is a development dependency: it is imported only when this stage runs.
 """
@@ -102,16 +105,40 @@ def first_render_ms(driver: Any, url: str) -> float:
     return float(value)
 
 
+# Each API request of the page: its path and query, start and end in ms from navigation.
+_API_TIMINGS = """return performance.getEntriesByType('resource')
+    .map((e) => [new URL(e.name), e.startTime, e.responseEnd])
+    .filter(([u]) => u.pathname.startsWith('/v1/'))
+    .map(([u, start, end]) => [u.pathname + u.search, start, end]);"""
+
+
+def api_timings(driver: Any) -> list[tuple[str, float, float]]:
+    """The loaded page's API requests: (path, start ms, end ms), from navigation start."""
+    return [(str(p), float(s), float(e)) for p, s, e in driver.execute_script(_API_TIMINGS)]
+
+
 def measure_first_render(url: str, loads: int = LOADS) -> dict[str, float]:
-    """p50 and max of ``loads`` first renders, each in a fresh browser profile."""
+    """p50 and max of ``loads`` first renders, each in a fresh browser profile; prints the
+    slowest load's API requests."""
     times = []
+    slowest: list[tuple[str, float, float]] = []
     for _ in range(loads):
         with (
             tempfile.TemporaryDirectory(prefix="citystream-bench-") as profile,
             chromium(Path(profile)) as driver,
         ):
             times.append(first_render_ms(driver, url))
-    return {"p50_ms": statistics.median(times), "max_ms": max(times), "loads": float(loads)}
+            if times[-1] == max(times):
+                slowest = api_timings(driver)
+    print(f"    slowest load ({max(times):,.0f} ms): {len(slowest)} API requests")
+    for path, start, end in sorted(slowest, key=lambda t: t[1]):
+        print(f"      {start:7,.0f} -> {end:7,.0f} ms  {path}")
+    return {
+        "p50_ms": statistics.median(times),
+        "max_ms": max(times),
+        "loads": float(loads),
+        "api_requests": float(len(slowest)),
+    }
 
 
 def run_dashboard_bench(settings: Settings, loads: int = LOADS) -> dict[str, float]:

@@ -175,14 +175,21 @@ function mapChoice() {
   return MAP_KPIS.find((m) => m.kpi === $("map-kpi").value) || MAP_KPIS[0];
 }
 
-async function loadMap() {
+function districtLayer(choice) {
+  // A KPI without district values (congestion is per segment) gets plain district shapes.
+  const kpi = encodeURIComponent(choice.kpi);
+  return api(hasScope(choice.kpi, "district") ? `/v1/map/districts?kpi=${kpi}` : "/v1/map/districts");
+}
+
+async function loadMap(districtAnswer) {
+  // districtAnswer: the districts layer already asked for (the first load shares it with
+  // the district choices), else asked for here
   const choice = mapChoice();
   const token = (state.mapToken = (state.mapToken || 0) + 1);
   const kpi = encodeURIComponent(choice.kpi);
-  // A KPI without district values (congestion is per segment) gets plain district shapes.
   const perDistrict = hasScope(choice.kpi, "district");
   const [districts, points] = await Promise.all([
-    api(perDistrict ? `/v1/map/districts?kpi=${kpi}` : "/v1/map/districts"),
+    districtAnswer || districtLayer(choice),
     api(`/v1/map/${choice.points}?kpi=${kpi}`),
   ]);
   if (!perDistrict) for (const f of districts.features || []) f.properties = { ...f.properties, value: null };
@@ -474,8 +481,8 @@ async function loadCatalogue() {
   fillSelect($("equity-kpi"), withDistricts.map((n) => [n, n]), $("equity-kpi").value || equityDefault);
 }
 
-async function loadDistrictChoices() {
-  const body = await api("/v1/map/districts");
+function loadDistrictChoices(body) {
+  // the districts layer's features (every district of the city, whatever the KPI)
   const ids = (body.features || []).map((f) => String((f.properties || {}).entity_id || (f.properties || {}).id || f.id || featureName(f)));
   state.districts = [...new Set(ids)].sort();
   const box = $("series-districts");
@@ -493,9 +500,12 @@ function guard(promise) {
 
 async function loadAll() {
   await loadCatalogue();
+  // The map and the district choices share one districts answer: the series, which need
+  // the choices, start as soon as it arrives, and the first load makes one request fewer.
+  const districts = districtLayer(mapChoice());
   await Promise.all([
-    guard(loadMap()),
-    guard(loadDistrictChoices().then(loadSeries)),
+    guard(loadMap(districts)),
+    guard(districts.then(loadDistrictChoices).then(loadSeries)),
     guard(loadEquity()),
     guard(loadAlerts()),
     guard(loadStatus()),
