@@ -22,10 +22,14 @@ The interfaces colleagues code against (routers plug into ``api.app.create_app``
   started with the app).
 - FastAPI dependencies: :func:`get_context` (``Depends(get_context)``), :func:`current_caller`
   and :func:`current_role` (the key from ``Authorization: Bearer <key>`` or ``X-API-Key``;
-  no key means ``public``; an unknown key is 401).
+  no key means ``public``; an unknown key is 401). :func:`current_caller` also opens the
+  request's audit scope (``core.audit_append``), so the sink's query endpoint records each
+  read with the caller's key id, role, route and parameters.
 - Annotated shorthands for route signatures: ``Context``, ``CurrentCaller``, ``CurrentRole``
   (``def route(context: Context, caller: CurrentCaller): ...``).
-- :func:`record_access`: the audit call every data route makes (``context.audit`` may be None).
+- :func:`record_access`: the audit call every data route makes (``context.audit`` may be None);
+  the access carries the leaf indexes of the records the query endpoint already wrote for
+  the request (``AccessRecord.audited_leaves``), so the recorder does not write it twice.
 
 Errors are raised as ``api.problems.Problem`` (``bad_parameter``, ``not_found``, ...).
 """
@@ -44,6 +48,7 @@ from fastapi import Depends, Request
 from api.problems import Problem, not_found, unavailable
 from api.queries import Suppression
 from connectors.sinks.clickhouse.endpoint import QueryResult
+from core.audit_append import CallerContext, action_of, current_scope, enter_scope
 from core.city import CityPack
 from core.settings import Settings
 
@@ -128,10 +133,13 @@ class AccessRecord:
     sql: str | None
     rows: int
     at: datetime
+    # records the sink's query endpoint appended for this request (it ran its SQL there)
+    audited_leaves: tuple[int, ...] = ()
 
 
 class AuditRecorder(Protocol):
-    """Appends access records; raises when the record could not be written."""
+    """Appends access records; raises when the record could not be written. An access
+    with ``audited_leaves`` is already in the log: a log recorder appends nothing more."""
 
     def record(self, access: AccessRecord) -> None: ...
 
@@ -192,21 +200,34 @@ def presented_key(request: Request) -> str | None:
     return key.strip() if key else None
 
 
-def current_caller(request: Request) -> Caller:
-    """FastAPI dependency: who asks; no key is the public, an unknown key is 401."""
+async def current_caller(request: Request) -> Caller:
+    """FastAPI dependency: who asks; no key is the public, an unknown key is 401.
+
+    Also opens the request's audit scope. Async on purpose: it runs in the request's own
+    task, so the scope it sets is seen by the route and the worker thread it runs in (a
+    sync dependency runs in a copied context and its scope would be lost). It does no I/O.
+    """
     key = presented_key(request)
-    if key is None:
-        return PUBLIC
-    caller = get_context(request).caller_for(key)
+    caller = PUBLIC if key is None else get_context(request).caller_for(key)
     if caller is None:
         challenge = {"WWW-Authenticate": "Bearer"}
         raise Problem(401, "unknown API key", parameter="Authorization", headers=challenge)
+    enter_scope(caller_context(request, caller))
     return caller
 
 
-def current_role(request: Request) -> Role:
+async def current_role(request: Request) -> Role:
     """FastAPI dependency: the caller's role (``public`` without a key)."""
-    return current_caller(request).role
+    return (await current_caller(request)).role
+
+
+def caller_context(request: Request, caller: Caller) -> CallerContext:
+    """What the query endpoint records of a request: key id, role, route, parameters."""
+    route = request.scope.get("route")
+    endpoint = str(getattr(route, "path", request.url.path))
+    parameters: dict[str, Any] = {**request.path_params, **request.query_params}
+    action = action_of(endpoint, parameters)
+    return CallerContext(caller.key_id, caller.role.value, endpoint, parameters, action)
 
 
 Context = Annotated[ApiContext, Depends(get_context)]
@@ -233,6 +254,7 @@ def record_access(
         sql=sql,
         rows=rows,
         at=datetime.now(UTC),
+        audited_leaves=tuple(scope.leaves) if (scope := current_scope()) else (),
     )
     try:
         context.audit.record(access)

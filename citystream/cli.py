@@ -600,11 +600,12 @@ def cmd_sink(args: argparse.Namespace) -> int:
     sink.setup()
     _telemetry(settings, "sink", settings.sink_metrics_port)
     _observe_sink(settings, sink)
-    from connectors.sinks.clickhouse.audit import run_beside  # audit topic -> audit_log
+    from connectors.sinks.clickhouse.audit import run_beside, serve_audited_queries
     from core.audit_append import ensure_audit_topics
 
     ensure_audit_topics(settings)
-    audit_sink, audit_thread = run_beside(sink, stop)
+    serve_audited_queries(sink)  # chDB: every statement of the query endpoint audited
+    audit_sink, audit_thread = run_beside(sink, stop)  # audit topic -> audit_log
     try:
         sink.run(stop)
     finally:
@@ -626,18 +627,15 @@ def _observe_sink(settings: Settings, sink: Any) -> None:
 
 
 def cmd_query(args: argparse.Namespace) -> int:
-    from citystream.query import QueryError, format_result, run_query
+    from citystream.query import QueryError, format_result, run_audited_query
+    from core.audit_append import AuditWriteError  # the audit log (#17)
 
     settings = build_settings(args)
     try:
-        columns, rows = run_query(settings, args.sql)
+        columns, rows = run_audited_query(settings, args.sql)
     except QueryError as exc:
         print(f"citystream query: {exc}", file=sys.stderr)
         return 1
-    from core.audit_append import AuditWriteError, record_command  # the audit log (#17)
-
-    try:
-        record_command(settings, "query", "citystream query", {}, sql=args.sql, rows=len(rows))
     except AuditWriteError as exc:
         print(f"citystream query: not audited, so not shown: {exc}", file=sys.stderr)
         return 1

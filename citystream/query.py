@@ -4,6 +4,12 @@ Where the query goes is the backend's business (``connectors/sinks/clickhouse/ba
 straight to a ClickHouse server, or with embedded chDB to the running sink's endpoint and,
 when no sink runs, to the directory opened here. Every path returns the same JSON-safe
 values (datetimes as ISO 8601 strings).
+
+``citystream query`` is audited (#17) exactly once: :func:`run_audited_query` sends its
+caller context (``local:<user>``, operator) with the read, so the sink's query endpoint
+records it with the SQL; when the read did not go through the endpoint (a ClickHouse
+server, or the chDB directory opened here because no sink runs), it appends the record
+itself.
 """
 
 from __future__ import annotations
@@ -16,7 +22,10 @@ import orjson
 
 from connectors.sinks.clickhouse.backend import backend_for
 from connectors.sinks.clickhouse.endpoint import QueryError as QueryError
+from core.audit_append import CallerContext, audit_scope, local_caller, record_command
 from core.settings import Settings
+
+COMMAND = "citystream query"
 
 OutputFormat = Literal["table", "csv", "json"]
 FORMATS: tuple[OutputFormat, ...] = ("table", "csv", "json")
@@ -26,6 +35,18 @@ def run_query(settings: Settings, sql: str) -> tuple[list[str], list[list[Any]]]
     """Column names and rows of one read-only statement; :class:`QueryError` says why not."""
     result = backend_for(settings).read(sql)
     return result.columns, result.rows
+
+
+def run_audited_query(settings: Settings, sql: str) -> tuple[list[str], list[list[Any]]]:
+    """:func:`run_query` with its one audit record (see the module docstring). Raises
+    :class:`QueryError` (also when the endpoint could not audit it) or
+    :class:`core.audit_append.AuditWriteError`: then nothing may be shown."""
+    caller = CallerContext(local_caller(), "operator", COMMAND, {}, action="query")
+    with audit_scope(caller) as scope:
+        columns, rows = run_query(settings, sql)
+    if not scope.leaves:  # not through the sink's endpoint: nobody recorded it yet
+        record_command(settings, "query", COMMAND, {}, sql=sql, rows=len(rows))
+    return columns, rows
 
 
 # --- output ---------------------------------------------------------------------------------

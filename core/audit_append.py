@@ -22,7 +22,9 @@ import json
 import os
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -77,6 +79,93 @@ class AuditEntry:
             "sql": self.sql,
             "rows": int(self.rows),
         }
+
+
+def action_of(endpoint: str, parameters: Mapping[str, Any]) -> str:
+    """``export`` for a download (CSV, or an endpoint named export), else ``read``."""
+    if "export" in endpoint or str(parameters.get("format", "")).lower() == "csv":
+        return "export"
+    return "read"
+
+
+@dataclass(frozen=True)
+class CallerContext:
+    """Who reads through the sink's query endpoint, as the caller knows it: the key id and
+    role, the action, the route or command, and its parameters. The endpoint records it as
+    a claim (a loopback client could claim anything; docs/audit.md)."""
+
+    key_id: str | None
+    role: str
+    endpoint: str
+    parameters: Mapping[str, Any] = field(default_factory=dict)
+    action: str = "read"
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "key_id": self.key_id,
+            "role": self.role,
+            "action": self.action,
+            "endpoint": self.endpoint,
+            "parameters": dict(self.parameters),
+        }
+
+    @classmethod
+    def from_json(cls, body: Any) -> CallerContext:
+        """The context of a request's ``caller`` member; ValueError saying what is wrong."""
+        if not isinstance(body, dict):
+            raise ValueError("caller must be a JSON object")
+        unknown = set(body) - {"key_id", "role", "action", "endpoint", "parameters"}
+        if unknown:
+            raise ValueError(f"caller: unknown member(s) {', '.join(sorted(unknown))}")
+        key_id, parameters = body.get("key_id"), body.get("parameters") or {}
+        role, endpoint, action = body.get("role"), body.get("endpoint"), body.get("action", "read")
+        if key_id is not None and not isinstance(key_id, str):
+            raise ValueError("caller.key_id must be a string or null")
+        for name, value in (("role", role), ("endpoint", endpoint), ("action", action)):
+            if not isinstance(value, str) or not value:
+                raise ValueError(f"caller.{name} must be a non-empty string")
+        if action not in ACTIONS:
+            raise ValueError(f"caller.action must be one of {', '.join(ACTIONS)}")
+        if not isinstance(parameters, dict):
+            raise ValueError("caller.parameters must be a JSON object")
+        return cls(key_id, str(role), str(endpoint), parameters, str(action))
+
+
+@dataclass
+class AuditScope:
+    """One caller's access in progress: its context, and the leaf indexes of the records the
+    query endpoint appended for it (empty: nothing recorded it yet)."""
+
+    caller: CallerContext
+    leaves: list[int] = field(default_factory=list)
+
+
+_SCOPE: ContextVar[AuditScope | None] = ContextVar("citystream_audit_scope", default=None)
+
+
+@contextmanager
+def audit_scope(caller: CallerContext) -> Iterator[AuditScope]:
+    """Reads through the query endpoint inside the ``with`` carry ``caller`` and are noted
+    in the yielded scope; the previous scope is restored after."""
+    scope = AuditScope(caller)
+    token = _SCOPE.set(scope)
+    try:
+        yield scope
+    finally:
+        _SCOPE.reset(token)
+
+
+def enter_scope(caller: CallerContext) -> AuditScope:
+    """Open a scope for the rest of the current context (an API request's task: the
+    request's context is discarded with it, so nothing needs resetting)."""
+    scope = AuditScope(caller)
+    _SCOPE.set(scope)
+    return scope
+
+
+def current_scope() -> AuditScope | None:
+    """The scope of the caller whose reads run now, if one was opened."""
+    return _SCOPE.get()
 
 
 def ensure_audit_topics(settings: Settings, timeout: float = 30.0) -> list[str]:

@@ -4,7 +4,12 @@ Structurally an ``api.context.AuditRecorder`` (``record(access) -> None``, raisi
 write fails so the request fails); the API layer sits above this one, so the access is
 typed here by the fields it reads. A role change is audited: when a key's role differs
 from the last role the log recorded for it (read once from the log, then followed in
-memory), a ``role_change`` record with ``{"from": old, "to": new}`` precedes the access.
+memory), a ``role_change`` record with ``{"from": old, "to": new}`` is appended.
+
+An access whose reads went through the sink's query endpoint is already in the log: the
+endpoint appended one record per statement with the request's caller context
+(``audited_leaves``); the recorder then appends nothing more for it, so a request is
+recorded once. Otherwise (no SQL, or a ClickHouse server) it appends the access itself.
 """
 
 from __future__ import annotations
@@ -14,7 +19,7 @@ import threading
 from datetime import datetime
 from typing import Any, Protocol
 
-from core.audit_append import AuditAppender, AuditEntry
+from core.audit_append import AuditAppender, AuditEntry, action_of
 from core.settings import Settings
 from trust.audit.log import read_log
 
@@ -36,6 +41,8 @@ class Access(Protocol):
     def rows(self) -> int: ...
     @property
     def at(self) -> datetime: ...
+    @property
+    def audited_leaves(self) -> tuple[int, ...]: ...
 
 
 def last_roles(settings: Settings) -> dict[str, str]:
@@ -52,13 +59,6 @@ def last_roles(settings: Settings) -> dict[str, str]:
     return roles
 
 
-def action_of(endpoint: str, parameters: dict[str, Any]) -> str:
-    """``export`` for a download (CSV, or an endpoint named export), else ``read``."""
-    if "export" in endpoint or str(parameters.get("format", "")).lower() == "csv":
-        return "export"
-    return "read"
-
-
 class LogRecorder:
     """Appends each access (and any role change before it) to the audit topic."""
 
@@ -72,6 +72,8 @@ class LogRecorder:
         at_ms = int(access.at.timestamp() * 1000)
         if access.key_id:
             self._note_role(access.key_id, access.role, at_ms)
+        if access.audited_leaves:  # the query endpoint recorded it, with this caller
+            return
         self.appender.append(
             AuditEntry(
                 role=access.role,

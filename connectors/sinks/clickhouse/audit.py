@@ -11,6 +11,9 @@ through the KPI sink's session and lock: embedded chDB lets only one process, an
 caller at a time, open the directory. Batching, retries, dead letters and
 commit-after-write are :class:`~connectors.sinks.base.BatchingSink`'s, as for KPIs.
 With several cities (``--city``) the rows go to the first city's database.
+
+:func:`serve_audited_queries` starts the sink's query endpoint (chDB) with an audit
+appender, so every statement it runs is in the log (``endpoint`` module docstring).
 """
 
 from __future__ import annotations
@@ -25,10 +28,11 @@ from clickhouse_connect.driver.exceptions import ClickHouseError
 from confluent_kafka import Message
 
 from connectors.sinks.base import BatchingSink, Row
+from connectors.sinks.clickhouse.endpoint import QueryEndpoint
 from connectors.sinks.clickhouse.schema import AUDIT_COLUMNS, AUDIT_TABLE
 from connectors.sinks.clickhouse.sink import ClickHouseSink
 from core import telemetry
-from core.audit_append import AUDIT_TOPIC, leaf_bytes
+from core.audit_append import AUDIT_TOPIC, AuditAppender, leaf_bytes
 
 log = logging.getLogger(__name__)
 
@@ -115,3 +119,25 @@ def run_beside(
     thread = threading.Thread(target=target, name="citystream-audit-sink", daemon=True)
     thread.start()
     return audit, thread
+
+
+def serve_audited_queries(
+    kpi_sink: ClickHouseSink, port: int | None = None
+) -> QueryEndpoint | None:
+    """chDB: start ``kpi_sink``'s query endpoint now, appending every statement it runs to
+    the audit log (``kpi_sink``'s settings say where), and return it; a ClickHouse server
+    needs no endpoint (None). The sink's own ``running()`` then finds it started and stops
+    it (closing the appender) when the sink stops."""
+    if not kpi_sink.backend.exclusive:
+        return None
+    if kpi_sink.endpoint is not None:
+        raise RuntimeError("the sink's query endpoint already runs, unaudited")
+    settings = kpi_sink.settings
+    endpoint = QueryEndpoint(
+        kpi_sink.query,
+        settings.query_port if port is None else port,
+        audit=AuditAppender(settings),
+    )
+    endpoint.start()
+    kpi_sink.endpoint = endpoint
+    return endpoint

@@ -12,6 +12,16 @@ of the SQL from ``parameters`` server-side, so callers (the read API) never past
 into SQL; ``time_limit_s`` lowers the default ``max_execution_time``. 200 with
 ``{"columns": [...], "types": [...], "rows": [[...], ...]}``, 400 with ``{"error": ...}``
 for rejected statements and ClickHouse errors. ``GET /health`` answers ``{"status": "ok"}``.
+
+**Audit** (``citystream sink`` serves it with an :class:`~core.audit_append.AuditAppender`):
+every statement that ran appends one record to the audit log before its rows are sent:
+the SQL, its bound parameters and database, the rows returned, and who asked. A JSON body
+may carry ``"caller": {"key_id", "role", "action", "endpoint", "parameters"}``
+(:class:`~core.audit_append.CallerContext`): the read API and ``citystream query`` send
+theirs, and the record carries it, marked as claimed (anything on loopback may claim any
+identity); without it the record names an anonymous loopback caller. The answer then
+carries ``"audit": {"leaf_index": N}``, so the caller does not record the access again. A
+record that cannot be written fails the statement: 503 with ``{"error": ...}``, no rows.
 """
 
 from __future__ import annotations
@@ -22,12 +32,20 @@ import threading
 import urllib.error
 import urllib.request
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import orjson
 from clickhouse_connect.driver.exceptions import ClickHouseError
+
+from core.audit_append import (
+    AuditAppender,
+    AuditEntry,
+    AuditWriteError,
+    CallerContext,
+    current_scope,
+)
 
 log = logging.getLogger(__name__)
 
@@ -49,16 +67,18 @@ class QueryRequest:
     parameters: dict[str, Any] = field(default_factory=dict)
     database: str | None = None
     time_limit_s: float | None = None
+    caller: CallerContext | None = None  # who asks, as the caller claims it (audit)
 
     def to_json(self) -> bytes:
-        return orjson.dumps(
-            {
-                "sql": self.sql,
-                "parameters": self.parameters,
-                "database": self.database,
-                "time_limit_s": self.time_limit_s,
-            }
-        )
+        body: dict[str, Any] = {
+            "sql": self.sql,
+            "parameters": self.parameters,
+            "database": self.database,
+            "time_limit_s": self.time_limit_s,
+        }
+        if self.caller is not None:
+            body["caller"] = self.caller.to_json()
+        return orjson.dumps(body, default=str)
 
     @classmethod
     def from_json(cls, raw: bytes) -> QueryRequest:
@@ -77,7 +97,12 @@ class QueryRequest:
             raise RejectedQuery("database must be a string")
         if limit is not None and (not isinstance(limit, int | float) or not 0 < limit <= 600):
             raise RejectedQuery("time_limit_s must be a number of seconds in (0, 600]")
-        return cls(body["sql"], parameters, database, None if limit is None else float(limit))
+        try:
+            caller = None if body.get("caller") is None else CallerContext.from_json(body["caller"])
+        except ValueError as exc:
+            raise RejectedQuery(str(exc)) from exc
+        seconds = None if limit is None else float(limit)
+        return cls(body["sql"], parameters, database, seconds, caller)
 
 
 class RejectedQuery(ValueError):
@@ -92,11 +117,16 @@ class EndpointUnavailable(QueryError):
     """Nothing listens on the sink's query port."""
 
 
+class AuditRefused(QueryError):
+    """The statement ran but its audit record could not be written: nothing is returned."""
+
+
 @dataclass(frozen=True)
 class QueryResult:
     columns: list[str]
     types: list[str]
     rows: list[list[Any]]
+    audit_leaf: int | None = None  # the endpoint's audit record of this read, if it wrote one
 
 
 def read_only_statement(sql: str) -> str:
@@ -120,14 +150,61 @@ def first_keyword(statement: str) -> str:
     return word.group(0).upper() if word else ""
 
 
+ANONYMOUS = "loopback"  # key id and role of a caller that sent no caller context
+ENDPOINT_NAME = "sink query endpoint"
+
+
+def audit_entry(request: QueryRequest, result: QueryResult) -> AuditEntry:
+    """The audit record of a statement that ran: the caller's context (claimed) or an
+    anonymous loopback caller, and under ``query_endpoint`` what the endpoint itself saw:
+    the bound parameters, the database (null: the sink's own) and whether the identity
+    was claimed. A caller cannot overwrite that member: the endpoint's facts win."""
+    caller = request.caller
+    facts = {
+        "identity": "anonymous" if caller is None else "claimed",
+        "database": request.database,
+        "parameters": request.parameters,
+    }
+    if caller is None:
+        return AuditEntry(
+            role=ANONYMOUS,
+            action="query",
+            endpoint=ENDPOINT_NAME,
+            parameters={"query_endpoint": facts},
+            key_id=ANONYMOUS,
+            sql=request.sql,
+            rows=len(result.rows),
+        )
+    return AuditEntry(
+        role=caller.role,
+        action=caller.action,
+        endpoint=caller.endpoint,
+        parameters={**caller.parameters, "query_endpoint": facts},
+        key_id=caller.key_id,
+        sql=request.sql,
+        rows=len(result.rows),
+    )
+
+
 class _Server(ThreadingHTTPServer):
     daemon_threads = True
 
     def __init__(
-        self, address: tuple[str, int], run: Callable[[QueryRequest], QueryResult]
+        self,
+        address: tuple[str, int],
+        run: Callable[[QueryRequest], QueryResult],
+        audit: AuditAppender | None,
     ) -> None:
         super().__init__(address, _Handler)
         self.run = run
+        self.audit = audit
+
+    def audited(self, request: QueryRequest) -> tuple[QueryResult, int | None]:
+        """Run ``request`` and append its audit record (AuditWriteError: not written)."""
+        result = self.run(request)
+        if self.audit is None:
+            return result, None
+        return result, self.audit.append(audit_entry(request, result))
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -153,18 +230,28 @@ class _Handler(BaseHTTPRequestHandler):
                 request = QueryRequest.from_json(body)
             else:
                 request = QueryRequest(body.decode("utf-8"))
-            result = self.server.run(request)
+            result, leaf = self.server.audited(request)
         except UnicodeDecodeError:
             self._reply(400, {"error": "query is not UTF-8"})
             return
         except (RejectedQuery, ClickHouseError) as exc:
             self._reply(400, {"error": str(exc)})
             return
+        except AuditWriteError as exc:
+            log.error("query endpoint: statement not audited, so not answered: %s", exc)
+            error = f"the query could not be audited ({exc}); nothing was returned"
+            self._reply(503, {"error": error})
+            return
         except Exception as exc:
             log.exception("query endpoint failed on %r", body[:200])
             self._reply(500, {"error": f"internal error: {exc!r}"})
             return
-        self._reply(200, {"columns": result.columns, "types": result.types, "rows": result.rows})
+        answer: dict[str, Any] = {
+            "columns": result.columns, "types": result.types, "rows": result.rows
+        }  # fmt: skip
+        if leaf is not None:
+            answer["audit"] = {"leaf_index": leaf}
+        self._reply(200, answer)
 
     def _read_body(self) -> bytes | None:
         """The request body, or None after replying with the reason it was refused."""
@@ -194,19 +281,29 @@ class _Handler(BaseHTTPRequestHandler):
 
 
 class QueryEndpoint:
-    """The HTTP server in a background thread; nothing is bound until :meth:`start`."""
+    """The HTTP server in a background thread; nothing is bound until :meth:`start`.
+
+    ``audit``: every statement that ran is appended to the audit log with it (``citystream
+    sink`` always passes one; the endpoint closes it on :meth:`stop`). Without it nothing is
+    recorded: for tests and embedding that hold no audit log.
+    """
 
     def __init__(
-        self, run: Callable[[QueryRequest], QueryResult], port: int, host: str = "127.0.0.1"
+        self,
+        run: Callable[[QueryRequest], QueryResult],
+        port: int,
+        host: str = "127.0.0.1",
+        audit: AuditAppender | None = None,
     ):
         self._run = run
+        self._audit = audit
         self._address = (host, port)
         self._server: _Server | None = None
         self._thread: threading.Thread | None = None
 
     def start(self) -> None:
         try:
-            self._server = _Server(self._address, self._run)
+            self._server = _Server(self._address, self._run, self._audit)
         except OSError as exc:
             raise OSError(
                 exc.errno,
@@ -237,6 +334,12 @@ class QueryEndpoint:
         if self._thread is not None:
             self._thread.join()
         self._server = self._thread = None
+        if self._audit is not None:
+            self._audit.close()
+
+    @property
+    def audited(self) -> bool:
+        return self._audit is not None
 
 
 def endpoint_url(port: int, host: str = "127.0.0.1") -> str:
@@ -244,28 +347,41 @@ def endpoint_url(port: int, host: str = "127.0.0.1") -> str:
 
 
 def ask_endpoint(port: int, sql: str | QueryRequest) -> QueryResult:
-    """Ask the running sink; :class:`EndpointUnavailable` if no sink serves the port."""
+    """Ask the running sink; :class:`EndpointUnavailable` if no sink serves the port.
+
+    Inside an :func:`~core.audit_append.audit_scope` the request carries the scope's caller
+    context (unless it has one), and the leaf index of the endpoint's audit record is noted
+    in the scope: the caller's access is then recorded, once.
+    """
+    request = sql if isinstance(sql, QueryRequest) else QueryRequest(sql)
+    scope = current_scope()
+    if scope is not None and request.caller is None:
+        request = replace(request, caller=scope.caller)
     url = endpoint_url(port)
-    if isinstance(sql, QueryRequest):
-        limit = sql.time_limit_s or float(READ_ONLY_SETTINGS["max_execution_time"])
-        data, content_type = sql.to_json(), "application/json"
-    else:
-        limit = float(READ_ONLY_SETTINGS["max_execution_time"])
+    limit = request.time_limit_s or float(READ_ONLY_SETTINGS["max_execution_time"])
+    if isinstance(sql, str) and request.caller is None:
         data, content_type = sql.encode(), "text/plain; charset=utf-8"
-    request = urllib.request.Request(
+    else:
+        data, content_type = request.to_json(), "application/json"
+    http_request = urllib.request.Request(
         url, data=data, method="POST", headers={"Content-Type": content_type}
     )
     timeout = limit + 10
     try:
-        with urllib.request.urlopen(request, timeout=timeout) as response:
+        with urllib.request.urlopen(http_request, timeout=timeout) as response:
             body = orjson.loads(response.read())
     except urllib.error.HTTPError as exc:
+        if exc.code == 503:
+            raise AuditRefused(_error_text(exc)) from exc
         raise QueryError(_error_text(exc)) from exc
     except urllib.error.URLError as exc:
         if isinstance(exc.reason, ConnectionRefusedError):
             raise EndpointUnavailable(f"nothing listens on {url}") from exc
         raise QueryError(f"query endpoint {url}: {exc.reason}") from exc
-    return QueryResult(body["columns"], body["types"], body["rows"])
+    leaf = (body.get("audit") or {}).get("leaf_index")
+    if leaf is not None and scope is not None:
+        scope.leaves.append(int(leaf))
+    return QueryResult(body["columns"], body["types"], body["rows"], leaf)
 
 
 def _error_text(exc: urllib.error.HTTPError) -> str:
