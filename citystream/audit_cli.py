@@ -30,8 +30,12 @@ def add_audit_parser(sub: Any, add_common: Callable[[argparse.ArgumentParser], N
     )
     verify.add_argument(
         "--public-key",
-        help="the operator's Ed25519 public key to trust (PEM, base64 or hex, or a file); "
-        "default: the audit_public_key setting, else the signing key's",
+        action="append",
+        metavar="KEY",
+        help="a public key of the operator to trust (PEM, base64 or hex), or a keyring file "
+        "(one key a line, or PEM blocks) or directory of them; repeat for several (across "
+        "a key rotation); each checkpoint's key id picks its key. Default: the "
+        "audit_public_key setting (the same forms), else the signing key's",
     )
     add_common(verify)
     public = what.add_parser("public-key", help="print the checkpoint key's public key (base64)")
@@ -73,18 +77,18 @@ def checkpoint_command(settings: Settings) -> int:
     return 0
 
 
-def verify_command(settings: Settings, public_key: str | None) -> int:
-    from trust.audit.checkpoint import read_checkpoints, trusted_key
+def verify_command(settings: Settings, public_keys: list[str] | None) -> int:
+    from trust.audit.checkpoint import read_checkpoints, trusted_keys
     from trust.audit.log import read_log
     from trust.audit.verify import verify
-    from trust.statements.signing import key_id
 
-    key = trusted_key(settings, public_key)
+    ring = trusted_keys(settings, public_keys)
     records, checkpoints = read_log(settings), read_checkpoints(settings)
-    verdict = verify(records, checkpoints, key)
+    verdict = verify(records, checkpoints, ring)
+    signers = ", ".join(f"{kid} ({n})" for kid, n in verdict.signers.items()) or ring.names()
     print(
         f"audit log {settings.topic('city.audit.v1')}: {verdict.records} records, "
-        f"{verdict.checkpoints} checkpoints signed by {key_id(key)}, "
+        f"{verdict.checkpoints} checkpoints signed by {signers}, "
         f"{verdict.signed_size} records covered"
     )
     if verdict.ok:

@@ -101,12 +101,12 @@ def run_audit_bench(settings: Settings) -> dict[str, str]:
 
 
 def _verify_time(settings: Settings) -> float:
-    from trust.audit.checkpoint import read_checkpoints, trusted_key
+    from trust.audit.checkpoint import read_checkpoints, trusted_keys
     from trust.audit.log import read_log
     from trust.audit.verify import verify
 
     started = time.perf_counter()
-    verdict = verify(read_log(settings), read_checkpoints(settings), trusted_key(settings))
+    verdict = verify(read_log(settings), read_checkpoints(settings), trusted_keys(settings))
     elapsed = time.perf_counter() - started
     if not verdict.ok:
         print(f"audit bench: verify failed: {verdict.problems[0]}")

@@ -38,8 +38,12 @@ def add_statement_parser(sub: Any, add_common: Callable[[argparse.ArgumentParser
     verify.add_argument("file", type=Path, help="the statement's JSON")
     verify.add_argument(
         "--public-key",
-        help="the issuer's Ed25519 public key to trust (PEM, base64 or hex, or a file); "
-        "default: the statement_public_key setting",
+        action="append",
+        metavar="KEY",
+        help="a public key of the issuer to trust (PEM, base64 or hex), or a keyring file "
+        "(one key a line, or PEM blocks) or directory of them; repeat for several (after a "
+        "key rotation); the statement's key id picks the key. Default: the "
+        "statement_public_key setting (the same forms)",
     )
     add_common(verify)
     public = what.add_parser("public-key", help="print the signing key's public key (base64)")
@@ -118,13 +122,15 @@ def _value(value: float | None) -> str:
     return "no data" if value is None else f"{value:,.2f}"
 
 
-def verify_command(settings: Settings, file: Path, public_key: str | None) -> int:
-    from trust.statements.signing import load_public_key
+def verify_command(settings: Settings, file: Path, public_keys: list[str] | None) -> int:
+    from trust.statements.signing import load_keyring
     from trust.statements.statement import verify
 
     statement = json.loads(file.read_text(encoding="utf-8"))
-    trusted_text = public_key or settings.statement_public_key
-    trusted = load_public_key(trusted_text) if trusted_text else None
+    sources = public_keys or (
+        [settings.statement_public_key] if settings.statement_public_key else []
+    )
+    trusted = load_keyring(sources) if sources else None
     verdict = verify(
         settings, statement, trusted, progress=lambda s: print(f"... {s}", file=sys.stderr)
     )

@@ -39,10 +39,11 @@ from schemas.serde import AvroSerde
 from trust.audit.log import LogView, build_tree, decoder, read_log, read_values
 from trust.merkle import HASH_SIZE, MerkleLog
 from trust.statements.signing import (
+    Keyring,
     canonical,
     key_id,
+    load_keyring,
     load_private_key,
-    load_public_key,
     public_key_text,
     signing_key,
 )
@@ -172,13 +173,35 @@ def audit_signing_key(settings: Settings, create: bool = False) -> Ed25519Privat
     return signing_key(path, create)
 
 
-def trusted_key(settings: Settings, given: str | None = None) -> Ed25519PublicKey:
-    """The public key checkpoints are checked with: ``given`` (--public-key), else the
-    ``audit_public_key`` setting, else the signing key's own (an operator's self-check)."""
-    text = given or settings.audit_public_key
-    if text:
-        return load_public_key(text)
-    return audit_signing_key(settings).public_key()
+def trusted_keys(settings: Settings, given: list[str] | None = None) -> Keyring:
+    """The public keys checkpoints are checked with, each checkpoint by the key its key id
+    names: ``given`` (--public-key, repeatable: keys, keyring files or directories), else
+    the ``audit_public_key`` setting (the same forms), else the signing key's own (an
+    operator's self-check)."""
+    sources = given or ([settings.audit_public_key] if settings.audit_public_key else [])
+    if sources:
+        return load_keyring(sources)
+    return Keyring.of([audit_signing_key(settings).public_key()])
+
+
+def trusted_key(
+    settings: Settings, given: str | None = None, kid: str | None = None
+) -> Ed25519PublicKey:
+    """One trusted key (what the API publishes beside a checkpoint): the one with key id
+    ``kid`` if given and trusted, else the only one, else the signing key's own when it is
+    trusted (the current key after a rotation), else the last one listed."""
+    ring = trusted_keys(settings, [given] if given else None)
+    if kid is not None and (found := ring.get(kid)) is not None:
+        return found
+    keys = list(ring.keys.values())
+    if len(keys) > 1:
+        try:
+            own = audit_signing_key(settings).public_key()
+        except ValueError:
+            own = None
+        if own is not None and ring.get(key_id(own)) is not None:
+            return own
+    return keys[-1]
 
 
 def public_key_info(key: Ed25519PublicKey) -> dict[str, str]:

@@ -2,7 +2,9 @@
 
 Checks, in order of the checkpoint topic:
 
-1. each checkpoint's Ed25519 signature, with the trusted public key, and its origin;
+1. each checkpoint's Ed25519 signature, with the trusted public key its key id names
+   (a :class:`~trust.statements.signing.Keyring`: several keys verify a log signed across
+   a key rotation; a key id outside the ring is named), and its origin;
 2. its leaf hashes (the records it added, as the checkpointer saw them) with the hashes of
    the checkpoints before it give its signed root: the checkpoint topic is intact;
 3. the log (rebuilt from the audit topic) has at least ``tree_size`` records, and its
@@ -28,6 +30,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from trust.audit.checkpoint import ORIGIN, Checkpoint, signature_valid
 from trust.audit.log import LogRecord, build_tree
 from trust.merkle import consistency_proof, root_from_hashes, verify_consistency
+from trust.statements.signing import Keyring
 
 
 @dataclass
@@ -40,6 +43,7 @@ class Verdict:
     problems: list[str] = field(default_factory=list)
     first_bad: int | None = None  # position (leaf index) of the first bad record
     first_bad_text: str | None = None
+    signers: dict[str, int] = field(default_factory=dict)  # trusted key id: checkpoints
 
     @property
     def ok(self) -> bool:
@@ -47,9 +51,12 @@ class Verdict:
 
 
 def verify(
-    records: list[LogRecord], checkpoints: list[Checkpoint], trusted: Ed25519PublicKey
+    records: list[LogRecord],
+    checkpoints: list[Checkpoint],
+    trusted: Ed25519PublicKey | Keyring,
 ) -> Verdict:
     """Hold ``records`` (the audit topic, in order) to ``checkpoints``; see the module doc."""
+    ring = Keyring.of([trusted]) if isinstance(trusted, Ed25519PublicKey) else trusted
     tree = build_tree(records)
     hashes = tree.hashes
     signed: list[bytes] = []  # leaf hashes as the checkpoints signed them
@@ -57,8 +64,18 @@ def verify(
     previous: Checkpoint | None = None
     for cp in checkpoints:
         where = f"checkpoint at offset {cp.offset} (tree size {cp.tree_size})"
-        if cp.origin != ORIGIN or not signature_valid(cp, trusted):
-            verdict.problems.append(f"{where}: signature does not verify with the trusted key")
+        key = ring.get(cp.key_id)
+        if key is None:
+            verdict.problems.append(
+                f"{where}: signature does not verify with the trusted keys: it is signed by "
+                f"key {cp.key_id}, not one of {ring.names()}"
+            )
+            continue
+        verdict.signers[cp.key_id] = verdict.signers.get(cp.key_id, 0) + 1
+        if cp.origin != ORIGIN or not signature_valid(cp, key):
+            verdict.problems.append(
+                f"{where}: signature does not verify with the trusted key {cp.key_id}"
+            )
             continue
         if not _merge(signed, cp):
             verdict.problems.append(f"{where}: its leaf hashes disagree with earlier checkpoints")

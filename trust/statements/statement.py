@@ -38,7 +38,7 @@ from trust.statements.inputs import (
 from trust.statements.periods import Period, resolve_period
 from trust.statements.rows import read_rows, rows_root
 from trust.statements.rules import RULES, Row, rule_for
-from trust.statements.signing import sign, signature_problems
+from trust.statements.signing import Keyring, sign, signature_problems
 
 FORMAT = "citystream-kpi-statement/1"
 TOLERANCE = 1e-9  # relative: float sums in another order
@@ -173,17 +173,19 @@ class Verdict:
 def verify(
     settings: Settings,
     statement: dict[str, Any],
-    trusted: Ed25519PublicKey | None,
+    trusted: Ed25519PublicKey | Keyring | None,
     progress: Callable[[str], None] = lambda _: None,
 ) -> Verdict:
     """Every check of the module docstring; ``settings`` only say how to reach Kafka, the
-    registry and the KPI table (the topics are the statement's own)."""
+    registry and the KPI table (the topics are the statement's own). ``trusted``: the
+    issuer's key, or a keyring holding every key the issuer has used (rotation)."""
     verdict = Verdict()
     progress("checking the signature")
     problems = signature_problems(statement, trusted)
     verdict.problems += problems
     if not problems:
-        who = "the trusted key" if trusted else "the key it carries (no trusted key given)"
+        kid = statement["signature"].get("key_id")
+        who = f"the trusted key {kid}" if trusted else "the key it carries (no trusted key given)"
         verdict.checked.append(f"signature: valid, by {who}")
     try:
         period = _period(statement)
