@@ -5,7 +5,10 @@ one partition), so that cost is measured the way a request pays it: one append a
 each waiting for its acknowledgement (median and 99th percentile), and the same from 8
 threads at once (the API's worker threads), as records per second. Beside it: the
 in-process part (encoding, leaf hash, tree append), a checkpoint of the whole log, and
-``audit verify`` over it. Nothing is asserted here; the tests check behaviour.
+``audit verify`` over it. And what the sink's query endpoint adds per statement by
+auditing it: the same small read through the endpoint (HTTP on loopback, chDB) without
+and with its audit record, one at a time (median and p99 each). Nothing is asserted here;
+the tests check behaviour.
 """
 
 from __future__ import annotations
@@ -13,11 +16,22 @@ from __future__ import annotations
 import statistics
 import threading
 import time
+from typing import TYPE_CHECKING
 
-from core.audit_append import AuditAppender, AuditEntry, ensure_audit_topics, leaf_bytes
+from core.audit_append import (
+    AuditAppender,
+    AuditEntry,
+    CallerContext,
+    ensure_audit_topics,
+    leaf_bytes,
+)
 from core.settings import Settings
 
+if TYPE_CHECKING:
+    from connectors.sinks.clickhouse import ClickHouseSink
+
 SEQUENTIAL = 2000
+ENDPOINT_READS = 500
 THREADS, PER_THREAD = 8, 500
 
 
@@ -79,6 +93,8 @@ def run_audit_bench(settings: Settings) -> dict[str, str]:
         tree.append(leaf_bytes(sample_entry(i).record()))
     local_us = (time.perf_counter() - started) / rounds * 1e6
 
+    endpoint_figures = _endpoint_cost(settings)
+
     started = time.perf_counter()
     made = checkpoint_now(settings)
     checkpoint_s = time.perf_counter() - started
@@ -95,9 +111,52 @@ def run_audit_bench(settings: Settings) -> dict[str, str]:
             f"({THREADS}x{PER_THREAD}, each waiting for its ack)"
         ),
         "audit record in-process": f"{local_us:>10.1f} µs (encode, leaf hash, tree append)",
+        **endpoint_figures,
         "audit checkpoint": f"{checkpoint_s:>10.2f} s (read, hash and sign {size:,} records)",
         "audit verify": f"{verify_s:>10.2f} s ({records:,} records, every checkpoint)",
     }
+
+
+def _endpoint_cost(settings: Settings) -> dict[str, str]:
+    """The same read through the sink's query endpoint, unaudited and audited (the API's
+    caller context sent with it), on a chDB sink of the run's own."""
+    from connectors.sinks.clickhouse import ClickHouseSink
+
+    with ClickHouseSink(settings) as sink:
+        sink.setup()
+        plain = _endpoint_waits(sink, None)
+        audited = _endpoint_waits(sink, AuditAppender(settings))
+    extra = statistics.median(audited) - statistics.median(plain)
+    return {
+        "endpoint read, unaudited": _waits_text(plain),
+        "endpoint read, audited": _waits_text(audited) + f" (+{extra * 1e3:.2f} ms median)",
+    }
+
+
+def _endpoint_waits(sink: ClickHouseSink, audit: AuditAppender | None) -> list[float]:
+    from connectors.sinks.clickhouse.endpoint import QueryEndpoint, QueryRequest, ask_endpoint
+
+    endpoint = QueryEndpoint(sink.query, 0, audit=audit)  # port 0: any free port
+    endpoint.start()
+    caller = CallerContext("analyst-key", "analyst", "/v1/status", {"city": "aarhus"})
+    request = QueryRequest("SELECT {n:UInt32} + 1 AS n", {"n": 1}, caller=caller)
+    try:
+        ask_endpoint(endpoint.port, request)  # sessions opened, schema registered
+        waits = []
+        for _ in range(ENDPOINT_READS):
+            started = time.perf_counter()
+            ask_endpoint(endpoint.port, request)
+            waits.append(time.perf_counter() - started)
+    finally:
+        endpoint.stop()
+    return waits
+
+
+def _waits_text(waits: list[float]) -> str:
+    return (
+        f"{statistics.median(waits) * 1e3:>10.2f} ms median, "
+        f"{_percentile(waits, 0.99) * 1e3:.2f} ms p99 ({len(waits)} reads)"
+    )
 
 
 def _verify_time(settings: Settings) -> float:
