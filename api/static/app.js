@@ -57,7 +57,9 @@ async function api(path) {
   if (!response.ok) {
     let detail = "";
     try { detail = (await response.json()).detail || ""; } catch (_) { /* not JSON */ }
-    throw new Error(`${path}: HTTP ${response.status} ${detail}`.trim());
+    const error = new Error(`${path}: HTTP ${response.status} ${detail}`.trim());
+    error.status = response.status;
+    throw error;
   }
   return response.json();
 }
@@ -90,7 +92,13 @@ async function fetchSeries(kpi, scope, entity, resolution) {
   const points = [];
   let path = `/v1/kpis/${encodeURIComponent(kpi)}/series?${params}`;
   for (let page = 0; page < 50 && path; page++) {
-    const body = await api(path);
+    let body;
+    try { body = await api(path); } catch (err) {
+      // 404: no windows of this KPI for the entity in this city (Boston counts no
+      // vehicles per district): an empty series, so the rest of the chart still draws
+      if (err.status === 404 && page === 0) return [];
+      throw err;
+    }
     points.push(...list(body, "points", "data", "series", "items"));
     const cursor = body.next_cursor || body.cursor || (body.next && !body.next.startsWith("/") ? body.next : null);
     path = body.next && body.next.startsWith("/") ? body.next
