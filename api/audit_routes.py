@@ -37,9 +37,11 @@ def log_view(request: Request) -> LogView:
     return view
 
 
-def _key(request: Request) -> dict[str, str]:
+def _key(request: Request, kid: str | None = None) -> dict[str, str]:
+    """The trusted key with id ``kid`` (the one that signed what is shown), else the
+    current one: after a rotation the latest checkpoint may still be the old key's."""
     try:
-        return public_key_info(trusted_key(request.app.state.context.settings))
+        return public_key_info(trusted_key(request.app.state.context.settings, kid=kid))
     except ValueError as exc:
         raise Problem(503, f"no audit key configured: {exc}") from exc
 
@@ -54,7 +56,7 @@ def latest_checkpoint(
         raise not_found("no audit checkpoint signed yet (citystream audit checkpoint)")
     latest = checkpoints[-1]
     record_access(context, caller, "/v1/audit/checkpoint", {}, None, 1)
-    return {"checkpoint": latest.public(), "key": _key(request)}
+    return {"checkpoint": latest.public(), "key": _key(request, latest.key_id)}
 
 
 def _signed(checkpoints: list[Checkpoint], size: int) -> dict[str, Any] | None:
