@@ -2,8 +2,9 @@
 
 chDB lets only one process open a database directory, so while the sink runs, analysts
 cannot open it themselves. The sink therefore answers queries on 127.0.0.1 through this
-endpoint, on a session set to ``readonly=1``, serialised with its inserts by a shared lock;
-:func:`ask_endpoint` is the other side, used by ``citystream query`` (through the backend).
+endpoint, on read-only sessions of their own (``readonly=1``; the sink runs a few reads
+at once, beside its inserts, which keep their own session and lock); :func:`ask_endpoint`
+is the other side, used by ``citystream query`` (through the backend).
 
 Protocol: ``POST /query`` with the SQL as the body, or (``Content-Type:
 application/json``) a :class:`QueryRequest` as ``{"sql": ..., "parameters": {...},
@@ -314,7 +315,21 @@ class QueryEndpoint:
             target=self._server.serve_forever, name="citystream-query-endpoint", daemon=True
         )
         self._thread.start()
+        if self._audit is not None:
+            threading.Thread(target=self._connect_audit, name="audit-connect", daemon=True).start()
         log.info("read-only query endpoint on %s", self.url)
+
+    def _connect_audit(self) -> None:
+        """Connect the audit log now, so the first reads do not all wait on its set-up.
+
+        A failure here is logged, not raised: each statement's own append tries again and
+        fails that statement (503) while the log stays unreachable.
+        """
+        assert self._audit is not None
+        try:
+            self._audit.open()
+        except Exception as exc:  # the append path reports it per statement
+            log.warning("audit log not reachable yet (%s); statements will retry it", exc)
 
     @property
     def port(self) -> int:
