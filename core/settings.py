@@ -273,8 +273,9 @@ class Settings(BaseSettings):
     )
     statement_public_key: str | None = Field(
         None,
-        description="Ed25519 public key that `citystream statement verify` trusts: PEM, base64 "
-        "or hex of its raw 32 bytes, or a file holding it (unset: only --public-key)",
+        description="Ed25519 public keys `citystream statement verify` trusts: one key (PEM, "
+        "base64 or hex of its raw 32 bytes), a keyring file or a directory of them; each "
+        "statement is checked with the key its key id names (unset: only --public-key)",
     )
     audit_signing_key: SecretStr | None = Field(
         None,
@@ -288,8 +289,9 @@ class Settings(BaseSettings):
     )
     audit_public_key: str | None = Field(
         None,
-        description="Ed25519 public key that `citystream audit verify` trusts: PEM, base64 or "
-        "hex of its raw 32 bytes, or a file holding it (unset: the signing key's own)",
+        description="Ed25519 public keys `citystream audit verify` trusts: one key (PEM, base64 "
+        "or hex of its raw 32 bytes), a keyring file or a directory of them; each checkpoint "
+        "is checked with the key its key id names (unset: the signing key's own)",
     )
     audit_checkpoint_interval_s: float = Field(
         60.0,
