@@ -34,7 +34,9 @@ from connectors.sources.ingest_common import (
     INVALID_EVENT,
     INVALID_TIMESTAMP,
     Accepted,
+    Identifiers,
     IngestError,
+    OptedOut,
     convert,
     dumps,
     loads,
@@ -219,8 +221,13 @@ def notification_outcome(
     now_ms: int,
     max_future_ms: int,
     hint: str = "",
-) -> Accepted | Rejected | None:
-    """A parsed notification as an outcome; None for one without data (vrq, sud)."""
+    identifiers: Identifiers | None = None,
+) -> Accepted | Rejected | OptedOut | None:
+    """A parsed notification as an outcome; None for one without data (vrq, sud).
+
+    A mapping's declared ``identifiers`` (``[privacy]``, #16) are pseudonymised before the
+    event is validated, and an opted-out one is :class:`OptedOut` (kept nowhere).
+    """
     sgn = body.get("m2m:sgn") if isinstance(body, dict) else None
     if not isinstance(sgn, dict):
         return Rejected(INVALID_EVENT, "the body is not an m2m:sgn notification", origin, b"")
@@ -240,7 +247,11 @@ def notification_outcome(
         event = content_event(found[1], cin)
     except IngestError as exc:
         return Rejected(exc.reason, str(exc), origin, b"")
-    return validate(event, origin, b"", now_ms, max_future_ms)
+    opted_out = False
+    if identifiers is not None:
+        event, opted_out = identifiers.protect(event)
+    outcome = validate(event, origin, b"", now_ms, max_future_ms)
+    return OptedOut(outcome) if opted_out else outcome
 
 
 def _answer(
@@ -270,15 +281,19 @@ async def notify(service: IngestService, request: web.Request) -> web.Response:
         body = loads(raw, service.limits)
     except IngestError as exc:
         service.kafka.reject(Rejected(exc.reason, str(exc), origin, raw))
-        outcome: Accepted | Rejected | None = None
+        outcome: Accepted | Rejected | OptedOut | None = None
         error: dict[str, Any] | None = {"error": exc.reason, "detail": str(exc)}
     else:
         now_ms = int(service.clock() * 1000)
         future_ms = int(service.settings.ingest_max_future_s * 1000)
         hint = request.match_info.get("container", "")
-        outcome = notification_outcome(service.onem2m, body, origin, now_ms, future_ms, hint)
+        outcome = notification_outcome(
+            service.onem2m, body, origin, now_ms, future_ms, hint, service.identifiers
+        )
         error = None
-        if isinstance(outcome, Rejected):  # the notification as received
+        if isinstance(outcome, OptedOut):
+            pass  # kept nowhere, not even as a dead letter; answered as it would have been
+        elif isinstance(outcome, Rejected):  # the notification as received
             outcome = Rejected(outcome.reason, outcome.detail, origin, dumps(body))
             service.kafka.reject(outcome)
         elif outcome is not None:
@@ -291,13 +306,24 @@ async def notify(service: IngestService, request: web.Request) -> web.Response:
     if error is not None:
         counters.rejected[error["error"]] += 1
         return _answer(request, BAD_REQUEST, 400, error)
+    if isinstance(outcome, OptedOut):
+        counters.opted_out += 1
+        return _outcome_answer(request, outcome.answer)
     if isinstance(outcome, Accepted):
         counters.accepted += 1
+    elif isinstance(outcome, Rejected):
+        counters.rejected[outcome.reason] += 1
+    return _outcome_answer(request, outcome)
+
+
+def _outcome_answer(request: web.Request, outcome: Accepted | Rejected | None) -> web.Response:
+    """200 for every notification taken: accepted (its event id) or rejected (its reason; the
+    notification is in the dead-letter topic), or plain for one without data."""
+    if isinstance(outcome, Accepted):
         return _answer(request, OK, 200, {"status": "accepted", "event_id": outcome.event_id})
     if isinstance(outcome, Rejected):
-        counters.rejected[outcome.reason] += 1
         rejected = {"status": "rejected", "reason": outcome.reason, "detail": outcome.detail}
-        return _answer(request, OK, 200, rejected)  # taken: it is in the dead-letter topic
+        return _answer(request, OK, 200, rejected)
     return _answer(request, OK, 200)
 
 

@@ -194,3 +194,34 @@ def test_the_ingest_page_example_declares_identifiers_a_mapping_file_accepts() -
     block = page.split("<!-- ingest-privacy-example -->\n```toml\n", 1)[1].split("```", 1)[0]
     config = IngestConfig.model_validate(tomllib.loads(block))
     assert config.privacy.identifiers == ["sensor_id", "reporter"]
+
+
+def onem2m_notification(minute: int) -> dict[str, Any]:
+    cin = {"con": json.dumps(AIR), "ct": f"20231114T20{minute:02}00"}
+    return {"m2m:sgn": {"sur": "/cse-in/air-1/sub", "nev": {"rep": {"m2m:cin": cin}}}}
+
+
+def test_onem2m_notifications_pseudonymise_a_declared_sensor_and_drop_an_opted_out_one(
+    tmp_path: Path,
+) -> None:
+    from connectors.sources.onem2m import load, notification_outcome
+
+    mapping = load({"containers": {"air-1": {"domain": "air", "sensor": MAC,
+                                               "members": {k: k for k in AIR}}}})  # fmt: skip
+    declared = Identifiers(["sensor_id"], edge(tmp_path))
+    now_ms = int(NOW * 1000)
+    outcome = notification_outcome(
+        mapping, onem2m_notification(1), "onem2m:t", now_ms, FUTURE_MS, "", declared
+    )
+    assert isinstance(outcome, Accepted)
+    pseudonym = Pseudonymiser(KEYS).pseudonym("sensor_id", MAC)
+    assert MAC not in repr(outcome) and pseudonym in repr(outcome)
+
+    opted = Identifiers(["sensor_id"], edge(tmp_path, ("sensor_id", MAC)))
+    dropped = notification_outcome(
+        mapping, onem2m_notification(2), "onem2m:t", now_ms, FUTURE_MS, "", opted
+    )
+    assert isinstance(dropped, OptedOut) and isinstance(dropped.answer, Accepted)
+    undeclared = notification_outcome(mapping, onem2m_notification(3), "onem2m:t", now_ms,
+                                      FUTURE_MS)  # fmt: skip
+    assert isinstance(undeclared, Accepted) and MAC in repr(undeclared)
