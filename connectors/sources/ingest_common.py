@@ -1003,8 +1003,8 @@ class Identifiers:
         is neither a text nor a whole number, stays as it is, for the model to reject
         (its dead letter carries the pseudonym, or ``<dropped>``).
         """
-        if not self.fields.intersection(event):
-            return event, False
+        if not isinstance(event, dict) or not self.fields.intersection(event):
+            return event, False  # not an object: validate_event rejects it as it is
         identity = self.identity(event)
         spec = DOMAINS.get(event["domain"]) if isinstance(event.get("domain"), str) else None
         model_fields = spec.model.model_fields if spec is not None else {}
