@@ -189,6 +189,12 @@ def test_query_endpoint_serves_json_safe_read_only_queries(
     columns, result = run_query(local_settings, "SELECT entity_id FROM kpi WHERE value > 100")
     assert (columns, result) == (["entity_id"], [])
 
+    # kpi_series_latest.version is a UInt128: integers beyond 64 bits come back as text
+    wide = "SELECT version, toInt256(-1) * version AS negative FROM kpi_series_latest"
+    columns, result = run_query(local_settings, wide)
+    assert isinstance(result[0][0], str) and int(result[0][0]) >= 2**64, result
+    assert result[0][1] == "-" + result[0][0]
+
     with pytest.raises(QueryError, match=r"readonly|READONLY"):
         run_query(local_settings, "SELECT 1 SETTINGS readonly = 0")
     with pytest.raises(QueryError, match=r"UNKNOWN_TABLE|does not exist"):

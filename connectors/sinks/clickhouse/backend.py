@@ -241,10 +241,29 @@ def _json_default(value: Any) -> Any:
 
 
 def json_safe(rows: Sequence[Sequence[Any]]) -> list[list[Any]]:
-    """Rows as plain JSON values (datetimes as ISO 8601), identical on every query path."""
-    encoded = orjson.dumps(rows, default=_json_default, option=orjson.OPT_NON_STR_KEYS)
+    """Rows as plain JSON values (datetimes as ISO 8601), identical on every query path.
+
+    Integers beyond 64 bits (UInt128, Int256 columns such as ``kpi_series_latest.version``)
+    become their decimal text, as ClickHouse's own JSON formats quote them: orjson refuses
+    them, and a JSON reader would lose their precision anyway.
+    """
+    try:
+        encoded = orjson.dumps(rows, default=_json_default, option=orjson.OPT_NON_STR_KEYS)
+    except TypeError:  # "Integer exceeds 64-bit range"; anything else fails again below
+        wide = _wide_integers_as_text(rows)
+        encoded = orjson.dumps(wide, default=_json_default, option=orjson.OPT_NON_STR_KEYS)
     result: list[list[Any]] = orjson.loads(encoded)
     return result
+
+
+def _wide_integers_as_text(value: Any) -> Any:
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value if -(2**63) <= value < 2**64 else str(value)
+    if isinstance(value, list | tuple):
+        return [_wide_integers_as_text(item) for item in value]
+    if isinstance(value, dict):
+        return {key: _wide_integers_as_text(item) for key, item in value.items()}
+    return value
 
 
 # --- who holds a chDB directory ----------------------------------------------------------
