@@ -24,8 +24,23 @@ class SchemaRegistry:
     def register(self, topic: str, schema: dict[str, Any]) -> int:
         """Idempotent: the same schema gets the same id; an incompatible one is refused."""
         subject = f"{topic}-value"
-        self.client.set_compatibility(subject_name=subject, level=COMPATIBILITY)
+        self._set_compatibility(subject)
         return int(self.client.register_schema(subject, Schema(json.dumps(schema), "AVRO")))
+
+    def _set_compatibility(self, subject: str) -> None:
+        """BACKWARD for ``subject``, also when another registrant sets it at the same time.
+
+        Apicurio answers 409 "A rule named 'COMPATIBILITY' already exists" to the second of
+        two concurrent first settings (the sink's audit consumer and its query endpoint's
+        audit writer register the audit topic together); the rule exists by then, and a
+        second PUT updates it, so it is asked once more.
+        """
+        try:
+            self.client.set_compatibility(subject_name=subject, level=COMPATIBILITY)
+        except SchemaRegistryError as exc:
+            if exc.http_status_code != 409:
+                raise
+            self.client.set_compatibility(subject_name=subject, level=COMPATIBILITY)
 
     def is_compatible(self, topic: str, schema: dict[str, Any]) -> bool:
         subject = f"{topic}-value"

@@ -11,7 +11,9 @@ from __future__ import annotations
 import copy
 import json
 import subprocess
+import threading
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import pytest
@@ -85,3 +87,24 @@ def test_old_and_new_producers_and_consumers_side_by_side(stack: Settings) -> No
     assert old.decode(from_new)["vehicle_count"] == 5 and "lane" not in old.decode(from_new)
     assert new.decode(from_old)["lane"] is None
     assert new.decode(from_new)["lane"] == "north"
+
+
+def test_processes_registering_one_new_subject_at_once_all_succeed(stack: Settings) -> None:
+    """Two registrants setting a new subject's compatibility together once made Apicurio
+    answer 409 ("rule already exists") to one of them, and a sink died of it."""
+    schema = load_schema("kpi_record.avsc")
+    for _ in range(5):
+        topic = f"race-{uuid.uuid4().hex[:8]}"
+        clients = [SchemaRegistry(stack.registry_config()) for _ in range(8)]
+        start = threading.Barrier(len(clients))
+        with ThreadPoolExecutor(len(clients)) as pool:
+            n = len(clients)
+            ids = list(pool.map(register_at, [start] * n, clients, [topic] * n, [schema] * n))
+        assert len(set(ids)) == 1, ids
+
+
+def register_at(
+    start: threading.Barrier, registry: SchemaRegistry, topic: str, schema: dict[str, Any]
+) -> int:
+    start.wait()
+    return registry.register(topic, schema)
