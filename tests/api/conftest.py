@@ -22,13 +22,10 @@ Usage::
 from __future__ import annotations
 
 import json
-import threading
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 import pytest
-import uvicorn
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
 from pydantic import SecretStr
@@ -38,7 +35,7 @@ from api.config import build_context
 from api.context import AccessRecord, ApiContext, Role
 from core.settings import Settings
 from tests.api.aarhus_stack import ServedCopy, build_aarhus_day, isolated, serve_copy
-from tests.conftest import free_port
+from tests.api.uvicorn_thread import served
 
 KEYS = {role: f"test-key-{role.value}" for role in Role if role is not Role.public}
 API_KEYS_JSON = json.dumps({f"{r.value}-key": {"key": k, "role": r.value} for r, k in KEYS.items()})
@@ -107,20 +104,6 @@ class ApiServer:
 @pytest.fixture(scope="module")
 def api_server(api_stack: ApiStack) -> Iterator[ApiServer]:
     """``api_stack``'s app under a real uvicorn on a free port, stopped after the module."""
-    port = free_port()
-    config = uvicorn.Config(  # lifespan off: the TestClient of api_stack started the feed
-        api_stack.app, host="127.0.0.1", port=port, log_level="warning", lifespan="off"
-    )
-    server = uvicorn.Server(config)
-    thread = threading.Thread(target=server.run, name="api-under-test", daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not server.started:
-        assert thread.is_alive(), "uvicorn exited at start"
-        assert time.monotonic() < deadline, "uvicorn did not start within 30 s"
-        time.sleep(0.05)
-    try:
-        yield ApiServer(f"http://127.0.0.1:{port}", api_stack)
-    finally:
-        server.should_exit = True
-        thread.join(timeout=30)
+    # lifespan off: the TestClient of api_stack started the feed
+    with served(api_stack.app, "api-under-test", lifespan=False) as url:
+        yield ApiServer(url, api_stack)

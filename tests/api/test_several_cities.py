@@ -22,7 +22,6 @@ from urllib.parse import quote
 import httpx
 import orjson
 import pytest
-import uvicorn
 from confluent_kafka import Producer
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
@@ -47,7 +46,7 @@ from tests.api.cities_stack import (
     value,
     window,
 )
-from tests.conftest import free_port
+from tests.api.uvicorn_thread import served as serving
 from trust.audit.checkpoint import checkpoint_now
 from trust.audit.log import read_log
 
@@ -278,22 +277,8 @@ def test_serve_refuses_two_cities_in_one_namespace() -> None:
 def server(served: Served) -> Iterator[str]:
     """The module's app under a real uvicorn (SSE needs one); lifespan off: the TestClient
     started the live feed."""
-    port = free_port()
-    config = uvicorn.Config(
-        served.app, host="127.0.0.1", port=port, log_level="warning", lifespan="off"
-    )
-    uv = uvicorn.Server(config)
-    thread = threading.Thread(target=uv.run, name="two-cities-api", daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not uv.started:
-        assert thread.is_alive() and time.monotonic() < deadline, "uvicorn did not start"
-        time.sleep(0.05)
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        uv.should_exit = True
-        thread.join(timeout=30)
+    with serving(served.app, "two-cities-api", lifespan=False) as url:
+        yield url
 
 
 def read_kpi_events(url: str, city: str | None, want: int, found: list[dict[str, Any]]) -> None:

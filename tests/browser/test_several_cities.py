@@ -12,14 +12,11 @@ from __future__ import annotations
 
 import json
 import re
-import threading
-import time
 from collections.abc import Iterator
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 import pytest
-import uvicorn
 from selenium.webdriver.common.by import By
 from selenium.webdriver.support.ui import Select
 
@@ -33,8 +30,8 @@ from tests.api.cities_stack import (
     two_cities,
     value,
 )
+from tests.api.uvicorn_thread import served
 from tests.browser.chrome import open_dashboard, page_errors, requested_urls, wait_for
-from tests.conftest import free_port
 
 pytestmark = pytest.mark.integration
 
@@ -47,20 +44,8 @@ def server(
     base = isolated_base(stack, tmp_path_factory.mktemp("two-cities-browser"))
     with two_cities(stack, base) as two:
         app = build_app(two.settings, list(two.cities.values()), audited=False)
-        port = free_port()
-        config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning")
-        uv = uvicorn.Server(config)
-        thread = threading.Thread(target=uv.run, name="two-cities-dashboard", daemon=True)
-        thread.start()
-        deadline = time.monotonic() + 30
-        while not uv.started:
-            assert thread.is_alive() and time.monotonic() < deadline, "uvicorn did not start"
-            time.sleep(0.05)
-        try:
-            yield f"http://127.0.0.1:{port}", two
-        finally:
-            uv.should_exit = True
-            thread.join(timeout=30)
+        with served(app, "two-cities-dashboard") as url:
+            yield url, two
 
 
 def drawn(driver: Any, city: str, districts: int) -> dict[str, Any]:
